@@ -1,0 +1,142 @@
+"""GoogLeNet (Szegedy et al. 2015): the paper's network and torchvision's batch-norm version."""
+
+import functools
+
+from flax import nnx
+
+from cnnbench.archs.layers import (LRN, Act, AdaptiveAvgPool, AvgPool, BatchNorm, Conv, Dense,
+                                   Dropout, Flatten, GlobalAvgPool, MaxPool, Sequential, concat,
+                                   init)
+from cnnbench.archs.net import Net, feature_shape, flat_size
+from cnnbench.archs.registry import Reference, register
+
+# Table 1 of the paper: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj
+INCEPTION = {
+    "3a": (64, 96, 128, 16, 32, 32),
+    "3b": (128, 128, 192, 32, 96, 64),
+    "4a": (192, 96, 208, 16, 48, 64),
+    "4b": (160, 112, 224, 24, 64, 64),
+    "4c": (128, 128, 256, 24, 64, 64),
+    "4d": (112, 144, 288, 32, 64, 64),
+    "4e": (256, 160, 320, 32, 128, 128),
+    "5a": (256, 160, 320, 32, 128, 128),
+    "5b": (384, 192, 384, 48, 128, 128),
+}
+AUX_TAPS = ("inception4a", "inception4d")
+
+
+def conv_relu(cin, cout, kernel, stride=1, pad=0, *, rngs):
+    """The paper's unit: convolution + ReLU (Caffe's bvlc_googlenet init: Xavier, bias 0.2)."""
+    return Sequential(conv=Conv(cin, cout, kernel, stride, pad, kernel_init=init.glorot_uniform(),
+                                bias_init=init.constant(0.2), rngs=rngs), relu=Act("relu"))
+
+
+def conv_bn_relu(cin, cout, kernel, stride=1, pad=0, *, rngs):
+    """torchvision's ``BasicConv2d``: bias-free conv, batch norm (eps 1e-3), ReLU."""
+    return Sequential(conv=Conv(cin, cout, kernel, stride, pad, bias=False,
+                                kernel_init=init.truncated_normal(0.01), rngs=rngs),
+                      bn=BatchNorm(cout, eps=1e-3), relu=Act("relu"))
+
+
+class Inception(nnx.Module):
+    """Four parallel branches concatenated on channels. ``wide_kernel`` is 5 in the paper; torchvision
+    uses 3 in that branch (a bug it keeps for weight compatibility), so ``googlenet-bn`` does too."""
+
+    def __init__(self, cin, spec, unit, wide_kernel, *, rngs):
+        n1, n3r, n3, n5r, n5, proj = spec
+        self.branch1 = unit(cin, n1, 1, rngs=rngs)
+        self.branch2 = Sequential(reduce=unit(cin, n3r, 1, rngs=rngs), conv=unit(n3r, n3, 3, 1, 1, rngs=rngs))
+        self.branch3 = Sequential(reduce=unit(cin, n5r, 1, rngs=rngs),
+                                  conv=unit(n5r, n5, wide_kernel, 1, wide_kernel // 2, rngs=rngs))
+        self.branch4 = Sequential(pool=MaxPool(3, 1, 1, ceil_mode=True), proj=unit(cin, proj, 1, rngs=rngs))
+        self.out_channels = n1 + n3 + n5 + proj
+
+    def __call__(self, x, train: bool = False):
+        return concat([b(x, train=train) for b in (self.branch1, self.branch2, self.branch3, self.branch4)])
+
+
+class GoogLeNet(Net):
+    """A :class:`Net` whose training forward pass also runs the two auxiliary classifiers.
+
+    In training mode the auxiliary logits are sown as ``nnx.Intermediate`` values (see
+    :func:`cnnbench.archs.net.pop_aux_logits`); the training loss weights them 0.3 (section 6).
+    """
+
+    def __init__(self, features, head, aux, **kw):
+        super().__init__(features, head, **kw)
+        self.aux = aux
+
+    def __call__(self, x, train: bool = False):
+        taps = dict(self.aux.named_layers()) if (train and self.aux is not None) else {}
+        for name, layer in self.features.named_layers():
+            x = layer(x, train=train)
+            if name in taps:
+                self.sow(nnx.Intermediate, "aux_logits", taps[name](x, train=train))
+        return self.head(x, train=train)
+
+
+def _aux_head(cin, num_classes, map_shape, unit, pool, rngs):
+    """Auxiliary classifier: pool, 1x1 conv to 128, fc 1024 + ReLU, dropout 0.7, linear."""
+    (h, w, _), pooled = map_shape, Sequential(pool=pool, conv=unit(cin, 128, 1, rngs=rngs))
+    size = flat_size(feature_shape(pooled, h, cin))
+    return Sequential(*pooled.named_layers(), ("flatten", Flatten()),
+                      ("fc1", Dense(size, 1024, rngs=rngs)), ("relu", Act("relu")),
+                      ("drop", Dropout(0.7, rngs=rngs)), ("fc2", Dense(1024, num_classes, rngs=rngs)))
+
+
+def googlenet(*, num_classes, input_size, in_channels, rngs, batch_norm=False, aux_logits=True,
+              dropout=0.4):
+    if batch_norm:  # torchvision's googlenet
+        unit, wide, norms, last_pool = conv_bn_relu, 3, False, MaxPool(2, 2, ceil_mode=True)
+    else:           # the paper, with Caffe's LRN (alpha divided by the window size)
+        unit, wide, norms, last_pool = conv_relu, 5, True, MaxPool(3, 2, ceil_mode=True)
+    u, pool = functools.partial(unit, rngs=rngs), functools.partial(MaxPool, 3, 2, ceil_mode=True)
+    lrn = functools.partial(LRN, 5, 1e-4 / 5, 0.75, 1.0)
+    layers = [("conv1", u(in_channels, 64, 7, 2, 3)), ("pool1", pool())]
+    layers += [("norm1", lrn())] if norms else []
+    layers += [("conv2_reduce", u(64, 64, 1)), ("conv2", u(64, 192, 3, 1, 1))]
+    layers += [("norm2", lrn())] if norms else []
+    layers += [("pool2", pool())]
+    channels = 192
+    for stage, pool_after in (("3", pool()), ("4", last_pool), ("5", None)):
+        for key in (k for k in INCEPTION if k[0] == stage):
+            block = Inception(channels, INCEPTION[key], unit, wide, rngs=rngs)
+            layers.append((f"inception{key}", block))
+            channels = block.out_channels
+        if pool_after is not None:
+            layers.append((f"pool{int(stage)}", pool_after))
+    features = Sequential(*layers)
+    head = Sequential(gap=GlobalAvgPool(), drop=Dropout(dropout, rngs=rngs),
+                      fc=Dense(channels, num_classes, rngs=rngs))
+    aux = None
+    if aux_logits:
+        heads = []
+        for tap in AUX_TAPS:
+            prefix = Sequential(*features.named_layers()[:features.names.index(tap) + 1])
+            shape = feature_shape(prefix, input_size, in_channels)
+            aux_pool = AdaptiveAvgPool(4) if batch_norm else AvgPool(5, 3)
+            heads.append((tap, _aux_head(shape[-1], num_classes, shape, unit, aux_pool, rngs)))
+        aux = Sequential(*heads)
+    return GoogLeNet(features, head, aux, num_classes=num_classes, input_size=input_size,
+                     in_channels=in_channels)
+
+
+_PAPER = 'Szegedy et al., "Going Deeper with Convolutions", CVPR 2015'
+_T = "Szegedy et al. 2015, Tables 3 and 5"
+register("googlenet", googlenet, family="GoogLeNet", year=2014, input_size=224, paper=_PAPER,
+         description="22 layers, 9 Inception modules, LRN, two auxiliary classifiers (weight 0.3)",
+         references=(
+             Reference("ILSVRC-2012", None, 10.07, "1 model, 1 crop", _T),
+             Reference("ILSVRC-2012", None, 9.15, "1 model, 10 crops", _T),
+             Reference("ILSVRC-2012", None, 7.89, "1 model, 144 crops", _T),
+             Reference("ILSVRC-2012", None, 6.67, "7 models, 144 crops", _T),
+         ),
+         options={"aux_logits": True, "dropout": 0.4})
+register("googlenet-bn", functools.partial(googlenet, batch_norm=True), family="GoogLeNet",
+         year=2015, input_size=224,
+         paper=_PAPER + " with batch normalization (Ioffe & Szegedy 2015), torchvision googlenet",
+         description="torchvision's definition: batch norm, no LRN, 3x3 in the '5x5' branch",
+         params=6_624_904, gmacs=1.498,
+         references=(Reference("ILSVRC-2012", 30.222, 10.470, "centre 224 crop",
+                               "torchvision GoogLeNet_Weights.IMAGENET1K_V1"),),
+         options={"aux_logits": False, "dropout": 0.2})

@@ -1,0 +1,284 @@
+"""The building blocks every architecture is made of (NHWC, channels last).
+
+Every layer is called as ``layer(x, train=False)`` so containers can pass the flag down blindly,
+and every layer reports itself to :mod:`cnnbench.archs.trace` so that `cnnbench summary` derives
+its per-layer table from the model itself. Conventions follow PyTorch where the papers are
+ambiguous (symmetric integer padding, ``ceil_mode`` pooling, average pooling that counts explicit
+padding), because the published parameter and multiply-add counts are torchvision's.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from cnnbench.archs import trace
+
+init = nnx.initializers
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "leaky_relu": jax.nn.leaky_relu,
+    "elu": jax.nn.elu,
+}
+
+
+def normal(std: float):
+    """Untruncated N(0, std^2), as the AlexNet and VGG papers (and torchvision's ``normal_``) use."""
+    return init.normal(stddev=std)
+
+
+#: torchvision's ``kaiming_normal_(mode="fan_out", nonlinearity="relu")`` for VGG and ResNet convs.
+he_fan_out = init.variance_scaling(2.0, "fan_out", "normal")
+
+
+class Conv(nnx.Conv):
+    """2-D convolution with PyTorch-style symmetric integer padding and channel groups."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1,
+                 padding: int = 0, *, groups: int = 1, bias: bool = True,
+                 kernel_init=init.lecun_normal(), bias_init=init.zeros, rngs: nnx.Rngs):
+        super().__init__(in_channels, out_channels, (kernel, kernel), strides=stride,
+                         padding=((padding, padding), (padding, padding)), feature_group_count=groups,
+                         use_bias=bias, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
+        self.k, self.s, self.p, self.groups = kernel, stride, padding, groups
+
+    def __call__(self, x, train: bool = False):
+        y = super().__call__(x)
+        per_output = self.k * self.k * self.in_features // self.groups
+        trace.record(self, x, y, kind="conv", kernel=self.k, stride=self.s, padding=self.p,
+                     macs=np.prod(y.shape[1:]) * per_output)
+        return y
+
+
+class Dense(nnx.Linear):
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 kernel_init=init.lecun_normal(), bias_init=init.zeros, rngs: nnx.Rngs):
+        super().__init__(in_features, out_features, use_bias=bias, kernel_init=kernel_init,
+                         bias_init=bias_init, rngs=rngs)
+
+    def __call__(self, x, train: bool = False):
+        y = super().__call__(x)
+        trace.record(self, x, y, kind="dense", macs=self.in_features * self.out_features)
+        return y
+
+
+class BatchNorm(nnx.BatchNorm):
+    """Batch norm with PyTorch's hyper-parameter conventions (``momentum=0.1`` means 0.9 decay)."""
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
+                 scale_init=init.ones, rngs: nnx.Rngs | None = None):
+        # Batch norm draws no random numbers; Flax only asks for ``rngs`` by convention.
+        super().__init__(num_features, epsilon=eps, momentum=1.0 - momentum, scale_init=scale_init,
+                         rngs=rngs if rngs is not None else nnx.Rngs(0))
+
+    def __call__(self, x, train: bool = False):
+        y = super().__call__(x, use_running_average=not train)
+        trace.record(self, x, y, kind="batchnorm")
+        return y
+
+
+class Dropout(nnx.Dropout):
+    def __call__(self, x, train: bool = False, *, rngs=None):
+        y = super().__call__(x, deterministic=not train, rngs=rngs)
+        trace.record(self, x, y, kind="dropout", params=0)
+        return y
+
+
+class Act(nnx.Module):
+    """A named element-wise non-linearity (one of :data:`ACTIVATIONS`)."""
+
+    def __init__(self, name: str = "relu"):
+        if name not in ACTIVATIONS:
+            from cnnbench.errors import UsageError
+
+            raise UsageError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+        self.fn = name
+
+    def __call__(self, x, train: bool = False):
+        y = ACTIVATIONS[self.fn](x)
+        trace.record(self, x, y, kind="act", params=0)
+        return y
+
+
+def _window_bounds(n: int, k: int, s: int, p: int, ceil_mode: bool) -> tuple[int, int]:
+    """(output size, extra right padding) of a pooling window, with PyTorch's ceil_mode rule."""
+    span = n + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= n + p:  # the last window must start inside the input
+        out -= 1
+    return out, max((out - 1) * s + k - (n + 2 * p), 0)
+
+
+class _Pool(nnx.Module):
+    kind = "pool"
+
+    def __init__(self, kernel: int, stride: int | None = None, padding: int = 0, *,
+                 ceil_mode: bool = False):
+        self.k, self.s, self.p, self.ceil_mode = kernel, stride or kernel, padding, ceil_mode
+
+    def _pads(self, x):
+        return [(0, 0)] + [(self.p, self.p + _window_bounds(n, self.k, self.s, self.p, self.ceil_mode)[1])
+                           for n in x.shape[1:3]] + [(0, 0)]
+
+    def __call__(self, x, train: bool = False):
+        y = self._pool(x)
+        trace.record(self, x, y, kind=self.kind, kernel=self.k, stride=self.s, padding=self.p,
+                     params=0)
+        return y
+
+
+class MaxPool(_Pool):
+    kind = "maxpool"
+
+    def _pool(self, x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, self.k, self.k, 1),
+                                 (1, self.s, self.s, 1), self._pads(x))
+
+
+class AvgPool(_Pool):
+    """Average pooling; explicit padding counts in the divisor, the ceil_mode overhang does not."""
+
+    kind = "avgpool"
+
+    def _pool(self, x):
+        total = lax.reduce_window(x, 0.0, lax.add, (1, self.k, self.k, 1), (1, self.s, self.s, 1),
+                                  self._pads(x))
+        counts = [self._counts(n, out) for n, out in zip(x.shape[1:3], total.shape[1:3])]
+        return total / jnp.asarray(np.outer(*counts)[None, :, :, None], x.dtype)
+
+    def _counts(self, n: int, out: int) -> np.ndarray:
+        starts = np.arange(out) * self.s - self.p
+        return np.minimum(starts + self.k, n + self.p) - starts
+
+
+def _adaptive_matrix(n: int, out: int) -> np.ndarray:
+    """PyTorch's adaptive pooling bins (floor start, ceil end) as an averaging matrix."""
+    m = np.zeros((out, n), np.float32)
+    for i in range(out):
+        start, end = (i * n) // out, -(-((i + 1) * n) // out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+class AdaptiveAvgPool(nnx.Module):
+    """``nn.AdaptiveAvgPool2d(size)``: any input size to a fixed ``size x size`` map."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, x, train: bool = False):
+        h, w = x.shape[1:3]
+        if (h, w) == (self.size, self.size):
+            y, kernel, stride = x, 1, 1
+        else:
+            mh, mw = (jnp.asarray(_adaptive_matrix(n, self.size), x.dtype) for n in (h, w))
+            y = jnp.einsum("ih,jw,nhwc->nijc", mh, mw, x)
+            kernel = int((_adaptive_matrix(h, self.size) > 0).sum(1).max())
+            stride = max(h // self.size, 1)
+        trace.record(self, x, y, kind="avgpool", kernel=kernel, stride=stride, params=0)
+        return y
+
+
+class GlobalAvgPool(nnx.Module):
+    """Mean over the spatial axes: NHWC -> NC (NiN's and GoogLeNet's global average pooling)."""
+
+    def __call__(self, x, train: bool = False):
+        y = jnp.mean(x, axis=(1, 2))
+        trace.record(self, x, y, kind="gap", kernel=x.shape[1], stride=x.shape[1], params=0)
+        return y
+
+
+class Flatten(nnx.Module):
+    def __call__(self, x, train: bool = False):
+        y = x.reshape(x.shape[0], -1)
+        whole_map = x.shape[1] if x.ndim == 4 else 1
+        trace.record(self, x, y, kind="flatten", kernel=whole_map, stride=whole_map, params=0)
+        return y
+
+
+class LRN(nnx.Module):
+    """Local response normalisation across channels, exactly as Krizhevsky et al. (2012) write it:
+
+    ``b_i = a_i / (k + alpha * sum_{j=i-n/2}^{i+n/2} a_j^2) ** beta``
+
+    Note that ``alpha`` multiplies the plain sum; PyTorch's ``LocalResponseNorm`` and Caffe divide
+    it by ``n`` first, so their ``alpha`` is ``n`` times this one.
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def __call__(self, x, train: bool = False):
+        half = self.size // 2
+        window = lax.reduce_window(x * x, 0.0, lax.add, (1, 1, 1, self.size), (1, 1, 1, 1),
+                                   [(0, 0), (0, 0), (0, 0), (half, self.size - 1 - half)])
+        y = x / (self.k + self.alpha * window) ** self.beta
+        trace.record(self, x, y, kind="lrn", params=0)
+        return y
+
+
+class ShortcutA(nnx.Module):
+    """He et al.'s option A shortcut: subsample, then zero-pad the new channels (no parameters)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        self.extra, self.s = out_channels - in_channels, stride
+
+    def __call__(self, x, train: bool = False):
+        y = x[:, ::self.s, ::self.s, :]
+        y = jnp.pad(y, [(0, 0), (0, 0), (0, 0), (self.extra // 2, self.extra - self.extra // 2)])
+        trace.record(self, x, y, kind="shortcut", kernel=1, stride=self.s, params=0)
+        return y
+
+
+def add(*xs):
+    """Element-wise sum of branches (residual connections)."""
+    y = xs[0]
+    for x in xs[1:]:
+        y = y + x
+    trace.merge(xs, y)
+    return y
+
+
+def concat(xs):
+    """Channel concatenation of branches (Inception modules)."""
+    y = jnp.concatenate(xs, axis=-1)
+    trace.merge(xs, y)
+    return y
+
+
+class Sequential(nnx.Module):
+    """Named layers applied in order, like ``nn.Sequential(OrderedDict(...))``.
+
+    Names become parameter paths (``features.conv1.kernel``) and the layer names users pass to
+    `summary`, feature extraction and visualisation.
+    """
+
+    def __init__(self, *pairs: tuple[str, nnx.Module], **layers: nnx.Module):
+        items = list(pairs) + list(layers.items())
+        self.names = tuple(name for name, _ in items)
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"duplicate layer names in {self.names}")
+        for name, layer in items:
+            setattr(self, name, layer)
+
+    def named_layers(self):
+        return [(name, getattr(self, name)) for name in self.names]
+
+    def __getitem__(self, name: str):
+        return getattr(self, name)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __call__(self, x, train: bool = False):
+        for name in self.names:
+            x = getattr(self, name)(x, train=train)
+        return x

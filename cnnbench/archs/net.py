@@ -1,0 +1,55 @@
+"""The one model shape every architecture shares: ``features`` (convolutional base) -> ``head``."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cnnbench.errors import UsageError
+
+
+class Net(nnx.Module):
+    """An image classifier split timm-style into a convolutional base and a classifier head.
+
+    ``features`` and ``head`` are the only two children that carry the forward pass, so freezing
+    the base, swapping the head, extracting features or computing CAMs works the same for every
+    architecture. ``num_classes``, ``input_size`` and ``in_channels`` record what it was built for.
+    """
+
+    def __init__(self, features: nnx.Module, head: nnx.Module, *, num_classes: int,
+                 input_size: int, in_channels: int):
+        self.features = features
+        self.head = head
+        self.num_classes, self.input_size, self.in_channels = num_classes, input_size, in_channels
+
+    def __call__(self, x, train: bool = False):
+        return self.head(self.features(x, train=train), train=train)
+
+
+def infer_shape(module: nnx.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Output shape of ``module`` for an input of ``shape``, traced abstractly (no FLOPs spent)."""
+    graphdef, state = nnx.split(module)
+    out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x),
+                         state, jax.ShapeDtypeStruct(shape, jnp.float32))
+    if any(d <= 0 for d in out.shape):
+        raise UsageError(f"input {shape[1]}x{shape[2]} is too small: the feature map shrinks to "
+                         f"{tuple(out.shape[1:])}; use a larger --input-size")
+    return tuple(out.shape)
+
+
+def feature_shape(features: nnx.Module, input_size: int, in_channels: int) -> tuple[int, ...]:
+    """(H, W, C) of the convolutional base's output for one ``input_size`` image."""
+    return infer_shape(features, (1, input_size, input_size, in_channels))[1:]
+
+
+def flat_size(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def pop_aux_logits(model: nnx.Module) -> tuple:
+    """Auxiliary logits sown by a training forward pass (GoogLeNet), removed from the model."""
+    sown = nnx.pop(model, nnx.Intermediate)
+    return tuple(leaf for leaf in jax.tree.leaves(sown))

@@ -1,0 +1,125 @@
+"""Per-layer shape tracing: what `cnnbench summary` counts is recorded by the layers themselves.
+
+While a :class:`Recorder` is active (inside ``jax.eval_shape``), every primitive layer of
+``cnnbench.archs.layers`` reports its input and output shapes, kernel geometry, parameter count
+and multiply-adds. Receptive fields are propagated per tensor (keyed by the identity of the traced
+array), so branching blocks (Inception, residual) merge them correctly: a merge takes the largest
+receptive field of its inputs. Outside a recording this module costs one context-variable lookup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from typing import Any, Iterator
+
+import numpy as np
+
+_ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("cnnbench_trace", default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Receptive field of one output unit in input pixels, its stride (jump) and padding offset."""
+
+    receptive_field: int = 1
+    effective_stride: int = 1
+    effective_padding: int = 0
+
+    def then(self, kernel: int, stride: int, padding: int) -> Geometry:
+        """Geometry after a window op (standard recurrence, e.g. Araujo et al., Distill 2019)."""
+        return Geometry(
+            self.receptive_field + (kernel - 1) * self.effective_stride,
+            self.effective_stride * stride,
+            self.effective_padding + padding * self.effective_stride,
+        )
+
+
+@dataclasses.dataclass
+class LayerRecord:
+    name: str
+    kind: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+    kernel: int | None
+    stride: int | None
+    padding: int | None
+    geometry: Geometry
+    itemsize: int
+
+    @property
+    def activations(self) -> int:
+        """Elements of this layer's output for one example (the batch axis excluded)."""
+        return int(np.prod(self.output_shape[1:]))
+
+
+class Recorder:
+    def __init__(self, names: dict[int, str]):
+        self.names = names
+        self.records: list[LayerRecord] = []
+        self._geometry: dict[int, Geometry] = {}
+        self._alive: list[Any] = []  # keeps traced arrays alive so their ids are never reused
+
+    def geometry(self, x) -> Geometry:
+        return self._geometry.get(id(x), Geometry())
+
+    def set_geometry(self, y, geometry: Geometry) -> None:
+        self._geometry[id(y)] = geometry
+        self._alive.append(y)
+
+
+@contextlib.contextmanager
+def recording(names: dict[int, str]) -> Iterator[Recorder]:
+    recorder = Recorder(names)
+    token = _ACTIVE.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _ACTIVE.reset(token)
+
+
+def record(module, x, y, *, kind: str, kernel: int | None = None, stride: int | None = None,
+           padding: int = 0, macs: int = 0, params: int | None = None) -> None:
+    """Called by every primitive layer after computing ``y = layer(x)``."""
+    recorder = _ACTIVE.get()
+    if recorder is None:
+        return
+    geometry = recorder.geometry(x)
+    if kernel is not None:
+        geometry = geometry.then(kernel, stride or 1, padding)
+    recorder.set_geometry(y, geometry)
+    if params is None:
+        params = count_params(module)
+    recorder.records.append(LayerRecord(
+        name=recorder.names.get(id(module), type(module).__name__),
+        kind=kind,
+        input_shape=tuple(x.shape),
+        output_shape=tuple(y.shape),
+        params=params,
+        macs=int(macs),
+        kernel=kernel,
+        stride=stride if kernel is not None else None,
+        padding=padding if kernel is not None else None,
+        geometry=geometry,
+        itemsize=np.dtype(y.dtype).itemsize,
+    ))
+
+
+def merge(inputs, y) -> None:
+    """Called by parameter-free merges (add, concat): y sees what its widest input sees."""
+    recorder = _ACTIVE.get()
+    if recorder is None:
+        return
+    widest = max((recorder.geometry(x) for x in inputs), key=lambda g: g.receptive_field)
+    recorder.set_geometry(y, widest)
+
+
+def count_params(module) -> int:
+    """Trainable parameters (``nnx.Param``) of a module; batch-norm statistics are not parameters."""
+    import jax
+    from flax import nnx
+
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))
