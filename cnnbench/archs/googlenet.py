@@ -6,7 +6,7 @@ from flax import nnx
 
 from cnnbench.archs.layers import (LRN, Act, AdaptiveAvgPool, AvgPool, BatchNorm, Conv, Dense,
                                    Dropout, Flatten, GlobalAvgPool, MaxPool, Sequential, concat,
-                                   init)
+                                   init, normal)
 from cnnbench.archs.net import Net, feature_shape, flat_size
 from cnnbench.archs.registry import Reference, register
 
@@ -32,9 +32,10 @@ def conv_relu(cin, cout, kernel, stride=1, pad=0, *, rngs):
 
 
 def conv_bn_relu(cin, cout, kernel, stride=1, pad=0, *, rngs):
-    """torchvision's ``BasicConv2d``: bias-free conv, batch norm (eps 1e-3), ReLU."""
-    return Sequential(conv=Conv(cin, cout, kernel, stride, pad, bias=False,
-                                kernel_init=init.truncated_normal(0.01), rngs=rngs),
+    """torchvision's ``BasicConv2d``: bias-free conv, batch norm (eps 1e-3), ReLU. torchvision draws
+    weights with ``trunc_normal_(std=0.01, a=-2, b=2)``: bounds at 200 sigma, i.e. N(0, 0.01)."""
+    return Sequential(conv=Conv(cin, cout, kernel, stride, pad, bias=False, kernel_init=normal(0.01),
+                                rngs=rngs),
                       bn=BatchNorm(cout, eps=1e-3), relu=Act("relu"))
 
 
@@ -56,23 +57,24 @@ class Inception(nnx.Module):
 
 
 class GoogLeNet(Net):
-    """A :class:`Net` whose training forward pass also runs the two auxiliary classifiers.
+    """A :class:`Net` with the paper's two auxiliary classifiers on inception4a and inception4d.
 
-    In training mode the auxiliary logits are sown as ``nnx.Intermediate`` values (see
-    :func:`cnnbench.archs.net.pop_aux_logits`); the training loss weights them 0.3 (section 6).
+    ``model(x)`` never runs them; ``model.forward_with_aux(x)`` returns their logits too, for the
+    training loss that weights them 0.3 (section 6).
     """
 
     def __init__(self, features, head, aux, **kw):
         super().__init__(features, head, **kw)
         self.aux = aux
 
-    def __call__(self, x, train: bool = False):
-        taps = dict(self.aux.named_layers()) if (train and self.aux is not None) else {}
+    def forward_with_aux(self, x, train: bool = True):
+        taps = dict(self.aux.named_layers()) if self.aux is not None else {}
+        aux_logits = []
         for name, layer in self.features.named_layers():
             x = layer(x, train=train)
             if name in taps:
-                self.sow(nnx.Intermediate, "aux_logits", taps[name](x, train=train))
-        return self.head(x, train=train)
+                aux_logits.append(taps[name](x, train=train))
+        return self.head(x, train=train), tuple(aux_logits)
 
 
 def _aux_head(cin, num_classes, map_shape, unit, pool, rngs):

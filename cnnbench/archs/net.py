@@ -28,6 +28,10 @@ class Net(nnx.Module):
     def __call__(self, x, train: bool = False):
         return self.head(self.features(x, train=train), train=train)
 
+    def forward_with_aux(self, x, train: bool = True) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        """Logits and the logits of any auxiliary classifiers (GoogLeNet's; none here)."""
+        return self(x, train=train), ()
+
 
 def infer_shape(module: nnx.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
     """Output shape of ``module`` for an input of ``shape``, traced abstractly (no FLOPs spent)."""
@@ -48,8 +52,3 @@ def feature_shape(features: nnx.Module, input_size: int, in_channels: int) -> tu
 def flat_size(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
-
-def pop_aux_logits(model: nnx.Module) -> tuple:
-    """Auxiliary logits sown by a training forward pass (GoogLeNet), removed from the model."""
-    sown = nnx.pop(model, nnx.Intermediate)
-    return tuple(leaf for leaf in jax.tree.leaves(sown))

@@ -123,3 +123,24 @@ def count_params(module) -> int:
     from flax import nnx
 
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def trace_model(model, input_shape: tuple[int, ...], *, train: bool = False) -> list[LayerRecord]:
+    """Per-layer records of one forward pass of ``model`` on a batch of one ``input_shape`` (HWC)
+    image, traced with ``jax.eval_shape``: no parameters are read and no FLOPs spent."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    records: list[LayerRecord] = []
+
+    def forward(state, x):
+        m = nnx.merge(graphdef, state)
+        names = {id(module): ".".join(map(str, path)) for path, module in nnx.iter_modules(m)}
+        with recording(names) as recorder:
+            m(x, train=train)
+        records.extend(recorder.records)
+
+    jax.eval_shape(forward, state, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+    return records

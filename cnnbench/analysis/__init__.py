@@ -1,0 +1,1 @@
+"""Model analysis: per-layer statistics (`cnnbench summary`) and architecture tables (`cnnbench archs`)."""

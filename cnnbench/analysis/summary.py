@@ -1,0 +1,112 @@
+"""What `cnnbench summary` and `cnnbench archs` print: per-layer shapes, parameters, multiply-adds,
+activation memory, receptive fields, all derived by tracing the model itself.
+
+Multiply-adds count convolutions and dense layers only (one multiply-add per weight use, bias and
+element-wise work excluded), which is how torchvision's published "GFLOPS" are counted.
+Activation memory counts the outputs of the layers shown by default; element-wise layers
+(activations, dropout, batch norm) keep their input's shape and are usually computed in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+from flax import nnx
+
+from cnnbench.archs import create_model, get_arch
+from cnnbench.archs.trace import LayerRecord, count_params, trace_model
+
+#: layer kinds hidden from the default table (shown with ``--all-layers``)
+ELEMENTWISE = frozenset({"act", "dropout", "batchnorm"})
+KIND_LABEL = {"conv": "convolution", "dense": "dense", "maxpool": "max pooling",
+              "avgpool": "average pooling", "gap": "global average pooling", "lrn": "LRN",
+              "batchnorm": "batch norm"}
+
+
+@dataclasses.dataclass
+class Summary:
+    arch: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    params: int           # every trainable parameter of the model
+    layers: list[LayerRecord]
+
+    @property
+    def shown(self) -> list[LayerRecord]:
+        return [r for r in self.layers if r.kind not in ELEMENTWISE]
+
+    @property
+    def macs(self) -> int:
+        return sum(r.macs for r in self.layers)
+
+    @property
+    def activations(self) -> int:
+        return sum(r.activations for r in self.shown)
+
+    @property
+    def activation_bytes(self) -> int:
+        return sum(r.activations * r.itemsize for r in self.shown)
+
+    @property
+    def inference_params(self) -> int:
+        return sum(r.params for r in self.layers)
+
+    def share_by_kind(self, field: str) -> dict[str, float]:
+        totals: dict[str, int] = defaultdict(int)
+        for r in self.layers:
+            totals[r.kind] += getattr(r, field)
+        grand = sum(totals.values()) or 1
+        return {k: v / grand for k, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v}
+
+    def observations(self) -> list[str]:
+        """The seeds' three observations on the AlexNet stats slide, computed for this model."""
+        notes = []
+        rows, total, running = self.shown, self.activations, 0
+        for i, r in enumerate(rows, start=1):
+            running += r.activations
+            if running * 2 >= total:
+                notes.append(f"Memory: the first {i} of {len(rows)} layers (up to {r.name}) hold "
+                             f"{100 * running / total:.0f}% of the activation memory.")
+                break
+        for field, what, verb in (("params", "parameters", "hold"), ("macs", "multiply-adds", "do")):
+            shares = self.share_by_kind(field)
+            if shares:
+                kind, share = next(iter(shares.items()))
+                notes.append(f"{what.capitalize()}: {KIND_LABEL.get(kind, kind)} layers {verb} "
+                             f"{100 * share:.1f}% of the {what}.")
+        return notes
+
+    def layer_dict(self, r: LayerRecord) -> dict:
+        return {
+            "name": r.name, "type": r.kind, "kernel": r.kernel, "stride": r.stride,
+            "padding": r.padding, "output_shape": list(r.output_shape[1:]), "params": r.params,
+            "macs": r.macs, "activations": r.activations,
+            "activation_bytes": r.activations * r.itemsize,
+            "receptive_field": r.geometry.receptive_field,
+            "effective_stride": r.geometry.effective_stride,
+            "effective_padding": r.geometry.effective_padding,
+        }
+
+    def to_dict(self, all_layers: bool = False) -> dict:
+        return {
+            "arch": self.arch, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+            "params": self.params, "macs": self.macs, "activations": self.activations,
+            "activation_bytes": self.activation_bytes,
+            "layers": [self.layer_dict(r) for r in (self.layers if all_layers else self.shown)],
+            "observations": self.observations(),
+        }
+
+
+def abstract_model(name: str, **kwargs) -> nnx.Module:
+    """The model with shapes but no values: building even VGG-19 this way allocates nothing."""
+    return nnx.eval_shape(lambda: create_model(name, **kwargs))
+
+
+def summarize(name: str, *, input_size: int | None = None, num_classes: int | None = None,
+              in_channels: int | None = None, **options) -> Summary:
+    info = get_arch(name)
+    size, channels = input_size or info.input_size, in_channels or info.in_channels
+    model = abstract_model(name, input_size=size, num_classes=num_classes, in_channels=channels, **options)
+    return Summary(arch=name, input_shape=(size, size, channels), num_classes=model.num_classes,
+                   params=count_params(model), layers=trace_model(model, (size, size, channels)))

@@ -1,0 +1,96 @@
+"""How results reach the user: rich tables on a terminal, or JSON / Markdown / CSV for scripts.
+
+Commands describe their result as rows (dicts) plus :class:`Column` specs and call :func:`emit`;
+nothing else in the package prints tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+FORMATS = ("table", "json", "markdown", "csv")
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table",
+                             show_default=True, help="Output format.")
+
+
+def console() -> Console:
+    """The terminal's width on a terminal; wide enough for every table when piped to a file."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=240)
+
+
+def err_console() -> Console:
+    return Console(stderr=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    fmt: Callable[[Any], str] = str
+    justify: str = "right"
+    wrap: bool = False  # only long free-text columns should wrap on a narrow terminal
+
+
+def integer(v) -> str:
+    return "" if v is None else f"{v:,}"
+
+
+def millions(v) -> str:
+    return "" if v is None else f"{v / 1e6:,.2f}M"
+
+
+def giga(v) -> str:
+    return "" if v is None else f"{v / 1e9:.3f}"
+
+
+def human_bytes(n) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def emit(rows: list[dict], columns: list[Column], fmt: str, *, title: str | None = None,
+         notes: list[str] = (), document: Any = None, footer: dict | None = None) -> None:
+    """Print ``rows`` as ``fmt``. JSON prints ``document`` when given (else the rows, unformatted)."""
+    out = console()
+    if fmt == "json":
+        click.echo(json.dumps(rows if document is None else document, indent=2))
+        return
+    body = rows + ([footer] if footer else [])
+    cells = [[c.fmt(r.get(c.key)) if r.get(c.key) is not None else "" for c in columns] for r in body]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow([c.header for c in columns])
+        writer.writerows([[r.get(c.key, "") for c in columns] for r in rows])
+        click.echo(buf.getvalue(), nl=False)
+    elif fmt == "markdown":
+        if title:
+            click.echo(f"### {title}\n")
+        click.echo("| " + " | ".join(c.header for c in columns) + " |")
+        click.echo("|" + "|".join(" ---: " if c.justify == "right" else " --- " for c in columns) + "|")
+        for row in cells:
+            click.echo("| " + " | ".join(row) + " |")
+        for note in notes:
+            click.echo(f"\n- {note}", nl=False)
+        click.echo("")
+    else:
+        table = Table(title=title, show_footer=False, header_style="bold")
+        for c in columns:
+            table.add_column(c.header, justify=c.justify, no_wrap=c.wrap is False)
+        for i, row in enumerate(cells):
+            table.add_row(*row, end_section=(footer is not None and i == len(rows) - 1),
+                          style="bold" if (footer is not None and i == len(rows)) else None)
+        out.print(table)
+        for note in notes:
+            out.print(f"• {note}", highlight=False)
