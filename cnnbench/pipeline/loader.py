@@ -1,0 +1,158 @@
+"""From a :class:`Source` to batches on the devices.
+
+* Order is a pure function of (seed, epoch): the same seed gives the same batches, so a resumed run
+  sees the data a continuous run would have seen (``start_step`` skips what was already consumed).
+* Each process reads its own contiguous shard of the split (``process_index`` of
+  ``process_count``) and produces ``batch_size / process_count`` examples per step; JAX assembles
+  the global batch with ``jax.make_array_from_process_local_data``.
+* Images that fail to decode are skipped and counted (:attr:`Pipeline.skipped`), never a crash.
+* Evaluation pads the last partial batch and marks real examples with ``mask`` = 1, and every
+  process yields the same number of batches, so each example is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from typing import Iterator
+
+import numpy as np
+
+from cnnbench.errors import UsageError
+from cnnbench.pipeline.preprocess import compile_ops, decode
+from cnnbench.pipeline.sources import Source, shard_ranges
+from cnnbench.pipeline.tfenv import tf
+
+
+@dataclasses.dataclass
+class Pipeline:
+    source: Source
+    split: str
+    batch_size: int            # global, over all processes
+    ops: str                   # an expanded preprocessing spec
+    train: bool
+    channels: int = 3
+    seed: int = 0
+    process_index: int = 0
+    process_count: int = 1
+    shuffle_buffer: int = 16_384
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.batch_size % self.process_count:
+            raise UsageError(f"batch size {self.batch_size} does not divide over {self.process_count} processes")
+        self.local_batch = self.batch_size // self.process_count
+        ranges = self.source.ranges(self.split)
+        self.num_examples = sum(b - a for _, a, b in ranges)
+        if self.num_examples == 0:
+            raise UsageError(f"{self.source.name} split {self.split!r} is empty")
+        self.shards = [shard_ranges(ranges, i, self.process_count) for i in range(self.process_count)]
+        self.local_ranges = self.shards[self.process_index]
+        self._apply = compile_ops(self.ops)
+        self._seen = tf().Variable(0, dtype="int64", trainable=False)
+        self._decoded = tf().Variable(0, dtype="int64", trainable=False)
+
+    @property
+    def local_examples(self) -> int:
+        return sum(b - a for _, a, b in self.local_ranges)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Train: full batches only (the same count on every process); eval: every example."""
+        sizes = [sum(b - a for _, a, b in s) for s in self.shards]
+        if self.train:
+            return min(sizes) // self.local_batch
+        return math.ceil(max(sizes) / self.local_batch)
+
+    @property
+    def skipped(self) -> int:
+        """Images of the epochs iterated so far (this process) that could not be decoded. Exact once
+        an epoch has been iterated to its end (images in flight count as seen, not yet decoded)."""
+        return int(self._seen.numpy() - self._decoded.numpy())
+
+    def dataset(self, epoch: int = 0):
+        lib = tf()
+        epoch_seed = self.seed * 1_000_003 + epoch
+        ds = self.source.read(self.local_ranges, shuffle_files=self.train, seed=epoch_seed)
+        ds = ds.enumerate()
+        if self.train:
+            ds = ds.shuffle(min(self.shuffle_buffer, self.local_examples), seed=epoch_seed,
+                            reshuffle_each_iteration=False)
+        seen, decoded, apply, encoded, channels = (self._seen, self._decoded, self._apply,
+                                                   self.source.encoded, self.channels)
+
+        def count_seen(index, example):
+            seen.assign_add(1)
+            return index, example
+
+        def process(index, example):
+            image = decode(example["image"], encoded=encoded, channels=channels)
+            seed = lib.stack([lib.constant(epoch_seed, "int64"), index])
+            return {"image": apply(image, seed), "label": lib.cast(example["label"], "int32")}
+
+        def count_decoded(example):
+            decoded.assign_add(1)
+            return example
+
+        ds = ds.map(count_seen)
+        ds = ds.map(process, num_parallel_calls=lib.data.AUTOTUNE, deterministic=True)
+        ds = ds.ignore_errors().map(count_decoded)
+        ds = ds.batch(self.local_batch, drop_remainder=False, num_parallel_calls=lib.data.AUTOTUNE,
+                      deterministic=True)
+        options = lib.data.Options()
+        options.deterministic = True
+        if self.threads:
+            options.threading.private_threadpool_size = self.threads
+        return ds.with_options(options).prefetch(lib.data.AUTOTUNE)
+
+    def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """NumPy batches of this process for one epoch: ``image``, ``label`` and, in evaluation,
+        ``mask``. Train batches are all full; evaluation yields :attr:`steps_per_epoch` batches."""
+        steps = self.steps_per_epoch
+        ds = self.dataset(epoch)
+        if start_step:
+            ds = ds.skip(start_step)
+        step = start_step
+        template = None
+        for batch in ds.as_numpy_iterator():
+            if step >= steps:
+                break
+            n = len(batch["label"])
+            if self.train and n < self.local_batch:
+                break  # images were skipped: this shard ran short of a full batch
+            template = batch
+            if not self.train:
+                batch = _pad(batch, self.local_batch, n)
+            yield batch
+            step += 1
+        while not self.train and step < steps:  # this process's shard is shorter: empty batches
+            if template is None:
+                raise UsageError(f"no image of {self.source.name} {self.split!r} could be decoded")
+            yield _pad({k: v[:0] for k, v in template.items()}, self.local_batch, 0)
+            step += 1
+
+
+def _pad(batch: dict, size: int, n: int) -> dict:
+    out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) if n < size else v
+           for k, v in batch.items()}
+    out["mask"] = (np.arange(size) < n).astype(np.float32)
+    return out
+
+
+def to_global(batch: dict[str, np.ndarray], sharding) -> dict:
+    """One global ``jax.Array`` per key, sharded on the batch axis over every device of every host."""
+    import jax
+
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def prefetch_to_device(batches, sharding, depth: int = 2):
+    """Keep ``depth`` batches on the devices ahead of the step, so the accelerator never waits."""
+    queue = collections.deque()
+    for batch in batches:
+        queue.append(to_global(batch, sharding))
+        if len(queue) > depth:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()

@@ -1,0 +1,82 @@
+"""What `cnnbench data prepare|show|bench` compute: a dataset's description, a grid of augmented
+samples, and the throughput of its preprocessing."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cnnbench.pipeline.loader import Pipeline
+from cnnbench.pipeline.preprocess import default_recipe, expand
+from cnnbench.pipeline.sources import Source
+
+
+def describe(source: Source) -> dict:
+    return {
+        "dataset": source.name, "num_classes": source.num_classes,
+        "splits": dict(source.splits), "image_shape": list(source.image_shape) if source.image_shape else None,
+        "classes": [{"id": i, "name": n} for i, n in zip(source.class_ids, source.class_names)],
+    }
+
+
+def pipeline_for(source: Source, *, split: str, train: bool, size: int, channels: int, batch_size: int,
+                 ops: str | None = None, seed: int = 0) -> Pipeline:
+    spec = expand(ops, size=size) if ops else default_recipe(source, train=train, size=size, channels=channels)
+    return Pipeline(source, split, batch_size, spec, train=train, channels=channels, seed=seed)
+
+
+def sample_grid(pipeline: Pipeline, out: Path, *, count: int = 16, title: str = "") -> Path:
+    """A PNG grid of the first ``count`` preprocessed examples with their class names; each image
+    is rescaled to [0, 1] for display (the normalisation undone visually, not numerically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images, labels = [], []
+    for batch in pipeline.epoch(0):
+        keep = batch.get("mask", np.ones(len(batch["label"]))) > 0
+        images += list(batch["image"][keep])
+        labels += list(batch["label"][keep])
+        if len(images) >= count:
+            break
+    images, labels = images[:count], labels[:count]
+    cols = min(8, len(images))
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label in zip(axes.flat, images, labels):
+        view = image[0] if image.ndim == 4 else image  # first view of multi-crop evaluation
+        view = (view - view.min()) / max(float(view.max() - view.min()), 1e-6)
+        ax.imshow(view[..., 0] if view.shape[-1] == 1 else view, cmap="gray" if view.shape[-1] == 1 else None)
+        ax.set_title(pipeline.source.class_names[int(label)][:18], fontsize=8)
+    fig.suptitle(title or f"{pipeline.source.name} {pipeline.split}: {pipeline.ops}", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def throughput(pipeline: Pipeline, *, batches: int, warmup: int = 2,
+               advance: Callable[[int], None] = lambda n: None) -> dict:
+    """Images per second of one pipeline, after ``warmup`` batches (tf.data start-up excluded)."""
+    done, started, timed = 0, None, 0
+    epoch = 0
+    while done < batches + warmup:
+        for batch in pipeline.epoch(epoch):
+            done += 1
+            if done == warmup:
+                started = time.perf_counter()
+            elif done > warmup:
+                timed += int(batch.get("mask", np.ones(len(batch["label"]))).sum())
+                advance(1)
+            if done >= batches + warmup:
+                break
+        epoch += 1
+    seconds = time.perf_counter() - started
+    return {"images": timed, "seconds": seconds, "images_per_sec": timed / seconds}

@@ -1,0 +1,182 @@
+"""Input pipelines on data the tests build: digits offline, a fake ILSVRC-2012 archive through the
+real TFDS builder, image folders with broken files, crop geometry, order, sharding."""
+
+import numpy as np
+import pytest
+
+from cnnbench.errors import UsageError
+from cnnbench.pipeline.loader import Pipeline
+from cnnbench.pipeline.preprocess import compile_ops, expand
+from cnnbench.pipeline.sources import resolve, shard_ranges, tfds_source
+from cnnbench.pipeline.synthetic import validation_synsets, write_fake_ilsvrc, write_image_folder
+from cnnbench.pipeline.tfenv import tf, tfds
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def digits(data_dir):
+    return resolve("digits", data_dir=data_dir)
+
+
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory, data_dir):
+    manual = write_fake_ilsvrc(tmp_path_factory.mktemp("ilsvrc") / "manual")
+    return resolve("imagenet2012", data_dir=data_dir, manual_dir=str(manual))
+
+
+def test_digits_loads_offline_with_the_fixed_split(digits):
+    assert digits.splits == {"train": 1437, "test": 360}
+    assert digits.num_classes == 10 and digits.image_shape == (8, 8, 1)
+    labels = np.array([int(e["label"]) for e in digits.read(digits.ranges("test")).as_numpy_iterator()])
+    assert len(labels) == 360
+    assert np.bincount(labels).min() >= 35  # stratified: 36 or so of every digit
+
+
+def test_fake_ilsvrc_through_the_real_imagenet2012_builder(imagenet, data_dir):
+    assert imagenet.splits == {"train": 14, "validation": 8}
+    assert imagenet.class_names[0] == "tench" and imagenet.class_ids[0] == "n01440764"
+    builder = tfds().builder("imagenet2012", data_dir=data_dir)
+    ids = builder.info.features["label"].names
+    val = {e["file_name"].decode(): ids[e["label"]]
+           for e in builder.as_dataset(split="validation").as_numpy_iterator()}
+    truth = validation_synsets(8)
+    assert val == {f"ILSVRC2012_val_{k + 1:08d}.JPEG": truth[k] for k in range(8)}
+    for e in builder.as_dataset(split="train").as_numpy_iterator():
+        assert ids[e["label"]] == e["file_name"].decode().split("_")[0]
+        assert e["image"].shape[-1] == 3  # the CMYK and the PNG-named-JPEG files are RGB JPEGs now
+
+
+def test_imagenet_batches_carry_the_right_labels(imagenet):
+    pipeline = Pipeline(imagenet, "train", 7, expand("alexnet", size=32), train=True)
+    batches = list(pipeline.epoch(0))
+    assert [b["image"].shape for b in batches] == [(7, 32, 32, 3)] * 2
+    seen = {imagenet.class_ids[label] for b in batches for label in b["label"]}
+    assert seen == {"n01440764", "n01443537", "n02105855", "n01739381"}
+    assert pipeline.skipped == 0
+
+
+def test_missing_manual_dir_names_the_expected_files(tmp_path):
+    with pytest.raises(UsageError, match="ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"):
+        resolve("imagenet2012", data_dir=str(tmp_path / "empty"), manual_dir=str(tmp_path))
+
+
+def test_folder_dataset_skips_and_counts_broken_images(tmp_path):
+    root = write_image_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=4)
+    good = (root / "test" / "cat" / "0.jpg").read_bytes()
+    (root / "test" / "cat" / "9_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "test" / "dog" / "9_garbage.jpg").write_bytes(b"definitely not a jpeg")
+    source = resolve(f"folder:{root}")
+    assert source.class_names == ["cat", "dog"] and source.splits == {"test": 10, "train": 8}
+    pipeline = Pipeline(source, "test", 4, expand("small", size=16), train=False)
+    batches = list(pipeline.epoch())
+    labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+    assert pipeline.skipped == 2
+    assert sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert len(batches) == pipeline.steps_per_epoch == 3
+
+
+def test_folder_dataset_errors(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve(f"folder:{tmp_path / 'nope'}")
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(UsageError, match="no split folders"):
+        resolve(f"folder:{tmp_path / 'flat'}")
+    (tmp_path / "emptyclass" / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(UsageError, match="has no images"):
+        resolve(f"folder:{tmp_path / 'emptyclass'}")
+
+
+def test_unknown_dataset_and_split_are_clear(digits):
+    with pytest.raises(UsageError, match="did you mean cifar10"):
+        resolve("cifar1")
+    with pytest.raises(UsageError, match=r"its splits: train \(1,437\), test \(360\)"):
+        digits.ranges("validation")
+    assert digits.num_examples("train[:10%]+test[10:20]") == 144 + 10
+
+
+def _run(spec, image, seed=(0, 0)):
+    return compile_ops(spec)(tf().constant(image, "float32"), tf().constant(seed, "int64")).numpy()
+
+
+def test_ten_crop_geometry_matches_hand_computed_crops():
+    image = np.arange(6 * 8 * 3, dtype=np.float32).reshape(6, 8, 3)
+    crops = _run("ten_crop(4)", image)
+    expected = [image[0:4, 0:4], image[0:4, 4:8], image[2:6, 0:4], image[2:6, 4:8], image[1:5, 2:6]]
+    expected += [c[:, ::-1] for c in expected]
+    assert crops.shape == (10, 4, 4, 3)
+    np.testing.assert_array_equal(crops, np.stack(expected))
+
+
+def test_resize_shorter_center_crop_and_multiscale_shapes():
+    image = np.random.default_rng(0).uniform(0, 255, (300, 400, 3)).astype(np.float32)
+    assert _run("resize_shorter(256)", image).shape == (256, 341, 3)
+    assert _run("resize_shorter(256)|center_crop(224)", image).shape == (224, 224, 3)
+    assert _run("multiscale(256, 384, 224)", image).shape == (4, 224, 224, 3)
+    jittered = {_run("resize_shorter(256, 512)", image, (s, 1)).shape[0] for s in range(6)}
+    assert len(jittered) > 1 and all(256 <= h <= 512 for h in jittered)
+    for s in range(4):
+        assert _run("random_resized_crop(64)|flip|lighting(0.1)", image, (s, 2)).shape == (64, 64, 3)
+
+
+def test_normalize_and_lighting():
+    image = np.full((2, 2, 3), 128.0, np.float32)
+    out = _run("normalize(imagenet)", image)
+    np.testing.assert_allclose(out[0, 0], (128 - np.array([123.675, 116.28, 103.53])) / np.array(
+        [58.395, 57.12, 57.375]), rtol=1e-5)
+    np.testing.assert_array_equal(_run("lighting(0.0)", image), image)
+    shifted = _run("lighting(0.1)", image)
+    assert np.allclose(shifted, shifted[0, 0]) and not np.allclose(shifted, image)  # one shift per image
+
+
+def test_order_and_augmentation_are_deterministic(imagenet):
+    make = lambda seed: Pipeline(imagenet, "train", 4, expand("inception", size=24), train=True, seed=seed)  # noqa: E731
+    a, b, c = (list(make(s).epoch(0)) for s in (3, 3, 4))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+    assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
+    resumed = list(make(3).epoch(0, start_step=1))
+    np.testing.assert_array_equal(resumed[0]["image"], a[1]["image"])
+
+
+def test_shards_cover_every_example_exactly_once():
+    ranges = [("train", 10, 1000), ("test", 0, 37)]
+    for count in (1, 2, 3, 8):
+        pieces = [shard_ranges(ranges, i, count) for i in range(count)]
+        flat = [(s, k) for piece in pieces for s, a, b in piece for k in range(a, b)]
+        assert len(flat) == len(set(flat)) == 1027
+        sizes = [sum(b - a for _, a, b in p) for p in pieces]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_two_processes_evaluate_each_image_once():
+    source = resolve("synthetic:8x8x3:4:51")
+    fingerprints, batch_counts = [], []
+    for index in range(2):
+        p = Pipeline(source, "test", 10, "", train=False, process_index=index, process_count=2)
+        batches = list(p.epoch())
+        batch_counts.append(len(batches))
+        for b in batches:
+            fingerprints += [img.tobytes() for img, m in zip(b["image"], b["mask"]) if m]
+    assert batch_counts == [6, 6]  # shards of 25 and 26, 5 per process per step
+    assert len(fingerprints) == len(set(fingerprints)) == 51
+
+
+def test_batch_must_divide_over_processes():
+    with pytest.raises(UsageError, match="does not divide"):
+        Pipeline(resolve("synthetic"), "train", 10, "", train=True, process_count=3)
+
+
+def test_tfds_names_with_mock_data(tmp_path):
+    """A TFDS dataset that would need a download: keys discovered, images decoded and resized."""
+    with tfds().testing.mock_data(num_examples=12, data_dir=str(tmp_path)):
+        builder = tfds().builder("oxford_flowers102", data_dir=str(tmp_path))
+        source = tfds_source(builder, "oxford_flowers102", splits={"train": 12, "test": 12})
+        assert source.num_classes == 102 and source.class_names[0] == "pink primrose"
+        pipeline = Pipeline(source, "train", 4, expand("inception", size=32), train=True)
+        batch = next(pipeline.epoch(0))
+    assert batch["image"].shape == (4, 32, 32, 3) and batch["label"].max() < 102
