@@ -251,20 +251,25 @@ def bench(dataset, data_dir, manual_dir, split, train, ops, size, channels, seed
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from cnnbench.pipeline.loader import Pipeline
-    from cnnbench.pipeline.tools import throughput
+    import dataclasses
+
+    from cnnbench.pipeline.tools import decode_throughput, throughput
 
     pipeline = _pipeline(dataset, data_dir, manual_dir, split, train, ops, size, channels, seed, batch_size)
-    decode_only = Pipeline(pipeline.source, pipeline.split, batch_size, "", train=False,
-                           channels=channels, seed=seed)
-    rows = []
+    with err_console().status("timing plain decoding ..."):
+        rows = [{"pipeline": "decode only (the limit)",
+                 **decode_throughput(pipeline, images=batches * batch_size)}]
+    variants = [(f"{pipeline.ops} (float32 from the host)", pipeline),
+                ("same, uint8 + lighting/normalize on the device",
+                 dataclasses.replace(pipeline, device_finish=True))]
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err_console(), transient=True) as progress:
-        for label, p in (("decode only (the limit)", decode_only), (pipeline.ops, pipeline)):
+        for label, p in variants:
             task = progress.add_task(label[:40], total=batches)
-            result = throughput(p, batches=batches, advance=lambda n: progress.advance(task, n))
-            rows.append({"pipeline": label, **result})
-    rows[1]["vs_decode"] = rows[1]["images_per_sec"] / rows[0]["images_per_sec"]
+            rows.append({"pipeline": label, **throughput(
+                p, batches=batches, advance=lambda n: progress.advance(task, n))})
+    for row in rows[1:]:
+        row["vs_decode"] = row["images_per_sec"] / rows[0]["images_per_sec"]
     emit(rows, [Column("pipeline", "pipeline", justify="left", wrap=True),
                 Column("images", "images", integer), Column("seconds", "seconds", lambda v: f"{v:.2f}"),
                 Column("images_per_sec", "images/s", lambda v: f"{v:,.0f}"),

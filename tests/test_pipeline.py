@@ -180,3 +180,40 @@ def test_tfds_names_with_mock_data(tmp_path):
         pipeline = Pipeline(source, "train", 4, expand("inception", size=32), train=True)
         batch = next(pipeline.epoch(0))
     assert batch["image"].shape == (4, 32, 32, 3) and batch["label"].max() < 102
+
+
+@pytest.mark.parametrize("spec", ["resize_shorter(64)|random_crop(56)", "resize_shorter(64)|center_crop(56)",
+                                  "resize_shorter(60, 90)|random_crop(48)|flip"])
+def test_fused_resize_and_crop_equals_the_ops_as_written(spec):
+    image = tf().constant(np.random.default_rng(1).uniform(0, 255, (75, 100, 3)), "float32")
+    for s in range(5):
+        seed = tf().constant([s, 7], "int64")
+        fused = compile_ops(spec)(image, seed).numpy()
+        plain = compile_ops(spec, fuse=False)(image, seed).numpy()
+        np.testing.assert_allclose(fused, plain, atol=0.02)
+
+
+@pytest.mark.parametrize("recipe", ["alexnet", "vgg", "inception", "center", "ten_crop", "cifar"])
+def test_device_finish_equals_the_host_pipeline(imagenet, recipe):
+    """uint8 on the wire + lighting/normalize where the batch lands == everything on the host,
+    up to rounding the host part to whole grey levels (half a level / std)."""
+    spec = expand(recipe, size=24)
+    host = Pipeline(imagenet, "train", 7, spec, train=True, seed=5)
+    split = Pipeline(imagenet, "train", 7, spec, train=True, seed=5, device_finish=True)
+    for a, b in zip(host.epoch(1), split.epoch(1)):
+        assert b["image"].dtype == np.uint8 and b["shift"].shape == (7, 3)
+        np.testing.assert_allclose(split.finish(b["image"], b["shift"]), a["image"], atol=0.51 / 57.1)
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_finish_runs_in_jax_too():
+    import jax.numpy as jnp
+
+    from cnnbench.pipeline.preprocess import Finish
+
+    finish = Finish((10.0, 20.0, 30.0), (2.0, 4.0, 5.0))
+    images = np.arange(2 * 3 * 2 * 2 * 3, dtype=np.uint8).reshape(2, 3, 2, 2, 3)  # a crop axis of 3
+    shift = np.array([[1, 2, 3], [0, 0, 0]], np.float32)
+    expected = (images.astype(np.float32) + shift[:, None, None, None, :] - [10, 20, 30]) / [2, 4, 5]
+    np.testing.assert_allclose(finish(images, shift), expected, rtol=1e-6)
+    np.testing.assert_allclose(finish(jnp.asarray(images), jnp.asarray(shift), xp=jnp), expected, rtol=1e-6)

@@ -6,6 +6,9 @@
   ``process_count``) and produces ``batch_size / process_count`` examples per step; JAX assembles
   the global batch with ``jax.make_array_from_process_local_data``.
 * Images that fail to decode are skipped and counted (:attr:`Pipeline.skipped`), never a crash.
+* With ``device_finish`` the host ships uint8 images plus a per-image colour shift, and the
+  spec's trailing ``lighting``/``normalize`` run where the batch lands (:attr:`Pipeline.finish`,
+  NumPy or ``jax.numpy``, normally inside the jitted step).
 * Evaluation pads the last partial batch and marks real examples with ``mask`` = 1, and every
   process yields the same number of batches, so each example is counted exactly once.
 """
@@ -20,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from cnnbench.errors import UsageError
-from cnnbench.pipeline.preprocess import compile_ops, decode
+from cnnbench.pipeline.preprocess import compile_host, compile_ops, decode
 from cnnbench.pipeline.sources import Source, shard_ranges
 from cnnbench.pipeline.tfenv import tf
 
@@ -38,6 +41,8 @@ class Pipeline:
     process_count: int = 1
     shuffle_buffer: int = 16_384
     threads: int | None = None
+    #: ship uint8 images and leave the spec's trailing lighting/normalize to :attr:`finish`
+    device_finish: bool = False
 
     def __post_init__(self):
         if self.batch_size % self.process_count:
@@ -49,7 +54,11 @@ class Pipeline:
             raise UsageError(f"{self.source.name} split {self.split!r} is empty")
         self.shards = [shard_ranges(ranges, i, self.process_count) for i in range(self.process_count)]
         self.local_ranges = self.shards[self.process_index]
-        self._apply = compile_ops(self.ops)
+        if self.device_finish:
+            self._apply, self.finish = compile_host(self.ops)
+        else:
+            full = compile_ops(self.ops)
+            self._apply, self.finish = (lambda image, seed: (full(image, seed), None)), None
         self._seen = tf().Variable(0, dtype="int64", trainable=False)
         self._decoded = tf().Variable(0, dtype="int64", trainable=False)
 
@@ -89,7 +98,11 @@ class Pipeline:
         def process(index, example):
             image = decode(example["image"], encoded=encoded, channels=channels)
             seed = lib.stack([lib.constant(epoch_seed, "int64"), index])
-            return {"image": apply(image, seed), "label": lib.cast(example["label"], "int32")}
+            image, shift = apply(image, seed)
+            out = {"image": image, "label": lib.cast(example["label"], "int32")}
+            if shift is not None:
+                out["shift"] = shift
+            return out
 
         def count_decoded(example):
             decoded.assign_add(1)

@@ -2,8 +2,10 @@
 
     "resize_shorter(256)|random_crop(227)|flip|lighting(0.1)|normalize(imagenet)"
 
-Each op maps a float32 HWC image (0-255) to an image, given a per-op stateless random seed, so the
-result depends only on (seed, epoch, example) and never on threads or timing. Eval ops that make
+Each op maps an HWC image (uint8 or float32, 0-255) to an image, given a per-op stateless random
+seed, so the
+result depends only on (seed, epoch, example) and never on threads or timing. Geometric ops keep
+uint8 (a quarter of the memory traffic); the compiled spec returns float32. Eval ops that make
 several views (``ten_crop``, ``multiscale``) add a leading crop axis; ops after them act per view.
 Experiment files name a recipe (``alexnet``) or give a spec; both go through :func:`parse`.
 """
@@ -48,8 +50,12 @@ def _hw(image):
     return shape[-3], shape[-2]
 
 
+def _float(image):
+    return tf().cast(image, "float32")
+
+
 def _resize(image, h, w):
-    return tf().image.resize(image, tf().stack([h, w]), method="bilinear", antialias=True)
+    return tf().image.resize(_float(image), tf().stack([h, w]), method="bilinear", antialias=True)
 
 
 def _shorter_to(image, size):
@@ -135,7 +141,7 @@ def lighting(std=0.1):
     def apply(image, seed):
         alpha = tf().random.stateless_normal((3,), seed, stddev=std)
         shift = tf().linalg.matvec(tf().constant(PCA_EIGVEC), alpha * tf().constant(PCA_EIGVAL))
-        return image + 255.0 * shift
+        return _float(image) + 255.0 * shift
     return apply
 
 
@@ -151,7 +157,7 @@ def normalize(mean="imagenet", std=None):
         channels = image.shape[-1]
         m = np.resize(np.asarray(mean, np.float32), channels)  # a grey preset on RGB repeats
         s = np.resize(np.asarray(std, np.float32), channels)
-        return (image - m) / s
+        return (_float(image) - m) / s
     return apply
 
 
@@ -251,29 +257,156 @@ def _literal(text: str):
         return text  # a bare word such as imagenet
 
 
-def compile_ops(spec: str) -> Callable:
-    """``apply(image_float32, seed[2]) -> image`` running every op with its own derived seed."""
+def _shorter_side_crop(crop, random, size, max_size=None):
+    """``resize_shorter(size[, max_size])`` then a ``crop x crop`` window (random or centred),
+    computed in one pass: ``scale_and_translate`` (the kernel behind antialiased ``tf.image.resize``)
+    evaluates the resized image only inside the window. Identical to resizing the whole photo and
+    cropping, up to float rounding (a test pins this), and about twice as fast on ImageNet JPEGs."""
+    def apply(image, seed, crop_seed):  # the seeds the two ops would get unfused
+        lib = tf()
+        h, w = _hw(image)
+        target = size if max_size is None else lib.random.stateless_uniform(
+            (), seed, minval=size, maxval=max_size + 1, dtype="int32")
+        scale = lib.cast(target, "float32") / lib.cast(lib.minimum(h, w), "float32")
+        new_h = lib.maximum(lib.cast(lib.round(lib.cast(h, "float32") * scale), "int32"), target)
+        new_w = lib.maximum(lib.cast(lib.round(lib.cast(w, "float32") * scale), "int32"), target)
+        if random:
+            top = lib.random.stateless_uniform((), crop_seed, maxval=new_h - crop + 1, dtype="int32")
+            left = lib.random.stateless_uniform((), crop_seed + 1, maxval=new_w - crop + 1, dtype="int32")
+        else:
+            top, left = (new_h - crop) // 2, (new_w - crop) // 2
+        ratio = lib.stack([lib.cast(new_h, "float32") / lib.cast(h, "float32"),
+                           lib.cast(new_w, "float32") / lib.cast(w, "float32")])
+        # Only the source window the crop samples (plus the kernel's reach, 1/ratio + 1 pixels)
+        # is converted and resampled, not the whole photo.
+        offset = lib.cast(lib.stack([top, left]), "float32")
+        first = lib.cast(lib.floor(offset / ratio), "int32") - lib.cast(lib.math.ceil(1 / ratio), "int32") - 1
+        last = lib.cast(lib.math.ceil((offset + crop) / ratio), "int32") + lib.cast(lib.math.ceil(1 / ratio), "int32") + 1
+        first = lib.maximum(first, 0)
+        last = lib.minimum(last, lib.stack([h, w]))
+        window = image[first[0]:last[0], first[1]:last[1], :]
+        out = lib.raw_ops.ScaleAndTranslate(
+            images=lib.cast(window, "float32")[None], size=[crop, crop], scale=ratio,
+            translation=lib.cast(first, "float32") * ratio - offset, kernel_type="triangle",
+            antialias=True)[0]
+        out.set_shape([crop, crop, image.shape[-1]])
+        return out
+    return apply
+
+
+def _fuse(steps: list[Step]) -> list[tuple[Callable, int]]:
+    """(op, number of spec steps it covers); fused ops keep the seeds of the steps they replace."""
+    fns, i = [], 0
+    while i < len(steps):
+        step, nxt = steps[i], steps[i + 1] if i + 1 < len(steps) else None
+        if step.name == "resize_shorter" and nxt is not None and nxt.name in ("random_crop", "center_crop"):
+            fns.append((_shorter_side_crop(nxt.args[0], nxt.name == "random_crop", *step.args), 2))
+            i += 2
+        else:
+            fns.append((OPS[step.name](*step.args), 1))
+            i += 1
+    return fns
+
+
+def compile_ops(spec: str, *, fuse: bool = True, seed_count: int | None = None) -> Callable:
+    """``apply(image, seed[2]) -> float32 image`` running every op with its own derived seed (the
+    k-th step of the spec always gets the k-th seed). ``fuse`` computes ``resize_shorter`` + crop
+    in one pass (same result, see :func:`_shorter_side_crop`); ``fuse=False`` runs them as written."""
     steps = parse(spec)
     try:
-        fns = [OPS[s.name](*s.args) for s in steps]
+        fns = _fuse(steps) if fuse else [(OPS[s.name](*s.args), 1) for s in steps]
     except TypeError as e:
         raise UsageError(f"bad arguments in preprocessing spec {spec!r}: {e}") from None
 
     def apply(image, seed):
-        seeds = tf().random.experimental.stateless_split(seed, num=max(len(fns), 1))
-        for i, fn in enumerate(fns):
-            image = fn(image, seeds[i])
-        return image
+        seeds = tf().random.experimental.stateless_split(seed, num=max(seed_count or len(steps), 1))
+        k = 0
+        for fn, covered in fns:
+            image = fn(image, *(seeds[k + j] for j in range(covered)))
+            k += covered
+        return _float(image)
 
     return apply
 
 
+DEFERRABLE = ("lighting", "normalize")
+
+
+@dataclasses.dataclass(frozen=True)
+class Finish:
+    """The per-pixel tail of a spec (``lighting`` then ``normalize``), applied where the batch lands,
+    normally inside the jitted step on the accelerator: the host then ships uint8 images (a quarter
+    of the bytes) plus one colour shift per image, and skips two float passes over every pixel."""
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __call__(self, images, shift, xp=np):
+        """``images`` uint8 (B, ..., C), ``shift`` float32 (B, C) -> float32, with NumPy or jax.numpy."""
+        channels = images.shape[-1]
+        shift = xp.reshape(shift, (shift.shape[0],) + (1,) * (images.ndim - 2) + (channels,))
+        mean = np.resize(np.asarray(self.mean, np.float32), channels)
+        std = np.resize(np.asarray(self.std, np.float32), channels)
+        return (images.astype(xp.float32) + shift - mean) / std
+
+
+def split_spec(spec: str) -> tuple[list[Step], list[Step]]:
+    """(host steps, deferred steps): the trailing ``lighting`` / ``normalize`` steps, in that order."""
+    steps = parse(spec)
+    cut = len(steps)
+    while cut and steps[cut - 1].name in DEFERRABLE:
+        cut -= 1
+    tail = steps[cut:]
+    if [t.name for t in tail] not in ([], ["lighting"], ["normalize"], ["lighting", "normalize"]):
+        return steps, []  # an unusual order: run everything on the host, as written
+    return steps[:cut], tail
+
+
+def compile_host(spec: str) -> tuple[Callable, Finish]:
+    """``apply(image, seed) -> (uint8 image, float32 shift[C])`` and the :class:`Finish` completing
+    it: ``finish(*apply(x, seed))`` equals ``compile_ops(spec)(x, seed)`` up to the rounding of the
+    host part to uint8 (at most half a grey level)."""
+    host, tail = split_spec(spec)
+    if not tail:
+        full = compile_ops(spec)
+        return (lambda image, seed: (full(image, seed), None)), None
+    steps = len(host) + len(tail)
+    run = compile_ops("|".join(_unparse(s) for s in host), seed_count=steps) if host else None
+    names = [t.name for t in tail]
+    std_light = next((t.args[0] if t.args else 0.1 for t in tail if t.name == "lighting"), None)
+    norm = next((t for t in tail if t.name == "normalize"), None)
+    mean, std = ((0.0,), (1.0,)) if norm is None else _norm_stats(*norm.args)
+
+    def apply(image, seed):
+        lib = tf()
+        # The same per-step seeds the full spec would use (the lighting step keeps its own).
+        seeds = lib.random.experimental.stateless_split(seed, num=max(steps, 1))
+        out = run(image, seed) if host else _float(image)
+        out = lib.cast(lib.clip_by_value(lib.round(out), 0, 255), "uint8")
+        shift = lib.zeros([image.shape[-1]], "float32")
+        if std_light is not None:
+            k = len(host) + names.index("lighting")
+            alpha = lib.random.stateless_normal((3,), seeds[k], stddev=std_light)
+            shift = 255.0 * lib.linalg.matvec(lib.constant(PCA_EIGVEC), alpha * lib.constant(PCA_EIGVAL))
+        return out, shift
+
+    return apply, Finish(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+def _norm_stats(mean="imagenet", std=None):
+    return NORMALIZATION[mean] if isinstance(mean, str) else (mean, std)
+
+
+def _unparse(step: Step) -> str:
+    return step.name + (f"({', '.join(repr(a) for a in step.args)})" if step.args else "")
+
+
 def decode(image, *, encoded: bool, channels: int):
-    """Bytes (JPEG, PNG incl. PNG-in-JPEG, CMYK, grey, GIF, BMP) or uint8 arrays to float32 HWC with
+    """Bytes (JPEG, PNG incl. PNG-in-JPEG, CMYK, grey, GIF, BMP) or uint8 arrays to uint8 HWC with
     ``channels`` channels. Undecodable bytes raise, and the pipeline skips and counts them."""
     lib = tf()
     if encoded:
         image = lib.io.decode_image(image, channels=channels, expand_animations=False)
     elif image.shape[-1] != channels:
         image = lib.image.rgb_to_grayscale(image) if channels == 1 else lib.image.grayscale_to_rgb(image)
-    return lib.cast(image, "float32")
+    return image

@@ -39,7 +39,8 @@ def sample_grid(pipeline: Pipeline, out: Path, *, count: int = 16, title: str = 
     images, labels = [], []
     for batch in pipeline.epoch(0):
         keep = batch.get("mask", np.ones(len(batch["label"]))) > 0
-        images += list(batch["image"][keep])
+        batch_images = batch["image"] if pipeline.finish is None else pipeline.finish(batch["image"], batch["shift"])
+        images += list(batch_images[keep])
         labels += list(batch["label"][keep])
         if len(images) >= count:
             break
@@ -60,6 +61,27 @@ def sample_grid(pipeline: Pipeline, out: Path, *, count: int = 16, title: str = 
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def decode_throughput(pipeline: Pipeline, *, images: int, rounds: int = 1) -> dict:
+    """The limit any preprocessing can reach: JPEG/PNG decoding of the same files, on all cores,
+    with nothing batched or copied back (each decoded image is reduced to one number)."""
+    from cnnbench.pipeline.preprocess import decode
+    from cnnbench.pipeline.tfenv import tf
+
+    lib, source = tf(), pipeline.source
+
+    def decoded(example):  # a reduction over every pixel: TensorFlow cannot prune the decode away
+        return lib.reduce_max(decode(example["image"], encoded=source.encoded, channels=pipeline.channels))
+
+    ds = source.read(pipeline.local_ranges).map(decoded, num_parallel_calls=lib.data.AUTOTUNE)
+    ds = ds.ignore_errors().repeat().take(images).prefetch(lib.data.AUTOTUNE)
+    for _ in ds.take(min(64, images)):  # warm-up: thread pools, file cache
+        pass
+    started = time.perf_counter()
+    count = sum(1 for _ in ds)
+    seconds = time.perf_counter() - started
+    return {"images": count, "seconds": seconds, "images_per_sec": count / seconds}
 
 
 def throughput(pipeline: Pipeline, *, batches: int, warmup: int = 2,

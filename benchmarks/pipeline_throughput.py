@@ -1,0 +1,143 @@
+"""Train-preprocessing throughput on ImageNet-sized JPEGs vs. plain decoding and vs. the rate at
+which an `alexnet` training step consumes images, all measured in this one process.
+
+    python benchmarks/pipeline_throughput.py [--images 768] [--batch-size 64] [--rounds 3]
+
+Each measurement times batches inside one epoch (after 2 warm-up batches), as in a long run where
+tf.data's start-up is amortised. Every recipe is timed twice: float32 images finished on the host,
+and uint8 images with lighting/normalize deferred to the device (``device_finish``).
+
+Writes nothing but a temporary image folder; prints a table (and --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+
+def write_jpegs(root, n, classes=8, size=(375, 500), seed=0):
+    """n photo-sized JPEGs (500x375, quality 90) in root/train/<class>/; smooth content plus noise so
+    they compress like photographs (~60-100 KB) rather than like flat colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    for i in range(n):
+        folder = os.path.join(root, "train", f"c{i % classes}")
+        os.makedirs(folder, exist_ok=True)
+        freq = rng.uniform(2, 12, 3)
+        base = np.stack([np.sin(freq[c] * (xx + rng.uniform()) * np.pi) * np.cos(freq[c] * yy * np.pi)
+                         for c in range(3)], -1)
+        pixels = np.clip(127 + 100 * base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, f"{i}.jpg"), quality=90)
+
+
+def pipeline_rate(pipeline, batches):
+    from cnnbench.pipeline.tools import throughput
+
+    return throughput(pipeline, batches=batches, warmup=2)["images_per_sec"]
+
+
+def alexnet_step_rate(batch_size, steps=5):
+    """Images/s of a jitted SGD-momentum training step of the paper's AlexNet at 227x227."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from cnnbench.archs import create_model
+
+    model = create_model("alexnet")
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.sgd(0.01, momentum=0.9)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, rest, x, y):
+        model = nnx.merge(graphdef, params, rest)  # merged at the jit level: dropout RNG can advance
+
+        def loss_fn(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x, train=True), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        _, _, rest = nnx.split(model, nnx.Param, ...)
+        return optax.apply_updates(params, updates), opt_state, rest, loss
+
+    x = jax.random.normal(jax.random.key(0), (batch_size, 227, 227, 3))
+    y = jnp.zeros((batch_size,), jnp.int32)
+    params, opt_state, rest, loss = step(params, opt_state, rest, x, y)  # compile
+    jax.block_until_ready(loss)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        params, opt_state, rest, loss = step(params, opt_state, rest, x, y)
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - t)
+    return batch_size / statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=768)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--step-batch", type=int, default=32)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from cnnbench.pipeline.loader import Pipeline
+    from cnnbench.pipeline.preprocess import expand
+    from cnnbench.pipeline.sources import resolve
+    from cnnbench.pipeline.tools import decode_throughput
+
+    with tempfile.TemporaryDirectory() as root:
+        write_jpegs(root, args.images)
+        source = resolve(f"folder:{root}")
+        batches = args.images // args.batch_size - 3  # stay inside one epoch after the warm-up
+        recipes = {}
+        for name in ("alexnet", "vgg", "inception"):
+            spec = expand(name, size=227 if name == "alexnet" else 224)
+            recipes[f"{name} f32"] = Pipeline(source, "train", args.batch_size, spec, train=True)
+            recipes[f"{name} u8"] = Pipeline(source, "train", args.batch_size, spec, train=True,
+                                             device_finish=True)
+        rates = {"decode": [], **{k: [] for k in recipes}}
+        for _ in range(args.rounds):  # interleaved rounds: a noisy neighbour hits every row alike
+            rates["decode"].append(decode_throughput(recipes["alexnet f32"], images=batches * args.batch_size)
+                                   ["images_per_sec"])
+            for name, p in recipes.items():
+                rates[name].append(pipeline_rate(p, batches))
+    medians = {k: statistics.median(v) for k, v in rates.items()}
+    step = alexnet_step_rate(args.step_batch)
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "images": args.images, "image_size": "500x375 JPEG", "batch_size": args.batch_size,
+        "decode_images_per_sec": medians["decode"],
+        "recipes": {k: {"images_per_sec": medians[k], "vs_decode": medians[k] / medians["decode"],
+                        "vs_alexnet_step": medians[k] / step} for k in recipes},
+        "alexnet_train_step_images_per_sec": step,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"machine: {result['machine']}; {args.images} JPEGs 500x375, batch {args.batch_size}, "
+          f"median of {args.rounds} rounds")
+    print("f32: normalised float32 images from the host; u8: uint8 + lighting/normalize on the device")
+    print(f"{'pipeline':<16}{'images/s':>10}{'vs decode':>11}{'vs alexnet step':>17}")
+    print(f"{'decode':<16}{medians['decode']:>10.0f}{'100%':>11}{medians['decode'] / step:>16.1f}x")
+    for name, r in result["recipes"].items():
+        print(f"{name:<16}{r['images_per_sec']:>10.0f}{r['vs_decode']:>11.0%}{r['vs_alexnet_step']:>16.1f}x")
+    print(f"alexnet train step (batch {args.step_batch}, 227x227, fp32): {step:.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
