@@ -143,6 +143,115 @@ def _window(layer: dict) -> str:
     return f"{k}x{k} /{layer['stride']}" + (f" p{layer['padding']}" if layer["padding"] else "")
 
 
+# --------------------------------------------------------------------------- train
+
+@cli.command()
+@click.argument("arch", required=False)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Experiment file (TOML).")
+@click.option("--dataset", help="Dataset (default: digits, offline).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="TFDS data directory.")
+@click.option("--manual-dir", type=click.Path(file_okay=False), help="Manually downloaded archives (ImageNet).")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int, help="Global batch size (over all devices and hosts).")
+@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]))
+@click.option("--momentum", type=float)
+@click.option("--nesterov/--no-nesterov", default=None)
+@click.option("--weight-decay", type=float, help="L2 on weights.")
+@click.option("--schedule", type=click.Choice(["constant", "step", "cosine", "exponential", "plateau"]))
+@click.option("--warmup-epochs", type=float)
+@click.option("--label-smoothing", type=float)
+@click.option("--grad-clip", type=float, help="Clip the global gradient norm.")
+@click.option("--input-size", type=int)
+@click.option("--train-ops", help="Train preprocessing recipe or spec (see `cnnbench data show`).")
+@click.option("--eval-ops", help="Validation preprocessing recipe or spec.")
+@click.option("--train-split")
+@click.option("--eval-split")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Architecture option.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]))
+@click.option("--seed", type=int)
+@click.option("--devices", type=int, help="Use the first N devices (default: all).")
+@click.option("--run-dir", type=click.Path(file_okay=False),
+              help="Run directory (default: runs/ARCH-DATASET-TIME); an existing one is resumed.")
+@click.option("--resume", type=click.Path(file_okay=False, exists=True),
+              help="Continue the run in this directory from its last checkpoint.")
+@click.option("--coordinator", metavar="HOST:PORT", help="Multi-host: address of process 0.")
+@click.option("--num-processes", type=int, help="Multi-host: number of processes.")
+@click.option("--process-id", type=int, help="Multi-host: this process's index.")
+@format_option
+def train(arch, config_file, options, resume, run_dir, coordinator, num_processes, process_id, fmt, **values):
+    """Train ARCH (default dataset: the offline digits).
+
+    \b
+    Examples:
+      cnnbench train lenet5
+      cnnbench train alexnet --config experiments/alexnet_imagenet.toml --manual-dir ~/ILSVRC2012
+      cnnbench train resnet20 --dataset cifar10 --epochs 2 --precision bf16
+      cnnbench train --resume runs/lenet5-digits-20261122-031500
+    """
+    from pathlib import Path
+
+    from cnnbench.train import config as config_lib
+    from cnnbench.train.loop import init_distributed, train as run_training
+
+    init_distributed(coordinator, num_processes, process_id)  # before anything touches a device
+    if options:
+        values["arch_options"] = parse_options(options)
+    target = Path(resume or run_dir) if (resume or run_dir) else None
+    if resume or (target is not None and (target / "config.json").exists()):
+        saved = config_lib.from_run(target)
+        cfg = config_lib.load(None, saved.arch, {**vars(saved), **{k: v for k, v in values.items() if v is not None}})
+    else:
+        cfg = config_lib.load(config_file, arch, values)
+    summary = _train_with_progress(cfg, target, fmt)
+    rows = [{"run": summary["run_dir"], "epochs": summary["epochs"], **{f"final_{k}": v for k, v in summary["final"].items()},
+             "best_top1": summary["best"].get("top1"), "best_epoch": summary["best"].get("epoch"),
+             "images_per_sec": summary["images_per_sec"], "wall_time": summary["wall_time"]}]
+    pct = lambda v: "" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    emit(rows, [Column("run", "run", justify="left"), Column("epochs", "epochs"),
+                Column("final_top1", "val top-1", pct), Column("final_top5", "val top-5", pct),
+                Column("final_loss", "val loss", lambda v: f"{v:.4f}"),
+                Column("best_top1", "best top-1", pct), Column("best_epoch", "at epoch"),
+                Column("images_per_sec", "train images/s", lambda v: f"{v:,.0f}"),
+                Column("wall_time", "wall time", lambda v: f"{v:.0f} s")], fmt,
+         title=f"{cfg.arch} on {summary['dataset']}", document=summary)
+
+
+def _train_with_progress(cfg, run_dir, fmt):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from cnnbench.train.loop import Events, train as run_training
+
+    columns = [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}  top-1 {task.fields[top1]}  {task.fields[rate]} img/s"),
+               TimeRemainingColumn()]
+    console = err_console()
+    with Progress(*columns, console=console, transient=False, disable=fmt == "json") as progress:
+        shown = {"epoch": "-", "loss": "-", "top1": "-", "rate": "-"}
+        task = progress.add_task("train", total=None, **shown)
+
+        def epoch_start(epoch, steps):
+            shown["epoch"] = f"{epoch + 1}/{cfg.epochs}"
+            progress.reset(task, total=steps, **shown)  # reset() forgets fields it is not given
+
+        def step(r):
+            shown.update(loss=f"{r['loss']:.4f}", top1=f"{100 * r['top1']:.1f}%",
+                         rate=f"{r['images_per_sec']:,.0f}")
+            progress.update(task, completed=r["step_in_epoch"], **shown)
+
+        def validation(r):
+            progress.console.print(f"epoch {r['epoch']}/{cfg.epochs}: val top-1 {100 * r['top1']:.2f}%  "
+                                   f"top-5 {100 * r['top5']:.2f}%  loss {r['loss']:.4f}"
+                                   + (f"  ({r['skipped_images']} images skipped)" if r["skipped_images"] else ""),
+                                   highlight=False)
+
+        def announce(path, resumed):
+            progress.console.print(f"{'resuming' if resumed else 'run directory'}: {path}", highlight=False)
+
+        return run_training(cfg, run_dir=run_dir, events=Events(epoch_start, step, validation),
+                            on_run_dir=announce)
+
+
 # --------------------------------------------------------------------------- data
 
 def dataset_options(fn):

@@ -198,6 +198,7 @@ RECIPES = {
     "inception": "random_resized_crop({size})|flip|normalize(imagenet)",
     "cifar": "resize({size})|pad_crop({size}, 4)|flip|normalize({norm})",
     "small": "resize({size})|normalize({norm})",
+    "shift": "resize({size})|pad_crop({size}, {pad})|normalize({norm})",  # small grey images: +-10% shifts
     # eval
     "center": "resize_shorter({resize})|center_crop({size})|normalize({norm})",
     "ten_crop": "resize_shorter({resize})|ten_crop({size})|normalize({norm})",
@@ -213,22 +214,24 @@ def eval_resize(size: int) -> int:
 def expand(recipe_or_spec: str, *, size: int, norm: str = "imagenet") -> str:
     """A recipe name (``alexnet``) or a spec string, with ``{size}``, ``{resize}``, ``{norm}`` filled."""
     spec = RECIPES.get(recipe_or_spec, recipe_or_spec)
-    return spec.format(size=size, resize=eval_resize(size), norm=norm)
+    return spec.format(size=size, resize=eval_resize(size), norm=norm, pad=max(size // 10, 1))
 
 
 def default_recipe(source, *, train: bool, size: int, channels: int) -> str:
     """What a run uses when neither the command line nor the experiment file says: small datasets
-    of fixed shape (MNIST, CIFAR, digits) are resized to the model's input (CIFAR-like colour images
-    also get pad-and-crop + flip in training); natural images get the Inception-style crop for
-    training and resize-256 + centre crop for evaluation."""
+    of fixed shape (MNIST, CIFAR, digits) are resized to the model's input; in training, colour
+    ones (CIFAR) also get pad-and-crop + flip, grey ones (digits, MNIST) random shifts of up to 10%
+    without flips (a mirrored 2 is no 2). Natural images get the Inception-style crop for training
+    and resize-256 + centre crop for evaluation."""
     shape = source.image_shape
     if source.name.startswith("cifar"):
         norm = "cifar10"
     else:
         norm = "imagenet" if channels == 3 else "mnist"
     if shape is not None and max(shape[:2]) <= 64:
-        colour = shape[2] == 3 and not source.name.startswith("synthetic")
-        return expand("cifar" if (train and colour) else "small", size=size, norm=norm)
+        if not train or source.name.startswith("synthetic"):
+            return expand("small", size=size, norm=norm)
+        return expand("cifar" if shape[2] == 3 else "shift", size=size, norm=norm)
     return expand("inception" if train else "center", size=size, norm=norm)
 
 

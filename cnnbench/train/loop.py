@@ -1,0 +1,208 @@
+"""The training loop: config -> pipelines -> sharded jitted step -> metrics, checkpoints, summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cnnbench.errors import CnnbenchError, UsageError
+from cnnbench.train.config import TrainConfig
+
+
+@dataclasses.dataclass
+class Events:
+    """What the loop reports while it runs; the CLI turns these into a progress bar."""
+
+    epoch_start: Callable[[int, int], None] = lambda epoch, steps: None
+    step: Callable[[dict], None] = lambda record: None
+    validation: Callable[[dict], None] = lambda record: None
+
+
+def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """``jax.distributed.initialize`` before anything touches a device; without arguments JAX reads
+    what a cluster scheduler (SLURM, Open MPI, ...) set, and a single machine needs nothing."""
+    import jax
+
+    if coordinator or num_processes:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+
+
+def make_mesh(devices: int | None):
+    import jax
+    from jax.sharding import Mesh
+
+    available = jax.devices()
+    if devices is not None and not 1 <= devices <= len(available):
+        raise UsageError(f"--devices {devices}: JAX sees {len(available)} device(s)")
+    return Mesh(np.array(available[:devices] if devices else available), ("data",))
+
+
+def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Events(),
+          on_run_dir: Callable[[Path, bool], None] = lambda path, resumed: None) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from cnnbench.archs import create_model, get_arch
+    from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
+    from cnnbench.pipeline.preprocess import default_recipe, expand
+    from cnnbench.pipeline.sources import resolve
+    from cnnbench.train.checkpoint import Checkpoints
+    from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
+    from cnnbench.train.rundir import MetricsLog, new_run_dir
+    from cnnbench.train.step import make_steps, set_compute_dtype
+
+    started = time.time()
+    mesh = make_mesh(cfg.devices)
+    n_devices = mesh.devices.size
+    if cfg.batch_size % n_devices:
+        raise UsageError(f"global batch size {cfg.batch_size} does not divide over {n_devices} devices; "
+                         f"use a multiple of {n_devices}")
+    replicated = NamedSharding(mesh, PartitionSpec())
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    main = jax.process_index() == 0
+
+    # ---- data
+    info = get_arch(cfg.arch)
+    size, channels = cfg.input_size or info.input_size, cfg.in_channels or info.in_channels
+    source = resolve(cfg.dataset, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir)
+
+    def pipeline(train: bool) -> Pipeline:
+        ops = cfg.train_ops if train else cfg.eval_ops
+        spec = expand(ops, size=size) if ops else default_recipe(source, train=train, size=size, channels=channels)
+        split = (cfg.train_split or source.train_split) if train else (cfg.eval_split or source.eval_split)
+        return Pipeline(source, split, cfg.batch_size, spec, train=train, channels=channels, seed=cfg.seed,
+                        process_index=jax.process_index(), process_count=jax.process_count(),
+                        device_finish=True)
+
+    train_data, eval_data = pipeline(True), pipeline(False)
+    steps_per_epoch = train_data.steps_per_epoch
+    if steps_per_epoch == 0:
+        raise UsageError(f"batch size {cfg.batch_size} is larger than the {train_data.num_examples} "
+                         f"training images of {source.name}")
+
+    # ---- model, optimiser, state (replicated over the mesh)
+    model = create_model(cfg.arch, num_classes=source.num_classes, input_size=size, in_channels=channels,
+                         seed=cfg.seed, **cfg.arch_options)
+    dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
+    if cfg.precision == "bf16":
+        set_compute_dtype(model, dtype)
+    graphdef, params, batch_stats, other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    tx, lr_schedule = optimizer(cfg, steps_per_epoch)
+    state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
+                            "opt_state": tx.init(params)}, replicated)
+    other = jax.device_put(other, replicated)
+    train_step, _ = make_steps(graphdef, other, tx, seed=cfg.seed, finish=train_data.finish, dtype=dtype,
+                               label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
+    _, eval_step = make_steps(graphdef, other, tx, seed=cfg.seed, finish=eval_data.finish, dtype=dtype)
+    train_step = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+    eval_step = jax.jit(eval_step, out_shardings=replicated)
+
+    # ---- run directory, resume
+    run_dir = Path(run_dir or cfg.run_dir or new_run_dir(cfg.arch, cfg.dataset))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
+    restored = checkpoints.restore(state)
+    start_epoch, best_top1, plateau = 0, -1.0, {"best_error": math.inf, "bad_epochs": 0}
+    if restored is not None:
+        state, meta = restored
+        start_epoch, best_top1, plateau = meta["epoch"] + 1, meta["best_top1"], meta["plateau"]
+    on_run_dir(run_dir, restored is not None)
+    if main:
+        (run_dir / "config.json").write_text(dataclasses.replace(cfg, run_dir=str(run_dir)).to_json())
+    log = MetricsLog(run_dir / "metrics.jsonl", int(state["step"]) if restored else None, enabled=main)
+    log_every = max(1, steps_per_epoch // 10)
+
+    validation: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        events.epoch_start(epoch, steps_per_epoch)
+        window_start, window_images = time.time(), 0
+        for i, batch in enumerate(prefetch_to_device(train_data.epoch(epoch), data)):
+            state, metrics = train_step(state, batch)
+            window_images += cfg.batch_size
+            if (i + 1) % log_every == 0 or i + 1 == steps_per_epoch:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                step = int(state["step"])
+                if not math.isfinite(values["loss"]):
+                    checkpoints.wait()
+                    raise CnnbenchError(f"loss is {values['loss']} at step {step} (epoch {epoch + 1}): "
+                                        f"training stopped; the last good checkpoint is intact in "
+                                        f"{run_dir}/checkpoints/latest")
+                now = time.time()
+                record = {"kind": "train", "step": step, "epoch": epoch + 1,
+                          "lr": float(lr_schedule(step - 1)) * plateau_scale(state["opt_state"]),
+                          **values, "images_per_sec": window_images / max(now - window_start, 1e-9),
+                          "wall_time": now - started, "step_in_epoch": i + 1}
+                log.write(record)
+                events.step(record)
+                window_start, window_images = now, 0
+        validation = evaluate(eval_step, state, eval_data, data)
+        skipped = train_data.skipped + eval_data.skipped
+        if cfg.schedule == "plateau":
+            error = 1.0 - validation["top1"]
+            if error < plateau["best_error"] - 1e-9:
+                plateau = {"best_error": error, "bad_epochs": 0}
+            else:
+                plateau["bad_epochs"] += 1
+                if plateau["bad_epochs"] >= cfg.plateau_patience:
+                    state["opt_state"] = set_plateau_scale(
+                        state["opt_state"], plateau_scale(state["opt_state"]) * cfg.decay_factor)
+                    plateau["bad_epochs"] = 0
+        is_best = validation["top1"] > best_top1
+        best_top1 = max(best_top1, validation["top1"])
+        record = {"kind": "validation", "step": int(state["step"]), "epoch": epoch + 1, **validation,
+                  "best_top1": best_top1, "skipped_images": skipped, "wall_time": time.time() - started}
+        log.write(record)
+        events.validation(record)
+        checkpoints.save(int(state["step"]), state, {"epoch": epoch, "best_top1": best_top1,
+                                                     "plateau": plateau, "validation": validation},
+                         best=is_best)
+    checkpoints.wait()
+    checkpoints.close()
+    summary = summarize_run(run_dir, cfg, source.name, time.time() - started)
+    if main:
+        import json
+
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def evaluate(eval_step, state, pipeline, sharding) -> dict:
+    """Top-1 / top-5 / loss over every image of the split, each counted exactly once."""
+    import jax
+
+    from cnnbench.pipeline.loader import prefetch_to_device
+
+    totals = None
+    for batch in prefetch_to_device(pipeline.epoch(0), sharding):
+        sums = eval_step(state, batch)
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+    n = max(totals["count"], 1.0)
+    return {"top1": totals["top1"] / n, "top5": totals["top5"] / n, "loss": totals["loss"] / n,
+            "num_examples": int(totals["count"])}
+
+
+def summarize_run(run_dir: Path, cfg: TrainConfig, dataset: str, wall_time: float) -> dict:
+    from cnnbench.train.rundir import read_metrics
+
+    records = read_metrics(run_dir)
+    val = [r for r in records if r["kind"] == "validation"]
+    train = [r for r in records if r["kind"] == "train"]
+    best = max(val, key=lambda r: r["top1"]) if val else {}
+    return {
+        "run_dir": str(run_dir), "arch": cfg.arch, "dataset": dataset, "epochs": len(val),
+        "steps": train[-1]["step"] if train else 0,
+        "final": {k: val[-1][k] for k in ("top1", "top5", "loss")} if val else {},
+        "best": {k: best[k] for k in ("top1", "top5", "loss", "epoch")} if best else {},
+        "train_loss": train[-1]["loss"] if train else None,
+        "images_per_sec": float(np.median([r["images_per_sec"] for r in train])) if train else None,
+        "wall_time": wall_time,
+    }

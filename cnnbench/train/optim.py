@@ -1,0 +1,66 @@
+"""Optimisers and learning-rate schedules, all from optax.
+
+The chain ends in an injected ``scale`` whose ``step_size`` the loop lowers by ``decay_factor``
+when validation error plateaus (the AlexNet/VGG/ResNet recipe); it lives in the optimiser state,
+so a resumed run keeps it.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from cnnbench.train.config import TrainConfig
+
+
+def schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "step":
+        base = optax.piecewise_constant_schedule(
+            cfg.lr, {int(e * steps_per_epoch) - warmup: cfg.decay_factor for e in cfg.decay_epochs})
+    elif cfg.schedule == "cosine":
+        base = optax.cosine_decay_schedule(cfg.lr, decay_steps=max(total - warmup, 1))
+    elif cfg.schedule == "exponential":
+        base = optax.exponential_decay(cfg.lr, transition_steps=steps_per_epoch,
+                                       decay_rate=cfg.decay_factor, staircase=True)
+    else:  # constant, plateau
+        base = optax.constant_schedule(cfg.lr)
+    if warmup:
+        return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), base], [warmup])
+    return base
+
+
+def _kernels(params):
+    """Weight decay on weights only (kernels), not on biases or batch-norm scales."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def optimizer(cfg: TrainConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    lr = schedule(cfg, steps_per_epoch)
+    parts = []
+    if cfg.grad_clip:
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+    if cfg.weight_decay and cfg.optimizer != "adamw":
+        # L2 regularisation as the papers apply it: wd * w added to the gradient, before momentum.
+        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=_kernels))
+    if cfg.optimizer == "sgd":
+        parts.append(optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+    elif cfg.optimizer == "adam":
+        parts.append(optax.adam(lr))
+    else:
+        parts.append(optax.adamw(lr, weight_decay=cfg.weight_decay, mask=_kernels))
+    parts.append(optax.inject_hyperparams(optax.scale)(step_size=1.0))
+    return optax.chain(*parts), lr
+
+
+def plateau_scale(opt_state) -> float:
+    return float(opt_state[-1].hyperparams["step_size"])
+
+
+def set_plateau_scale(opt_state, value: float):
+    """A new optimiser state whose final scale is ``value`` (sharding of the old one preserved)."""
+    hyper = opt_state[-1].hyperparams
+    old = hyper["step_size"]
+    new = dict(hyper, step_size=jax.device_put(jax.numpy.asarray(value, old.dtype), old.sharding))
+    return (*opt_state[:-1], opt_state[-1]._replace(hyperparams=new))

@@ -1,0 +1,49 @@
+"""Run directories: ``runs/<arch>-<dataset>-<timestamp>/`` with ``config.json``, ``metrics.jsonl``
+(one JSON object per logged step and per validation), ``checkpoints/`` and ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+RUNS = Path("runs")
+
+
+def new_run_dir(arch: str, dataset: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.split(":")[0])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = RUNS / f"{arch}-{slug}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = RUNS / f"{arch}-{slug}-{stamp}-{n}"
+    return path
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    latest = run_dir / "checkpoints" / "latest"
+    return latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())
+
+
+class MetricsLog:
+    """Appends JSON lines; a resumed run drops records past the step it resumes from, so the log
+    reads as if the run had never stopped."""
+
+    def __init__(self, path: Path, resume_step: int | None = None, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if enabled and resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []

@@ -1,0 +1,81 @@
+"""The pure, jitted train and eval steps.
+
+State is a plain dict ``{"step", "params", "batch_stats", "opt_state"}`` replicated over the mesh;
+batches are sharded on the ``data`` axis, so batch-norm statistics and the loss are computed over
+the global batch (XLA inserts the collectives). Dropout keys are ``fold_in(seed, step)``: a run is
+a pure function of its seed, resumed or not.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from cnnbench.pipeline.preprocess import Finish
+
+
+def set_compute_dtype(model: nnx.Module, dtype) -> None:
+    """bf16 mixed precision: layers compute in ``dtype``; parameters and optimiser state stay fp32."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, (nnx.Conv, nnx.Linear, nnx.BatchNorm)):
+            module.dtype = dtype
+
+
+def _images(batch, finish: Finish | None, dtype):
+    images = batch["image"] if finish is None else finish(batch["image"], batch["shift"], xp=jnp)
+    return images.astype(dtype)
+
+
+def _topk_correct(logits, labels, k):
+    k = min(k, logits.shape[-1])
+    return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=jnp.float32,
+               label_smoothing: float = 0.0, aux_weight: float = 0.3):
+    base_key = jax.random.key(seed)
+
+    def merge(state):
+        return nnx.merge(graphdef, state["params"], state["batch_stats"], other)
+
+    def train_step(state, batch):
+        model = merge(state)
+        nnx.reseed(model, default=jax.random.fold_in(base_key, state["step"]))
+        images, labels = _images(batch, finish, dtype), batch["label"]
+
+        def loss_fn(m):
+            logits, aux = m.forward_with_aux(images, train=True)
+
+            def ce(z):
+                z = z.astype(jnp.float32)
+                targets = optax.smooth_labels(jax.nn.one_hot(labels, z.shape[-1]), label_smoothing) \
+                    if label_smoothing else jax.nn.one_hot(labels, z.shape[-1])
+                return optax.softmax_cross_entropy(z, targets).mean()
+
+            loss = ce(logits) + aux_weight * sum(ce(a) for a in aux)
+            return loss, logits.astype(jnp.float32)
+
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        batch_stats = nnx.state(model, nnx.BatchStat)
+        metrics = {"loss": loss, "top1": _topk_correct(logits, labels, 1).mean(),
+                   "top5": _topk_correct(logits, labels, 5).mean()}
+        return {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
+                "opt_state": opt_state}, metrics
+
+    def eval_step(state, batch):
+        """Sums over the real (unpadded) examples; several crops per image average their softmax."""
+        model = merge(state)
+        images, labels, mask = _images(batch, finish, dtype), batch["label"], batch["mask"]
+        crops = images.shape[1:-3]
+        flat = images.reshape((-1,) + images.shape[-3:])
+        probs = jax.nn.softmax(model(flat, train=False).astype(jnp.float32))
+        probs = probs.reshape((images.shape[0], -1, probs.shape[-1])).mean(axis=1) if crops else probs
+        nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0] + 1e-12)
+        return {"loss": (nll * mask).sum(), "top1": (_topk_correct(probs, labels, 1) * mask).sum(),
+                "top5": (_topk_correct(probs, labels, 5) * mask).sum(), "count": mask.sum()}
+
+    return train_step, eval_step
