@@ -388,3 +388,7 @@ def bench(dataset, data_dir, manual_dir, split, train, ops, size, channels, seed
 
 def main(argv=None):
     cli.main(args=argv, prog_name="cnnbench")
+
+
+if __name__ == "__main__":
+    main()

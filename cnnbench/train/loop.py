@@ -51,11 +51,11 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     from jax.sharding import NamedSharding, PartitionSpec
 
     from cnnbench.archs import create_model, get_arch
-    from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
+    from cnnbench.pipeline.loader import Pipeline
     from cnnbench.pipeline.preprocess import default_recipe, expand
     from cnnbench.pipeline.sources import resolve
     from cnnbench.train.checkpoint import Checkpoints
-    from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
+    from cnnbench.train.optim import optimizer
     from cnnbench.train.rundir import MetricsLog, new_run_dir
     from cnnbench.train.step import make_steps, set_compute_dtype
 
@@ -118,60 +118,101 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     if main:
         (run_dir / "config.json").write_text(dataclasses.replace(cfg, run_dir=str(run_dir)).to_json())
     log = MetricsLog(run_dir / "metrics.jsonl", int(state["step"]) if restored else None, enabled=main)
-    log_every = max(1, steps_per_epoch // 10)
 
-    validation: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        events.epoch_start(epoch, steps_per_epoch)
-        window_start, window_images = time.time(), 0
-        for i, batch in enumerate(prefetch_to_device(train_data.epoch(epoch), data)):
-            state, metrics = train_step(state, batch)
-            window_images += cfg.batch_size
-            if (i + 1) % log_every == 0 or i + 1 == steps_per_epoch:
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                step = int(state["step"])
-                if not math.isfinite(values["loss"]):
-                    checkpoints.wait()
-                    raise CnnbenchError(f"loss is {values['loss']} at step {step} (epoch {epoch + 1}): "
-                                        f"training stopped; the last good checkpoint is intact in "
-                                        f"{run_dir}/checkpoints/latest")
-                now = time.time()
-                record = {"kind": "train", "step": step, "epoch": epoch + 1,
-                          "lr": float(lr_schedule(step - 1)) * plateau_scale(state["opt_state"]),
-                          **values, "images_per_sec": window_images / max(now - window_start, 1e-9),
-                          "wall_time": now - started, "step_in_epoch": i + 1}
-                log.write(record)
-                events.step(record)
-                window_start, window_images = now, 0
-        validation = evaluate(eval_step, state, eval_data, data)
-        skipped = train_data.skipped + eval_data.skipped
-        if cfg.schedule == "plateau":
-            error = 1.0 - validation["top1"]
-            if error < plateau["best_error"] - 1e-9:
-                plateau = {"best_error": error, "bad_epochs": 0}
-            else:
-                plateau["bad_epochs"] += 1
-                if plateau["bad_epochs"] >= cfg.plateau_patience:
-                    state["opt_state"] = set_plateau_scale(
-                        state["opt_state"], plateau_scale(state["opt_state"]) * cfg.decay_factor)
-                    plateau["bad_epochs"] = 0
-        is_best = validation["top1"] > best_top1
-        best_top1 = max(best_top1, validation["top1"])
-        record = {"kind": "validation", "step": int(state["step"]), "epoch": epoch + 1, **validation,
-                  "best_top1": best_top1, "skipped_images": skipped, "wall_time": time.time() - started}
-        log.write(record)
-        events.validation(record)
-        checkpoints.save(int(state["step"]), state, {"epoch": epoch, "best_top1": best_top1,
-                                                     "plateau": plateau, "validation": validation},
-                         best=is_best)
-    checkpoints.wait()
-    checkpoints.close()
+    loop = _Loop(cfg, train_step, eval_step, train_data, eval_data, data, checkpoints, log, events,
+                 lr_schedule, run_dir, started)
+    try:
+        loop.run(state, start_epoch, best_top1, plateau)
+    finally:
+        checkpoints.wait()  # an interrupted run still completes the checkpoint it was writing
+        checkpoints.close()
     summary = summarize_run(run_dir, cfg, source.name, time.time() - started)
     if main:
         import json
 
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+@dataclasses.dataclass
+class _Loop:
+    """The epoch loop over the pieces :func:`train` assembled."""
+
+    cfg: TrainConfig
+    train_step: Callable
+    eval_step: Callable
+    train_data: object
+    eval_data: object
+    sharding: object
+    checkpoints: object
+    log: object
+    events: Events
+    lr_schedule: Callable
+    run_dir: Path
+    started: float
+
+    def run(self, state, start_epoch: int, best_top1: float, plateau: dict) -> None:
+        for epoch in range(start_epoch, self.cfg.epochs):
+            state = self.train_epoch(state, epoch)
+            validation = evaluate(self.eval_step, state, self.eval_data, self.sharding)
+            if self.cfg.schedule == "plateau":
+                state, plateau = self.plateau(state, plateau, validation)
+            is_best = validation["top1"] > best_top1
+            best_top1 = max(best_top1, validation["top1"])
+            record = {"kind": "validation", "step": int(state["step"]), "epoch": epoch + 1, **validation,
+                      "best_top1": best_top1, "skipped_images": self.train_data.skipped + self.eval_data.skipped,
+                      "wall_time": time.time() - self.started}
+            self.log.write(record)
+            self.events.validation(record)
+            self.checkpoints.save(int(state["step"]), state, {"epoch": epoch, "best_top1": best_top1,
+                                                              "plateau": plateau, "validation": validation},
+                                  best=is_best)
+
+    def train_epoch(self, state, epoch: int):
+        import jax
+
+        from cnnbench.pipeline.loader import prefetch_to_device
+        from cnnbench.train.optim import plateau_scale
+
+        steps = self.train_data.steps_per_epoch
+        log_every = max(1, steps // 10)
+        self.events.epoch_start(epoch, steps)
+        window_start, window_images = time.time(), 0
+        for i, batch in enumerate(prefetch_to_device(self.train_data.epoch(epoch), self.sharding)):
+            state, metrics = self.train_step(state, batch)
+            window_images += self.cfg.batch_size
+            if (i + 1) % log_every and i + 1 != steps:
+                continue
+            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            step = int(state["step"])
+            if not math.isfinite(values["loss"]):
+                raise CnnbenchError(f"loss is {values['loss']} at step {step} (epoch {epoch + 1}): training "
+                                    f"stopped; the last good checkpoint is intact in "
+                                    f"{self.run_dir}/checkpoints/latest")
+            now = time.time()
+            record = {"kind": "train", "step": step, "epoch": epoch + 1,
+                      "lr": float(self.lr_schedule(step - 1)) * plateau_scale(state["opt_state"]),
+                      **values, "images_per_sec": window_images / max(now - window_start, 1e-9),
+                      "wall_time": now - self.started, "step_in_epoch": i + 1}
+            self.log.write(record)
+            self.events.step(record)
+            window_start, window_images = now, 0
+        return state
+
+    def plateau(self, state, plateau: dict, validation: dict):
+        """Reduce-on-plateau: lr *= decay_factor after ``plateau_patience`` epochs without a lower
+        validation error."""
+        from cnnbench.train.optim import plateau_scale, set_plateau_scale
+
+        error = 1.0 - validation["top1"]
+        if error < plateau["best_error"] - 1e-9:
+            return state, {"best_error": error, "bad_epochs": 0}
+        plateau = dict(plateau, bad_epochs=plateau["bad_epochs"] + 1)
+        if plateau["bad_epochs"] >= self.cfg.plateau_patience:
+            scale = plateau_scale(state["opt_state"]) * self.cfg.decay_factor
+            state = dict(state, opt_state=set_plateau_scale(state["opt_state"], scale))
+            plateau["bad_epochs"] = 0
+        return state, plateau
 
 
 def evaluate(eval_step, state, pipeline, sharding) -> dict:

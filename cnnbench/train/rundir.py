@@ -33,10 +33,11 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_step: int | None = None, enabled: bool = True):
         self.path, self.enabled = path, enabled
-        if enabled and resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line and json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+        if enabled and path.exists():
+            # A killed run may have left a torn last line; a resumed one drops what comes after
+            # its checkpoint; a fresh run in an old directory starts a new log.
+            kept = [r for r in _parse(path.read_text()) if resume_step is not None and r.get("step", 0) <= resume_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -44,6 +45,16 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+def _parse(text: str) -> list[dict]:
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass  # a line torn by a killed process
+    return records
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    return _parse(path.read_text()) if path.exists() else []

@@ -1,0 +1,161 @@
+"""The training engine: it learns, it shards, it resumes, it stops on NaN, it reads experiments."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from click.testing import CliRunner
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from cnnbench.archs import REGISTRY, create_model
+from cnnbench.cli import cli
+from cnnbench.errors import CnnbenchError, UsageError
+from cnnbench.train.config import load
+from cnnbench.train.loop import train
+from cnnbench.train.rundir import read_metrics
+from cnnbench.train.step import make_steps
+
+EXPERIMENTS = sorted((Path(__file__).parent.parent / "experiments").glob("*.toml"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_lenet5_learns_digits_with_the_defaults(data_dir, tmp_path):
+    """`cnnbench train lenet5` with no option: at least 97% top-1 on the digits test split."""
+    summary = train(load(None, "lenet5", {"data_dir": data_dir, "devices": 1}), run_dir=tmp_path / "run")
+    assert summary["final"]["top1"] >= 0.97, summary
+    records = read_metrics(tmp_path / "run")
+    val = [r for r in records if r["kind"] == "validation"]
+    assert len(val) == 30 and val[-1]["num_examples"] == 360
+    assert val[-1]["loss"] < val[0]["loss"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["arch"] == "lenet5" and config["dataset"] == "digits"
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+def _one_model_steps(n_devices, steps=2):
+    """resnet20 (batch norm) trained a few steps on one fixed global batch over n devices."""
+    mesh = Mesh(np.array(jax.devices()[:n_devices]), ("data",))
+    replicated, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    model = create_model("resnet20", num_classes=10, input_size=16)
+    graphdef, params, stats, other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": stats,
+                            "opt_state": tx.init(params)}, replicated)
+    step, _ = make_steps(graphdef, jax.device_put(other, replicated), tx, seed=0, finish=None)
+    step = jax.jit(step, out_shardings=(replicated, replicated))
+    rng = np.random.default_rng(0)
+    batch = {"image": jax.device_put(rng.normal(size=(16, 16, 16, 3)).astype(np.float32), data),
+             "label": jax.device_put(rng.integers(0, 10, 16).astype(np.int32), data)}
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+    return jax.device_get(state)
+
+
+def test_eight_devices_equal_one_device():
+    """Same global batch on 1 and 8 devices: same parameters and the same (global) batch-norm
+    statistics, to float tolerance."""
+    assert len(jax.devices()) >= 8
+    one, eight = _one_model_steps(1), _one_model_steps(8)
+    for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(eight["params"])):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    for a, b in zip(jax.tree.leaves(one["batch_stats"]), jax.tree.leaves(eight["batch_stats"])):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+SMALL = {"dataset": "synthetic:12x12x3:4:96", "batch_size": 16, "input_size": 12, "lr": 0.05}
+
+
+def test_plateau_schedule_lowers_the_learning_rate(tmp_path):
+    cfg = load(None, "linear", {**SMALL, "epochs": 6, "devices": 1, "schedule": "plateau", "lr": 1e-9,
+                                "plateau_patience": 1})
+    train(cfg, run_dir=tmp_path / "run")
+    lrs = sorted({round(r["lr"] / 1e-9, 6) for r in read_metrics(tmp_path / "run") if r["kind"] == "train"})
+    assert lrs[0] < 0.01 and lrs[-1] == 1.0  # validation never improves at lr 1e-9: /10 per epoch
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path):
+    cfg = load(None, "mlp2", {**SMALL, "epochs": 3, "devices": 1, "lr": 1e30, "schedule": "constant"})
+    with pytest.raises(CnnbenchError, match=r"loss is (nan|inf) at step \d+"):
+        train(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_batch_must_divide_over_devices(tmp_path):
+    with pytest.raises(UsageError, match="does not divide over 8 devices"):
+        train(load(None, "mlp2", {**SMALL, "batch_size": 12}), run_dir=tmp_path / "run")
+
+
+def test_bf16_precision_trains(tmp_path):
+    summary = train(load(None, "resnet20", {**SMALL, "input_size": 16, "epochs": 1, "devices": 1,
+                                            "precision": "bf16"}), run_dir=tmp_path / "run")
+    assert np.isfinite(summary["final"]["loss"])
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_experiment_files_are_valid(path):
+    import tomllib
+
+    values = tomllib.loads(path.read_text())
+    cfg = load(path, None if "arch" in values else "resnet20", {})  # the plain-vs-residual file names none
+    assert cfg.arch in REGISTRY and values["description"].strip()
+    assert set(cfg.arch_options) <= set(REGISTRY[cfg.arch].options)
+
+
+def test_cli_train_prints_a_results_table(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "mlp2", "--dataset", SMALL["dataset"], "--input-size", "12",
+                                      "--batch-size", "16", "--epochs", "2", "--devices", "1",
+                                      "--run-dir", str(tmp_path / "run"), "--format", "json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["epochs"] == 2 and 0 <= summary["final"]["top1"] <= 1
+
+
+def test_cli_train_usage_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('arch = "lenet5"\nlearning_rate = 0.1\n')
+    for args, message in ((["train", "--config", str(bad)], "unknown setting(s) learning_rate"),
+                          (["train"], "no architecture"),
+                          (["train", "lenet5", "--devices", "99"], "JAX sees 8 device(s)")):
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_run(tmp_path):
+    """SIGKILL a real `cnnbench train` in the middle of epoch 4 of 6, resume, compare."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = {**SMALL, "epochs": 6, "devices": 1}
+    straight = train(load(None, "mlp2", args), run_dir=tmp_path / "straight")
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "cnnbench.cli", "train", "mlp2", "--dataset", SMALL["dataset"],
+           "--input-size", "12", "--batch-size", "16", "--lr", "0.05", "--epochs", "6", "--devices", "1",
+           "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if any(r["kind"] == "train" and r["epoch"] == 4 for r in read_metrics(run)):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-epoch"
+    assert not (run / "summary.json").exists()
+    resumed = train(load(None, "mlp2", args), run_dir=run)
+    assert resumed["final"] == straight["final"] and resumed["steps"] == straight["steps"]
