@@ -7,7 +7,7 @@ import pytest
 from cnnbench.errors import UsageError
 from cnnbench.pipeline.loader import Pipeline
 from cnnbench.pipeline.preprocess import compile_ops, expand
-from cnnbench.pipeline.sources import resolve, shard_ranges, tfds_source
+from cnnbench.pipeline.sources import resolve, tfds_source
 from cnnbench.pipeline.synthetic import validation_synsets, write_fake_ilsvrc, write_image_folder
 from cnnbench.pipeline.tfenv import tf, tfds
 
@@ -143,14 +143,18 @@ def test_order_and_augmentation_are_deterministic(imagenet):
     np.testing.assert_array_equal(resumed[0]["image"], a[1]["image"])
 
 
-def test_shards_cover_every_example_exactly_once():
-    ranges = [("train", 10, 1000), ("test", 0, 37)]
-    for count in (1, 2, 3, 8):
-        pieces = [shard_ranges(ranges, i, count) for i in range(count)]
-        flat = [(s, k) for piece in pieces for s, a, b in piece for k in range(a, b)]
-        assert len(flat) == len(set(flat)) == 1027
-        sizes = [sum(b - a for _, a, b in p) for p in pieces]
-        assert max(sizes) - min(sizes) <= 1
+def test_processes_split_every_global_batch():
+    """Process i of P keeps every P-th example of the global order: the union of the local batches
+    of a step is the global batch one process would build (same images, same augmentation)."""
+    source = resolve("synthetic:8x8x3:4:64")
+    spec = "pad_crop(8, 2)|flip"
+    single = list(Pipeline(source, "train", 16, spec, train=True, seed=1).epoch(0))
+    parts = [list(Pipeline(source, "train", 16, spec, train=True, seed=1, process_index=i,
+                           process_count=4).epoch(0)) for i in range(4)]
+    assert len(single) == 4 and all(len(p) == 4 for p in parts)
+    for step, whole in enumerate(single):
+        union = sorted(img.tobytes() for p in parts for img in p[step]["image"])
+        assert union == sorted(img.tobytes() for img in whole["image"])
 
 
 def test_two_processes_evaluate_each_image_once():
@@ -162,7 +166,7 @@ def test_two_processes_evaluate_each_image_once():
         batch_counts.append(len(batches))
         for b in batches:
             fingerprints += [img.tobytes() for img, m in zip(b["image"], b["mask"]) if m]
-    assert batch_counts == [6, 6]  # shards of 25 and 26, 5 per process per step
+    assert batch_counts == [6, 6]  # 26 and 25 examples, 5 per process per step
     assert len(fingerprints) == len(set(fingerprints)) == 51
 
 

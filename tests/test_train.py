@@ -159,3 +159,31 @@ def test_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_run(tmp_path):
     assert not (run / "summary.json").exists()
     resumed = train(load(None, "mlp2", args), run_dir=run)
     assert resumed["final"] == straight["final"] and resumed["steps"] == straight["steps"]
+
+
+def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
+    """Two `cnnbench train` processes on localhost (2 CPU devices each, jax.distributed with gloo)
+    end with identical parameters in both processes, equal to one process with 4 devices."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "cnnbench.cli", "train", "mlp2", "--dataset", SMALL["dataset"],
+           "--input-size", "12", "--batch-size", "16", "--lr", "0.05", "--epochs", "2",
+           "--run-dir", str(tmp_path / "two"), "--coordinator", f"localhost:{port}",
+           "--num-processes", "2", "--format", "json"]
+    procs = [subprocess.Popen(cmd + ["--process-id", str(i)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    two = [json.loads(out[out.index("{"):]) for out in outputs]
+    one = train(load(None, "mlp2", {**SMALL, "epochs": 2, "devices": 4}), run_dir=tmp_path / "one")
+    assert two[0]["params_digest"] == two[1]["params_digest"]
+    np.testing.assert_allclose(two[0]["params_digest"], one["params_digest"], rtol=1e-5)
+    for key in ("top1", "top5"):
+        assert two[0]["final"][key] == two[1]["final"][key] == one["final"][key]

@@ -2,9 +2,11 @@
 
 * Order is a pure function of (seed, epoch): the same seed gives the same batches, so a resumed run
   sees the data a continuous run would have seen (``start_step`` skips what was already consumed).
-* Each process reads its own contiguous shard of the split (``process_index`` of
-  ``process_count``) and produces ``batch_size / process_count`` examples per step; JAX assembles
-  the global batch with ``jax.make_array_from_process_local_data``.
+* Every process follows the same global order and keeps every ``process_count``-th example,
+  *before* decoding (``process_index`` of ``process_count``): the union of the processes' local
+  batches is exactly the global batch a single process would build, so a run does not depend on
+  how many hosts it used. Each host reads the split's records but decodes only its share. JAX
+  assembles the global batch with ``jax.make_array_from_process_local_data``.
 * Images that fail to decode are skipped and counted (:attr:`Pipeline.skipped`), never a crash.
 * With ``device_finish`` the host ships uint8 images plus a per-image colour shift, and the
   spec's trailing ``lighting``/``normalize`` run where the batch lands (:attr:`Pipeline.finish`,
@@ -24,7 +26,7 @@ import numpy as np
 
 from cnnbench.errors import UsageError
 from cnnbench.pipeline.preprocess import compile_host, compile_ops, decode
-from cnnbench.pipeline.sources import Source, shard_ranges
+from cnnbench.pipeline.sources import Source
 from cnnbench.pipeline.tfenv import tf
 
 
@@ -48,12 +50,10 @@ class Pipeline:
         if self.batch_size % self.process_count:
             raise UsageError(f"batch size {self.batch_size} does not divide over {self.process_count} processes")
         self.local_batch = self.batch_size // self.process_count
-        ranges = self.source.ranges(self.split)
-        self.num_examples = sum(b - a for _, a, b in ranges)
+        self.ranges = self.source.ranges(self.split)
+        self.num_examples = sum(b - a for _, a, b in self.ranges)
         if self.num_examples == 0:
             raise UsageError(f"{self.source.name} split {self.split!r} is empty")
-        self.shards = [shard_ranges(ranges, i, self.process_count) for i in range(self.process_count)]
-        self.local_ranges = self.shards[self.process_index]
         if self.device_finish:
             self._apply, self.finish = compile_host(self.ops)
         else:
@@ -64,15 +64,15 @@ class Pipeline:
 
     @property
     def local_examples(self) -> int:
-        return sum(b - a for _, a, b in self.local_ranges)
+        """Examples of this process: every ``process_count``-th, starting at ``process_index``."""
+        return len(range(self.process_index, self.num_examples, self.process_count))
 
     @property
     def steps_per_epoch(self) -> int:
         """Train: full batches only (the same count on every process); eval: every example."""
-        sizes = [sum(b - a for _, a, b in s) for s in self.shards]
         if self.train:
-            return min(sizes) // self.local_batch
-        return math.ceil(max(sizes) / self.local_batch)
+            return (self.num_examples // self.process_count) // self.local_batch
+        return math.ceil(math.ceil(self.num_examples / self.process_count) / self.local_batch)
 
     @property
     def skipped(self) -> int:
@@ -83,11 +83,13 @@ class Pipeline:
     def dataset(self, epoch: int = 0):
         lib = tf()
         epoch_seed = self.seed * 1_000_003 + epoch
-        ds = self.source.read(self.local_ranges, shuffle_files=self.train, seed=epoch_seed)
-        ds = ds.enumerate()
+        ds = self.source.read(self.ranges, shuffle_files=self.train, seed=epoch_seed)
+        ds = ds.enumerate()  # the global position: it seeds the example's augmentation
         if self.train:
-            ds = ds.shuffle(min(self.shuffle_buffer, self.local_examples), seed=epoch_seed,
+            ds = ds.shuffle(min(self.shuffle_buffer, self.num_examples), seed=epoch_seed,
                             reshuffle_each_iteration=False)
+        if self.process_count > 1:
+            ds = ds.shard(self.process_count, self.process_index)  # before decoding: decode only ours
         seen, decoded, apply, encoded, channels = (self._seen, self._decoded, self._apply,
                                                    self.source.encoded, self.channels)
 

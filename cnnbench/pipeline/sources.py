@@ -74,21 +74,6 @@ class Source:
         return self._read(ranges, shuffle_files, seed)
 
 
-def shard_ranges(ranges: list[Range], index: int, count: int) -> list[Range]:
-    """The ``index``-th of ``count`` contiguous, near-equal pieces of ``ranges`` (one per process).
-    Every example belongs to exactly one piece."""
-    total = sum(stop - start for _, start, stop in ranges)
-    lo, hi = index * total // count, (index + 1) * total // count
-    out, offset = [], 0
-    for split, start, stop in ranges:
-        n = stop - start
-        a, b = max(lo - offset, 0), min(hi - offset, n)
-        if a < b:
-            out.append((split, start + a, start + b))
-        offset += n
-    return out
-
-
 def ranges_spec(ranges: list[Range]) -> str:
     return "+".join(f"{split}[{start}:{stop}]" for split, start, stop in ranges)
 

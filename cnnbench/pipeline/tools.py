@@ -74,7 +74,7 @@ def decode_throughput(pipeline: Pipeline, *, images: int, rounds: int = 1) -> di
     def decoded(example):  # a reduction over every pixel: TensorFlow cannot prune the decode away
         return lib.reduce_max(decode(example["image"], encoded=source.encoded, channels=pipeline.channels))
 
-    ds = source.read(pipeline.local_ranges).map(decoded, num_parallel_calls=lib.data.AUTOTUNE)
+    ds = source.read(pipeline.ranges).map(decoded, num_parallel_calls=lib.data.AUTOTUNE)
     ds = ds.ignore_errors().repeat().take(images).prefetch(lib.data.AUTOTUNE)
     for _ in ds.take(min(64, images)):  # warm-up: thread pools, file cache
         pass

@@ -23,6 +23,9 @@ class Checkpoints:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.latest.save(step, args=args)
         if best:
+            # Both managers would save the same step; on several hosts their async-commit barriers
+            # share the key "_async_write_complete.<step>", so the second waits for the first.
+            self.latest.wait_until_finished()
             self.best.save(step, args=args)
 
     def restore(self, template: dict, *, which: str = "latest") -> tuple[dict, dict] | None:

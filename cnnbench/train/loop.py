@@ -29,6 +29,9 @@ def init_distributed(coordinator: str | None, num_processes: int | None, process
     import jax
 
     if coordinator or num_processes:
+        # Collectives between CPU processes (tests, CPU clusters) go through gloo; accelerators
+        # use their own (NCCL, ICI) whatever this says.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id)
 
@@ -122,11 +125,12 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     loop = _Loop(cfg, train_step, eval_step, train_data, eval_data, data, checkpoints, log, events,
                  lr_schedule, run_dir, started)
     try:
-        loop.run(state, start_epoch, best_top1, plateau)
+        state = loop.run(state, start_epoch, best_top1, plateau)
     finally:
         checkpoints.wait()  # an interrupted run still completes the checkpoint it was writing
         checkpoints.close()
     summary = summarize_run(run_dir, cfg, source.name, time.time() - started)
+    summary["params_digest"] = params_digest(state["params"])
     if main:
         import json
 
@@ -167,6 +171,7 @@ class _Loop:
             self.checkpoints.save(int(state["step"]), state, {"epoch": epoch, "best_top1": best_top1,
                                                               "plateau": plateau, "validation": validation},
                                   best=is_best)
+        return state
 
     def train_epoch(self, state, epoch: int):
         import jax
@@ -229,6 +234,15 @@ def evaluate(eval_step, state, pipeline, sharding) -> dict:
     n = max(totals["count"], 1.0)
     return {"top1": totals["top1"] / n, "top5": totals["top5"] / n, "loss": totals["loss"] / n,
             "num_examples": int(totals["count"])}
+
+
+def params_digest(params) -> float:
+    """Sum of |w| over this process's own copy of the (replicated) parameters: equal on every host
+    when the hosts agree."""
+    import jax
+
+    return float(sum(np.abs(np.asarray(leaf.addressable_shards[0].data, np.float64)).sum()
+                     for leaf in jax.tree.leaves(params)))
 
 
 def summarize_run(run_dir: Path, cfg: TrainConfig, dataset: str, wall_time: float) -> dict:
