@@ -39,6 +39,30 @@ def test_lenet5_learns_digits_with_the_defaults(data_dir, tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["arch"] == "lenet5" and config["dataset"] == "digits"
     assert (tmp_path / "run" / "summary.json").exists()
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 1000
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "nin-cifar"])
+def test_cifar_sized_nets_lower_their_loss(arch, tmp_path):
+    """ResNet (batch norm) and NiN (dropout) on 32x32 images, 12 steps: the last epoch's training
+    loss is clearly below the first's. (VGG is left out: one of its steps takes seconds on CPU.)"""
+    cfg = load(None, arch, {"dataset": "synthetic:32x32x3:4:128", "batch_size": 32, "epochs": 3,
+                            "devices": 1, "lr": 0.01, "schedule": "cosine"})
+    train(cfg, run_dir=tmp_path / "run")
+    by_epoch = {}
+    for r in read_metrics(tmp_path / "run"):
+        if r["kind"] == "train":
+            by_epoch.setdefault(r["epoch"], []).append(r["loss"])
+    assert np.mean(by_epoch[3]) < 0.75 * np.mean(by_epoch[1]), by_epoch
+
+
+def test_dropout_is_a_function_of_seed_and_step(tmp_path):
+    a = train(load(None, "nin-cifar", {**SMALL, "input_size": 16, "epochs": 1, "devices": 1}), run_dir=tmp_path / "a")
+    b = train(load(None, "nin-cifar", {**SMALL, "input_size": 16, "epochs": 1, "devices": 1}), run_dir=tmp_path / "b")
+    c = train(load(None, "nin-cifar", {**SMALL, "input_size": 16, "epochs": 1, "devices": 1, "seed": 1}),
+              run_dir=tmp_path / "c")
+    assert a["params_digest"] == b["params_digest"] != c["params_digest"]
 
 
 def _one_model_steps(n_devices, steps=2):

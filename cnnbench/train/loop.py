@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cnnbench.archs import create_model, get_arch
 from cnnbench.errors import CnnbenchError, UsageError
+from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
+from cnnbench.pipeline.preprocess import default_recipe, expand
+from cnnbench.pipeline.sources import resolve
+from cnnbench.train.checkpoint import Checkpoints
 from cnnbench.train.config import TrainConfig
+from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
+from cnnbench.train.rundir import MetricsLog, new_run_dir, read_metrics
+from cnnbench.train.step import make_steps, set_compute_dtype
 
 
 @dataclasses.dataclass
@@ -26,8 +39,6 @@ class Events:
 def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
     """``jax.distributed.initialize`` before anything touches a device; without arguments JAX reads
     what a cluster scheduler (SLURM, Open MPI, ...) set, and a single machine needs nothing."""
-    import jax
-
     if coordinator or num_processes:
         # Collectives between CPU processes (tests, CPU clusters) go through gloo; accelerators
         # use their own (NCCL, ICI) whatever this says.
@@ -37,9 +48,6 @@ def init_distributed(coordinator: str | None, num_processes: int | None, process
 
 
 def make_mesh(devices: int | None):
-    import jax
-    from jax.sharding import Mesh
-
     available = jax.devices()
     if devices is not None and not 1 <= devices <= len(available):
         raise UsageError(f"--devices {devices}: JAX sees {len(available)} device(s)")
@@ -48,20 +56,6 @@ def make_mesh(devices: int | None):
 
 def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Events(),
           on_run_dir: Callable[[Path, bool], None] = lambda path, resumed: None) -> dict:
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from cnnbench.archs import create_model, get_arch
-    from cnnbench.pipeline.loader import Pipeline
-    from cnnbench.pipeline.preprocess import default_recipe, expand
-    from cnnbench.pipeline.sources import resolve
-    from cnnbench.train.checkpoint import Checkpoints
-    from cnnbench.train.optim import optimizer
-    from cnnbench.train.rundir import MetricsLog, new_run_dir
-    from cnnbench.train.step import make_steps, set_compute_dtype
-
     started = time.time()
     mesh = make_mesh(cfg.devices)
     n_devices = mesh.devices.size
@@ -129,11 +123,10 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     finally:
         checkpoints.wait()  # an interrupted run still completes the checkpoint it was writing
         checkpoints.close()
+        log.close()
     summary = summarize_run(run_dir, cfg, source.name, time.time() - started)
     summary["params_digest"] = params_digest(state["params"])
     if main:
-        import json
-
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -155,7 +148,8 @@ class _Loop:
     run_dir: Path
     started: float
 
-    def run(self, state, start_epoch: int, best_top1: float, plateau: dict) -> None:
+    def run(self, state, start_epoch: int, best_top1: float, plateau: dict) -> dict:
+        """Train from ``start_epoch`` to the end; returns the final state."""
         for epoch in range(start_epoch, self.cfg.epochs):
             state = self.train_epoch(state, epoch)
             validation = evaluate(self.eval_step, state, self.eval_data, self.sharding)
@@ -174,11 +168,6 @@ class _Loop:
         return state
 
     def train_epoch(self, state, epoch: int):
-        import jax
-
-        from cnnbench.pipeline.loader import prefetch_to_device
-        from cnnbench.train.optim import plateau_scale
-
         steps = self.train_data.steps_per_epoch
         log_every = max(1, steps // 10)
         self.events.epoch_start(epoch, steps)
@@ -207,8 +196,6 @@ class _Loop:
     def plateau(self, state, plateau: dict, validation: dict):
         """Reduce-on-plateau: lr *= decay_factor after ``plateau_patience`` epochs without a lower
         validation error."""
-        from cnnbench.train.optim import plateau_scale, set_plateau_scale
-
         error = 1.0 - validation["top1"]
         if error < plateau["best_error"] - 1e-9:
             return state, {"best_error": error, "bad_epochs": 0}
@@ -222,10 +209,6 @@ class _Loop:
 
 def evaluate(eval_step, state, pipeline, sharding) -> dict:
     """Top-1 / top-5 / loss over every image of the split, each counted exactly once."""
-    import jax
-
-    from cnnbench.pipeline.loader import prefetch_to_device
-
     totals = None
     for batch in prefetch_to_device(pipeline.epoch(0), sharding):
         sums = eval_step(state, batch)
@@ -239,15 +222,11 @@ def evaluate(eval_step, state, pipeline, sharding) -> dict:
 def params_digest(params) -> float:
     """Sum of |w| over this process's own copy of the (replicated) parameters: equal on every host
     when the hosts agree."""
-    import jax
-
     return float(sum(np.abs(np.asarray(leaf.addressable_shards[0].data, np.float64)).sum()
                      for leaf in jax.tree.leaves(params)))
 
 
 def summarize_run(run_dir: Path, cfg: TrainConfig, dataset: str, wall_time: float) -> dict:
-    from cnnbench.train.rundir import read_metrics
-
     records = read_metrics(run_dir)
     val = [r for r in records if r["kind"] == "validation"]
     train = [r for r in records if r["kind"] == "train"]

@@ -28,11 +28,18 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 class MetricsLog:
-    """Appends JSON lines; a resumed run drops records past the step it resumes from, so the log
-    reads as if the run had never stopped."""
+    """Appends JSON lines (and the same scalars as TensorBoard events in ``tensorboard/``); a
+    resumed run drops JSON records past the step it resumes from, so the log reads as if the run
+    had never stopped."""
 
-    def __init__(self, path: Path, resume_step: int | None = None, enabled: bool = True):
+    def __init__(self, path: Path, resume_step: int | None = None, enabled: bool = True,
+                 tensorboard: bool = True):
         self.path, self.enabled = path, enabled
+        self.board = None
+        if enabled and tensorboard:
+            from cnnbench.train.tensorboard import TensorBoard
+
+            self.board = TensorBoard(path.parent / "tensorboard")
         if enabled and path.exists():
             # A killed run may have left a torn last line; a resumed one drops what comes after
             # its checkpoint; a fresh run in an old directory starts a new log.
@@ -43,6 +50,12 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.board is not None:
+                self.board.write(record)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
 
 def _parse(text: str) -> list[dict]:

@@ -38,7 +38,9 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
     base_key = jax.random.key(seed)
 
     def merge(state):
-        return nnx.merge(graphdef, state["params"], state["batch_stats"], other)
+        # ``other`` (the dropout RNG state) is closed over; copying it here makes fresh Variables
+        # inside the trace, which ``nnx.reseed`` may then overwrite.
+        return nnx.merge(graphdef, state["params"], state["batch_stats"], jax.tree.map(lambda v: v, other))
 
     def train_step(state, batch):
         model = merge(state)
