@@ -192,7 +192,7 @@ def train(arch, config_file, options, resume, run_dir, coordinator, num_processe
     from pathlib import Path
 
     from cnnbench.train import config as config_lib
-    from cnnbench.train.loop import init_distributed, train as run_training
+    from cnnbench.train.loop import init_distributed
 
     init_distributed(coordinator, num_processes, process_id)  # before anything touches a device
     if options:

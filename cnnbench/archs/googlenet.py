@@ -77,10 +77,10 @@ class GoogLeNet(Net):
         return self.head(x, train=train), tuple(aux_logits)
 
 
-def _aux_head(cin, num_classes, map_shape, unit, pool, rngs):
+def _aux_head(cin, num_classes, map_size, unit, pool, rngs):
     """Auxiliary classifier: pool, 1x1 conv to 128, fc 1024 + ReLU, dropout 0.7, linear."""
-    (h, w, _), pooled = map_shape, Sequential(pool=pool, conv=unit(cin, 128, 1, rngs=rngs))
-    size = flat_size(feature_shape(pooled, h, cin))
+    pooled = Sequential(pool=pool, conv=unit(cin, 128, 1, rngs=rngs))
+    size = flat_size(feature_shape(pooled, map_size, cin))
     return Sequential(*pooled.named_layers(), ("flatten", Flatten()),
                       ("fc1", Dense(size, 1024, rngs=rngs)), ("relu", Act("relu")),
                       ("drop", Dropout(0.7, rngs=rngs)), ("fc2", Dense(1024, num_classes, rngs=rngs)))
@@ -117,7 +117,7 @@ def googlenet(*, num_classes, input_size, in_channels, rngs, batch_norm=False, a
             prefix = Sequential(*features.named_layers()[:features.names.index(tap) + 1])
             shape = feature_shape(prefix, input_size, in_channels)
             aux_pool = AdaptiveAvgPool(4) if batch_norm else AvgPool(5, 3)
-            heads.append((tap, _aux_head(shape[-1], num_classes, shape, unit, aux_pool, rngs)))
+            heads.append((tap, _aux_head(shape[-1], num_classes, shape[0], unit, aux_pool, rngs)))
         aux = Sequential(*heads)
     return GoogLeNet(features, head, aux, num_classes=num_classes, input_size=input_size,
                      in_channels=in_channels)
