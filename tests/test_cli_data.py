@@ -14,7 +14,7 @@ def invoke(*args):
 def test_prepare_lists_splits_and_classes(tmp_path):
     result = invoke("data", "prepare", "digits", "--data-dir", str(tmp_path), "--format", "json")
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output[result.output.index("{"):])
+    info = json.loads(result.stdout)  # TFDS's preparation chatter goes to stderr
     assert info["splits"] == {"train": 1437, "test": 360} and info["num_classes"] == 10
     table = invoke("data", "prepare", "digits", "--data-dir", str(tmp_path))
     assert "1,437" in table.output and "10 classes, images 8x8x1" in table.output

@@ -140,7 +140,7 @@ def test_cli_train_prints_a_results_table(tmp_path):
                                       "--run-dir", str(tmp_path / "run"), "--format", "json"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output[result.output.index("{"):])
+    summary = json.loads(result.stdout)
     assert summary["epochs"] == 2 and 0 <= summary["final"]["top1"] <= 1
 
 
@@ -149,7 +149,8 @@ def test_cli_train_usage_errors(tmp_path):
     bad.write_text('arch = "lenet5"\nlearning_rate = 0.1\n')
     for args, message in ((["train", "--config", str(bad)], "unknown setting(s) learning_rate"),
                           (["train"], "no architecture"),
-                          (["train", "lenet5", "--devices", "99"], "JAX sees 8 device(s)")):
+                          (["train", "lenet5", "--devices", "99"], "JAX sees 8 device(s)"),
+                          (["train", "--resume", str(tmp_path)], "is not a run directory")):
         result = CliRunner().invoke(cli, args, catch_exceptions=False)
         assert result.exit_code == 2 and message in result.output, result.output
 

@@ -11,10 +11,12 @@ Names: ``digits`` (offline default), ``imagenet2012`` (from the manual download)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
 import os
+import sys
 import types
 from pathlib import Path
 from typing import Callable
@@ -119,7 +121,9 @@ def _prepare(builder, name: str, manual_dir: str | None) -> None:
         manual_dir = check_ilsvrc_manual_dir(manual_dir or str(root / "downloads" / "manual"))
         config = lib.download.DownloadConfig(manual_dir=manual_dir)
     try:
-        builder.download_and_prepare(download_config=config)
+        # TFDS prints its progress on stdout; keep stdout for results (`--format json`).
+        with contextlib.redirect_stdout(sys.stderr):
+            builder.download_and_prepare(download_config=config)
     except Exception as e:  # network, disk, a malformed archive: one line, not a TF traceback
         raise CnnbenchError(f"could not prepare {name}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
 

@@ -100,4 +100,7 @@ def load(path: str | Path | None, arch: str | None, overrides: dict) -> TrainCon
 
 
 def from_run(run_dir: Path) -> TrainConfig:
-    return TrainConfig(**json.loads((run_dir / "config.json").read_text()))
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UsageError(f"{run_dir} is not a run directory (no config.json); nothing to resume")
+    return TrainConfig(**json.loads(path.read_text()))

@@ -96,9 +96,9 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
                             "opt_state": tx.init(params)}, replicated)
     other = jax.device_put(other, replicated)
-    train_step, _ = make_steps(graphdef, other, tx, seed=cfg.seed, finish=train_data.finish, dtype=dtype,
-                               label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
-    _, eval_step = make_steps(graphdef, other, tx, seed=cfg.seed, finish=eval_data.finish, dtype=dtype)
+    train_step, eval_step = make_steps(graphdef, other, tx, seed=cfg.seed, finish=train_data.finish,
+                                       eval_finish=eval_data.finish, dtype=dtype,
+                                       label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
     train_step = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
     eval_step = jax.jit(eval_step, out_shardings=replicated)
 

@@ -34,8 +34,11 @@ def _topk_correct(logits, labels, k):
 
 
 def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=jnp.float32,
-               label_smoothing: float = 0.0, aux_weight: float = 0.3):
+               label_smoothing: float = 0.0, aux_weight: float = 0.3, eval_finish: Finish | None = None):
+    """(train_step, eval_step); ``finish`` completes training batches, ``eval_finish`` (default: the
+    same) evaluation batches."""
     base_key = jax.random.key(seed)
+    eval_finish = finish if eval_finish is None else eval_finish
 
     def merge(state):
         # ``other`` (the dropout RNG state) is closed over; copying it here makes fresh Variables
@@ -71,7 +74,7 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
     def eval_step(state, batch):
         """Sums over the real (unpadded) examples; several crops per image average their softmax."""
         model = merge(state)
-        images, labels, mask = _images(batch, finish, dtype), batch["label"], batch["mask"]
+        images, labels, mask = _images(batch, eval_finish, dtype), batch["label"], batch["mask"]
         crops = images.shape[1:-3]
         flat = images.reshape((-1,) + images.shape[-3:])
         probs = jax.nn.softmax(model(flat, train=False).astype(jnp.float32))
