@@ -45,6 +45,8 @@ class Pipeline:
     threads: int | None = None
     #: ship uint8 images and leave the spec's trailing lighting/normalize to :attr:`finish`
     device_finish: bool = False
+    #: add ``index`` (the example's position in the split) and ``id`` (its file name, or b"") to batches
+    with_ids: bool = False
 
     def __post_init__(self):
         if self.batch_size % self.process_count:
@@ -90,8 +92,8 @@ class Pipeline:
                             reshuffle_each_iteration=False)
         if self.process_count > 1:
             ds = ds.shard(self.process_count, self.process_index)  # before decoding: decode only ours
-        seen, decoded, apply, encoded, channels = (self._seen, self._decoded, self._apply,
-                                                   self.source.encoded, self.channels)
+        seen, decoded, apply, encoded, channels, with_ids = (self._seen, self._decoded, self._apply,
+                                                             self.source.encoded, self.channels, self.with_ids)
 
         def count_seen(index, example):
             seen.assign_add(1)
@@ -104,6 +106,9 @@ class Pipeline:
             out = {"image": image, "label": lib.cast(example["label"], "int32")}
             if shift is not None:
                 out["shift"] = shift
+            if with_ids:
+                out["index"] = lib.cast(index, "int32")
+                out["id"] = example.get("id", lib.constant(b""))
             return out
 
         def count_decoded(example):

@@ -374,7 +374,7 @@ def compile_host(spec: str) -> tuple[Callable, Finish]:
         full = compile_ops(spec)
         return (lambda image, seed: (full(image, seed), None)), None
     steps = len(host) + len(tail)
-    run = compile_ops("|".join(_unparse(s) for s in host), seed_count=steps) if host else None
+    run = compile_ops("|".join(unparse(s) for s in host), seed_count=steps) if host else None
     names = [t.name for t in tail]
     std_light = next((t.args[0] if t.args else 0.1 for t in tail if t.name == "lighting"), None)
     norm = next((t for t in tail if t.name == "normalize"), None)
@@ -400,7 +400,7 @@ def _norm_stats(mean="imagenet", std=None):
     return NORMALIZATION[mean] if isinstance(mean, str) else (mean, std)
 
 
-def _unparse(step: Step) -> str:
+def unparse(step: Step) -> str:
     return step.name + (f"({', '.join(repr(a) for a in step.args)})" if step.args else "")
 
 

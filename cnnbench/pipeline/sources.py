@@ -1,6 +1,7 @@
 """Datasets a user can name with ``--dataset``, resolved to one uniform :class:`Source`.
 
-Every source yields examples ``{"image": <encoded bytes or uint8 HWC>, "label": int64}`` for a
+Every source yields examples ``{"image": <encoded bytes or uint8 HWC>, "label": int64}`` (plus
+``"id"``, the file name, where the source has one) for a
 TFDS-style split string (``train``, ``train[:90%]``, ``train[100:200]+test``), and knows its
 class names and split sizes. Decoding and augmentation happen later, in one place
 (:mod:`cnnbench.pipeline.preprocess`), so corrupt images are handled the same for every source.
@@ -178,7 +179,15 @@ def tfds_source(builder, name: str, splits: dict[str, int] | None = None) -> Sou
             split=ranges_spec(ranges), shuffle_files=shuffle_files,
             decoders={image_key: lib.decode.SkipDecoding()},
             read_config=lib.ReadConfig(shuffle_seed=seed, add_tfds_id=False))
-        return ds.map(lambda ex: {"image": ex[image_key], "label": tf().cast(ex[label_key], "int64")})
+        named = "file_name" in info.features  # ILSVRC: submissions are in file-name order
+
+        def example(ex):
+            out = {"image": ex[image_key], "label": tf().cast(ex[label_key], "int64")}
+            if named:
+                out["id"] = ex["file_name"]
+            return out
+
+        return ds.map(example)
 
     return Source(name, ids, names, splits, True, fixed, read)
 
@@ -212,7 +221,7 @@ def folder_source(root: str) -> Source:
             ([p for p, _ in items], [label for _, label in items]))
         if shuffle_files:
             ds = ds.shuffle(len(items), seed=seed, reshuffle_each_iteration=False)
-        return ds.map(lambda p, label: {"image": tf().io.read_file(p), "label": tf().cast(label, "int64")},
+        return ds.map(lambda p, label: {"image": tf().io.read_file(p), "label": tf().cast(label, "int64"), "id": p},
                       num_parallel_calls=tf().data.AUTOTUNE, deterministic=True)
 
     return Source(f"folder:{root}", classes, classes, {k: len(v) for k, v in files.items()}, True, None, read)

@@ -5,6 +5,8 @@ checkpoint that cannot be restored."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import jax
@@ -46,3 +48,49 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _step_dir(run_dir: Path, which: str) -> Path | None:
+    root = Path(run_dir) / "checkpoints" / which
+    steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True) \
+        if root.is_dir() else []
+    return root / str(steps[0]) if steps else None
+
+
+def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path):
+            tuple(leaf.shape) for path, leaf in flat}
+
+
+def restore_weights(run_dir: Path, template: dict, *, which: str = "best") -> tuple[dict, dict, Path]:
+    """The ``params`` and ``batch_stats`` of a run's best checkpoint (or its latest, or when it has
+    no best), as NumPy arrays shaped like ``template`` (a dict of those two ``nnx.State`` trees),
+    with the checkpoint's metadata and directory. The optimiser state is not read. A checkpoint
+    whose tensors do not match the template (another architecture or class count) is one error
+    naming the first mismatching tensors."""
+    from cnnbench.errors import UsageError
+
+    step_dir = _step_dir(run_dir, which) or _step_dir(run_dir, "latest")
+    if step_dir is None:
+        raise UsageError(f"{run_dir} has no checkpoint (checkpoints/{which} and checkpoints/latest are empty)")
+    checkpointer = ocp.PyTreeCheckpointer()
+    absl = logging.getLogger("absl")  # orbax warns that a sub-item has no step metadata: expected
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        saved = _flat_shapes(checkpointer.metadata(step_dir / "state").item_metadata.tree)
+    finally:
+        absl.setLevel(level)
+    wanted = _flat_shapes(template)
+    bad = [f"{k}: checkpoint {saved.get(k, 'missing')} vs model {v}" for k, v in wanted.items()
+           if saved.get(k) != v]
+    if bad:
+        raise UsageError(f"the checkpoint in {step_dir} does not fit the model ({len(bad)} tensor(s) differ; "
+                         f"{'; '.join(bad[:3])})")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    restored = checkpointer.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True))
+    meta_file = step_dir / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return restored, meta, step_dir

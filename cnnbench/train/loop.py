@@ -23,7 +23,7 @@ from cnnbench.pipeline.sources import resolve
 from cnnbench.train.checkpoint import Checkpoints
 from cnnbench.train.config import TrainConfig
 from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
-from cnnbench.train.rundir import MetricsLog, new_run_dir, read_metrics
+from cnnbench.train.rundir import MetricsLog, new_run_dir, read_metrics, write_dataset
 from cnnbench.train.step import make_steps, set_compute_dtype
 
 
@@ -114,6 +114,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     on_run_dir(run_dir, restored is not None)
     if main:
         (run_dir / "config.json").write_text(dataclasses.replace(cfg, run_dir=str(run_dir)).to_json())
+        write_dataset(run_dir, source, train_data.ops, eval_data.ops)
     log = MetricsLog(run_dir / "metrics.jsonl", int(state["step"]) if restored else None, enabled=main)
 
     loop = _Loop(cfg, train_step, eval_step, train_data, eval_data, data, checkpoints, log, events,

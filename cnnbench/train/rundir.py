@@ -1,5 +1,6 @@
-"""Run directories: ``runs/<arch>-<dataset>-<timestamp>/`` with ``config.json``, ``metrics.jsonl``
-(one JSON object per logged step and per validation), ``checkpoints/`` and ``summary.json``."""
+"""Run directories: ``runs/<arch>-<dataset>-<timestamp>/`` with ``config.json``, ``dataset.json``
+(class ids and names, preprocessing), ``metrics.jsonl`` (one JSON object per logged step
+and per validation), ``checkpoints/``, ``summary.json`` and, once evaluated, ``eval/*.json``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,20 @@ def new_run_dir(arch: str, dataset: str) -> Path:
         n += 1
         path = RUNS / f"{arch}-{slug}-{stamp}-{n}"
     return path
+
+
+def write_dataset(run_dir: Path, source, train_spec: str, eval_spec: str) -> None:
+    """What the labels mean and how images were prepared, so a run can predict and name classes
+    without its dataset (``dataset.json``)."""
+    (run_dir / "dataset.json").write_text(json.dumps(
+        {"dataset": source.name, "ids": list(source.class_ids), "names": list(source.class_names),
+         "image_shape": list(source.image_shape) if source.image_shape else None,
+         "train_spec": train_spec, "eval_spec": eval_spec}, indent=1))
+
+
+def read_dataset(run_dir: Path) -> dict | None:
+    path = run_dir / "dataset.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def has_checkpoint(run_dir: Path) -> bool:

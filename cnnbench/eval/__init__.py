@@ -1,0 +1,1 @@
+"""Evaluation (`cnnbench eval`, `predict`, `compare`): from run directories to ILSVRC-style reports."""

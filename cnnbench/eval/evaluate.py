@@ -1,0 +1,223 @@
+"""`cnnbench eval`: every image of a split through one or several trained runs, ILSVRC style.
+
+Each model sees the split through its own validation preprocessing turned into the chosen crop
+protocol (centre crop, 10-crop, multi-scale), returns one softmax vector per image (averaged over
+its crops), and the ensemble averages those vectors over models. Batches are sharded over every
+local device; the last partial batch is padded and masked, so every image counts exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from cnnbench.errors import CnnbenchError, UsageError
+from cnnbench.eval import metrics
+from cnnbench.eval.runs import LoadedRun
+
+CROPS = ("center", "10", "multiscale")
+CROP_LABEL = {"center": "centre crop", "10": "10-crop (corners + centre, with flips)",
+              "multiscale": "multi-scale (centre crops at {scales}, with flips)"}
+#: dataset name -> how REFERENCE.md and the architectures' references name it
+PAPER_DATASETS = {"imagenet2012": "ILSVRC-2012", "cifar10": "CIFAR-10"}
+SAMPLES = 12  # images kept for the report's figure
+
+
+def default_scales(size: int) -> tuple[int, ...]:
+    """VGG's multi-scale test sizes 256, 384, 512 for a 224 crop, scaled for other input sizes."""
+    return tuple(int(round(s * size / 224)) for s in (256, 384, 512))
+
+
+def crop_spec(base: str, crops: str, *, size: int, scales: tuple[int, ...] | None = None) -> str:
+    """The run's validation spec turned into a crop protocol: ``center`` keeps it; ``10`` replaces
+    its centre crop by ``ten_crop`` (or, for specs without one such as ``resize(32)``, resizes the
+    shorter side to size/0.875 and takes the ten crops); ``multiscale`` takes the centre crops of
+    several shorter-side sizes. The normalisation at the end of the spec is kept."""
+    from cnnbench.pipeline.preprocess import unparse, eval_resize, split_spec
+
+    if crops not in CROPS:
+        raise UsageError(f"--crops must be one of {', '.join(CROPS)}, not {crops!r}")
+    if crops == "center":
+        return base
+    host, tail = split_spec(base)
+    tail_spec = "".join("|" + unparse(s) for s in tail)
+    if crops == "10":
+        if any(s.name == "center_crop" for s in host):
+            return "|".join(f"ten_crop({s.args[0]})" if s.name == "center_crop" else unparse(s)
+                            for s in host) + tail_spec
+        return f"resize_shorter({eval_resize(size)})|ten_crop({size})" + tail_spec
+    scales = tuple(scales or default_scales(size))
+    if any(s < size for s in scales):
+        raise UsageError(f"every scale must be at least the crop size {size}: {', '.join(map(str, scales))}")
+    return f"multiscale({', '.join(map(str, scales))}, {size})" + tail_spec
+
+
+@dataclasses.dataclass
+class Predictions:
+    """One model's (or an ensemble's) softmax outputs over a split, in the split's order."""
+
+    probs: np.ndarray          # (N, classes) float32
+    labels: np.ndarray         # (N,)
+    index: np.ndarray          # (N,) position in the split
+    ids: list[str]             # file names ("" where the dataset has none)
+    samples: np.ndarray        # (<= SAMPLES, H, W, C) display images of the first examples
+    spec: str = ""
+    skipped: int = 0
+
+
+def probabilities_fn(model: nnx.Module, finish) -> Callable:
+    """A jitted ``(state, images, shift) -> (B, classes)`` softmax, averaged over any crop axes."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def probs(state, images, shift):
+        m = nnx.merge(graphdef, state)
+        x = images if finish is None else finish(images, shift, xp=jnp)
+        x = x.astype(jnp.float32)
+        flat = x.reshape((-1,) + x.shape[-3:])
+        p = jax.nn.softmax(m(flat, train=False).astype(jnp.float32))
+        return p.reshape((x.shape[0], -1, p.shape[-1])).mean(axis=1)
+
+    return lambda images, shift: probs(state, images, shift)
+
+
+def _display(images: np.ndarray, crops: str) -> np.ndarray:
+    """The view to show of each example: the centre one of a 10-crop, the first of other stacks."""
+    if images.ndim == 5:
+        images = images[:, 4] if crops == "10" else images[:, 0]
+    return images
+
+
+def predict_split(run: LoadedRun, source, *, split: str, crops: str, scales=None, batch_size: int = 64,
+                  advance: Callable[[int], None] = lambda n: None) -> Predictions:
+    """Softmax outputs of ``run`` for every image of ``split`` under the crop protocol ``crops``."""
+    from cnnbench.pipeline.loader import Pipeline
+
+    if jax.process_count() > 1:
+        raise UsageError("cnnbench eval runs on one host (it uses every device of this one)")
+    if source.num_classes != len(run.class_names):
+        raise UsageError(f"{run.name} was trained for {len(run.class_names)} classes; "
+                         f"{source.name} has {source.num_classes}")
+    spec = crop_spec(run.eval_spec, crops, size=run.input_size, scales=scales)
+    devices = jax.local_devices()
+    batch_size = -(-batch_size // len(devices)) * len(devices)  # a multiple of the device count
+    pipeline = Pipeline(source, split, batch_size, spec, train=False, channels=run.channels,
+                        device_finish=True, with_ids=True)
+    sharding = NamedSharding(Mesh(np.array(devices), ("data",)), PartitionSpec("data"))
+    probs_of = probabilities_fn(run.model, pipeline.finish)
+    out = {"probs": [], "label": [], "index": [], "id": []}
+    samples: list[np.ndarray] = []
+    pending = None  # (device result, host batch): the next batch is decoded while this one runs
+
+    def collect(result, batch):
+        keep = batch["mask"] > 0
+        out["probs"].append(np.asarray(jax.device_get(result))[keep])
+        for key in ("label", "index", "id"):
+            out[key].append(batch[key][keep])
+        if len(samples) < SAMPLES:
+            samples.extend(_display(batch["image"][keep], crops)[:SAMPLES - len(samples)])
+        advance(int(keep.sum()))
+
+    for batch in pipeline.epoch(0):
+        images = jax.device_put(batch["image"], sharding)
+        shift = jax.device_put(batch.get("shift", np.zeros((len(batch["image"]), run.channels), np.float32)),
+                               sharding)
+        result = probs_of(images, shift)
+        if pending is not None:
+            collect(*pending)
+        pending = (result, batch)
+    if pending is not None:
+        collect(*pending)
+    if not out["probs"]:
+        raise UsageError(f"no image of {source.name} {split!r} could be decoded")
+    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in np.concatenate(out["id"])]
+    return Predictions(np.concatenate(out["probs"]), np.concatenate(out["label"]).astype(np.int64),
+                       np.concatenate(out["index"]).astype(np.int64), ids, np.stack(samples), spec,
+                       pipeline.skipped)
+
+
+def combine(predictions: list[Predictions]) -> Predictions:
+    """The ensemble: softmax outputs averaged over models that saw the same images."""
+    first = predictions[0]
+    for p in predictions[1:]:
+        if not np.array_equal(p.index, first.index) or not np.array_equal(p.labels, first.labels):
+            raise CnnbenchError("the models did not see the same images (a different number of images "
+                                "could be decoded); cannot average them")
+    return dataclasses.replace(first, probs=metrics.ensemble([p.probs for p in predictions]), spec="")
+
+
+def paper_rows(arch: str, dataset: str, split: str) -> list[dict]:
+    """Published results for ``arch`` on this dataset (REFERENCE.md), as report rows."""
+    from cnnbench.archs import get_arch
+
+    name = PAPER_DATASETS.get(dataset.split(":")[0].split("/")[0])
+    if name is None:
+        return []
+    rows = []
+    for ref in get_arch(arch).references:
+        if ref.dataset != name or (ref.split == "test") != (split.startswith("test")):
+            continue
+        rows.append({"model": f"paper: {arch}", "protocol": ref.protocol, "source": ref.source,
+                     "top1": None if ref.top1 is None else ref.top1 / 100,
+                     "top5": None if ref.top5 is None else ref.top5 / 100,
+                     "top1_error": None if ref.top1_err is None else ref.top1_err / 100,
+                     "top5_error": None if ref.top5_err is None else ref.top5_err / 100})
+    return rows
+
+
+def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str = "center", scales=None,
+                  batch_size: int = 64, data_dir: str | None = None, manual_dir: str | None = None,
+                  advance: Callable[[int], None] = lambda n: None,
+                  on_model: Callable[[LoadedRun, int], None] = lambda run, n: None) -> tuple[dict, Predictions]:
+    """Evaluate each run and, when there are several, their ensemble. Returns the JSON document of
+    ``cnnbench eval`` and the final (ensemble or single) predictions, for reports and submissions."""
+    from cnnbench.pipeline.sources import resolve
+
+    datasets = {r.cfg.dataset for r in runs}
+    if len(datasets) > 1:
+        raise UsageError(f"the runs were trained on different datasets ({', '.join(sorted(datasets))}); "
+                         f"an ensemble needs one")
+    cfg = runs[0].cfg
+    source = resolve(cfg.dataset, data_dir=data_dir or cfg.data_dir, manual_dir=manual_dir or cfg.manual_dir)
+    split = split or cfg.eval_split or source.eval_split
+    total = source.num_examples(split)  # also checks that the split exists
+    predictions, models = [], []
+    for run in runs:
+        on_model(run, total)
+        p = predict_split(run, source, split=split, crops=crops, scales=scales, batch_size=batch_size,
+                          advance=advance)
+        predictions.append(p)
+        models.append({"model": run.name, "run_dir": str(run.run_dir), "arch": run.cfg.arch,
+                       "checkpoint": str(run.checkpoint), "epoch": run.epoch, "spec": p.spec,
+                       **metrics.accuracy(p.probs, p.labels), "skipped_images": p.skipped})
+        _save(run, split, crops, {**models[-1], "dataset": source.name, "split": split, "crops": crops})
+    final = combine(predictions) if len(predictions) > 1 else predictions[0]
+    result = {**metrics.accuracy(final.probs, final.labels), "dataset": source.name, "split": split,
+              "crops": crops, "protocol": CROP_LABEL[crops].format(
+                  scales=", ".join(map(str, scales or default_scales(runs[0].input_size)))),
+              "models": models, "ensemble": len(runs) > 1, "skipped_images": final.skipped,
+              "paper": [row for arch in dict.fromkeys(r.cfg.arch for r in runs)
+                        for row in paper_rows(arch, source.name, split)]}
+    return result, final
+
+
+def _save(run: LoadedRun, split: str, crops: str, row: dict) -> None:
+    """Keep the result in the run directory (``eval/<split>-<crops>.json``) for `cnnbench compare`."""
+    folder = run.run_dir / "eval"
+    folder.mkdir(exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in split)
+    (folder / f"{safe}-{crops}.json").write_text(json.dumps(row, indent=2))
+
+
+def saved_results(run_dir: Path) -> list[dict]:
+    folder = Path(run_dir) / "eval"
+    return [json.loads(p.read_text()) | {"file": p.name} for p in sorted(folder.glob("*.json"))] \
+        if folder.is_dir() else []

@@ -1,0 +1,41 @@
+"""`cnnbench predict`: the five most probable classes of image files, with human-readable names
+(Keras's ``decode_predictions``), through the run's own validation preprocessing (so a digits
+model sees an 8x8-like grey image resized as in training, an ImageNet model a centre crop)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cnnbench.errors import UsageError
+from cnnbench.eval import metrics
+from cnnbench.eval.evaluate import probabilities_fn
+from cnnbench.eval.runs import LoadedRun
+
+
+def predict_files(run: LoadedRun, paths: list[str], *, top: int = 5) -> list[dict]:
+    from cnnbench.pipeline.preprocess import compile_host, decode
+    from cnnbench.pipeline.tfenv import tf
+
+    lib = tf()
+    apply, finish = compile_host(run.eval_spec)
+    images, shifts = [], []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise UsageError(f"cannot read image {path}: {e.strerror}") from None
+        try:
+            image, shift = apply(decode(lib.constant(data), encoded=True, channels=run.channels),
+                                 lib.constant([0, 0], "int64"))
+        except (lib.errors.InvalidArgumentError, ValueError):
+            raise UsageError(f"{path} is not an image that can be decoded (JPEG, PNG, GIF, BMP)") from None
+        images.append(image.numpy())
+        shifts.append(np.zeros(run.channels, np.float32) if shift is None else shift.numpy())
+    probs = np.asarray(probabilities_fn(run.model, finish)(np.stack(images), np.stack(shifts)))
+    best = metrics.top_k(probs, min(top, probs.shape[1]))
+    return [{"image": path, "predictions": [
+        {"rank": r + 1, "class": int(c), "id": run.class_ids[c], "name": run.class_names[c],
+         "probability": float(probs[i, c])} for r, c in enumerate(best[i])]}
+        for i, path in enumerate(paths)]

@@ -1,0 +1,93 @@
+"""Run directories as trained models: find them, rebuild their model, load their weights.
+
+Everything that uses a trained network (eval, predict, compare, and later fine-tuning and the
+visualisations) starts from :func:`load_run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from flax import nnx
+
+from cnnbench.errors import UsageError
+from cnnbench.train.config import TrainConfig, from_run
+from cnnbench.train.rundir import RUNS, read_dataset
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    run_dir: Path
+    cfg: TrainConfig
+    model: nnx.Module           # the trained weights, in evaluation mode
+    class_ids: list[str]
+    class_names: list[str]
+    input_size: int
+    channels: int
+    eval_spec: str              # the validation preprocessing it was trained with
+    checkpoint: Path            # the checkpoint directory the weights came from
+    meta: dict                  # what the loop stored with it: epoch, best_top1, validation
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def epoch(self) -> int | None:
+        return self.meta["epoch"] + 1 if "epoch" in self.meta else None
+
+
+def is_run(path: Path) -> bool:
+    return (Path(path) / "config.json").is_file()
+
+
+def latest_run(root: Path = RUNS) -> Path:
+    """The most recently started run under ``root`` (``./runs``)."""
+    runs = [p for p in root.iterdir() if is_run(p)] if root.is_dir() else []
+    if not runs:
+        raise UsageError(f"no run directory under {root}/; train one first (cnnbench train lenet5) "
+                         f"or name one")
+    return max(runs, key=lambda p: (p / "config.json").stat().st_mtime)
+
+
+def dataset_info(run_dir: Path, cfg: TrainConfig, size: int, channels: int) -> dict:
+    """``dataset.json`` of the run: class ids and names, validation preprocessing. Runs written
+    before it existed ask the dataset itself."""
+    saved = read_dataset(run_dir)
+    if saved is not None:
+        return saved
+    from cnnbench.pipeline.preprocess import default_recipe, expand
+    from cnnbench.pipeline.sources import resolve
+
+    source = resolve(cfg.dataset, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir)
+    spec = expand(cfg.eval_ops, size=size) if cfg.eval_ops else \
+        default_recipe(source, train=False, size=size, channels=channels)
+    return {"dataset": source.name, "ids": list(source.class_ids), "names": list(source.class_names),
+            "eval_spec": spec}
+
+
+def load_run(run_dir: str | Path, *, which: str = "best") -> LoadedRun:
+    """Rebuild the run's model from its ``config.json`` and load the weights of its best
+    (``which="best"``) or latest checkpoint."""
+    from cnnbench.archs import create_model, get_arch
+    from cnnbench.train.checkpoint import restore_weights
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist")
+    if not is_run(run_dir):
+        raise UsageError(f"{run_dir} is not a run directory (no config.json)")
+    cfg = from_run(run_dir)
+    info = get_arch(cfg.arch)
+    size, channels = cfg.input_size or info.input_size, cfg.in_channels or info.in_channels
+    dataset = dataset_info(run_dir, cfg, size, channels)
+    ids, names = dataset["ids"], dataset["names"]
+    model = create_model(cfg.arch, num_classes=len(names), input_size=size, in_channels=channels,
+                         seed=cfg.seed, **cfg.arch_options)
+    _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    weights, meta, step_dir = restore_weights(run_dir, {"params": params, "batch_stats": batch_stats},
+                                              which=which)
+    nnx.update(model, weights["params"], weights["batch_stats"])
+    model.eval()
+    return LoadedRun(run_dir, cfg, model, ids, names, size, channels, dataset["eval_spec"], step_dir, meta)
