@@ -1,0 +1,271 @@
+"""`cnnbench bench`: how fast an architecture trains and infers here, on synthetic data.
+
+What is timed is what `cnnbench train` runs: the jitted step of :mod:`cnnbench.train.step` with the
+default optimiser (SGD with momentum 0.9 and weight decay, as the papers), sharded over the same
+mesh, on a batch that already lives on the devices (no input pipeline, no TensorFlow). Inference is
+the forward pass in inference mode (batch-norm running statistics, no dropout) returning logits.
+
+Every measurement: compile (timed on its own), ``warmup`` untimed steps, then ``steps`` timed
+steps, each ended by ``block_until_ready``; the step time is their median. Achieved FLOP/s count
+2 FLOPs per multiply-add of the model (convolutions and dense layers, as `cnnbench summary` counts
+them), times 3 for a training step (forward, input gradient, weight gradient), and utilisation
+compares them with the peak of a large matrix multiplication measured in the same process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import statistics
+import time
+from typing import Callable
+
+from cnnbench.errors import CnnbenchError, UsageError
+
+MODES = ("train", "infer")
+PRECISIONS = ("fp32", "bf16")
+
+
+class OutOfMemory(CnnbenchError):
+    """A batch that does not fit; ``--auto-batch`` halves it and tries again."""
+
+
+@dataclasses.dataclass
+class Events:
+    """What a benchmark reports while it runs; the CLI draws a progress bar from these."""
+
+    start: Callable[[str, int], None] = lambda label, steps: None  # a measurement of ``steps`` steps begins
+    advance: Callable[[], None] = lambda: None                       # one step (warm-up or timed) done
+    note: Callable[[str], None] = lambda text: None                  # something the user should know
+
+
+def _mesh(devices: int | None):
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    available = jax.devices()
+    if devices is not None and not 1 <= devices <= len(available):
+        raise UsageError(f"--devices {devices}: JAX sees {len(available)} device(s)")
+    return Mesh(np.array(available[:devices] if devices else available), ("data",))
+
+
+def _dtype(precision: str):
+    import jax.numpy as jnp
+
+    return jnp.bfloat16 if precision == "bf16" else jnp.float32
+
+
+def matmul_peak(mesh, precision: str = "fp32", size: int | None = None, repeats: int = 5) -> float:
+    """FLOP/s of the best of ``repeats`` large square matrix multiplications, one per device.
+
+    This is the ceiling a convolution network's step can approach here: convolutions and dense
+    layers are matrix multiplications at heart. 2048 is the size that ran fastest on a 2-core CPU;
+    accelerators need larger matrices to be busy.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    n_dev = mesh.devices.size
+    if size is None:
+        size = 2048 if mesh.devices.flat[0].platform == "cpu" else 8192
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    dtype = _dtype(precision)
+    make = jax.jit(lambda k: jax.random.normal(k, (n_dev, size, size), dtype), out_shardings=sharding)
+    a, b = make(jax.random.key(1)), make(jax.random.key(2))
+    # ``highest`` keeps float32 float32 on accelerators that would otherwise round to TF32/bf16.
+    matmul = jax.jit(lambda a, b: jnp.matmul(a, b, precision="highest" if precision == "fp32" else None),
+                     out_shardings=sharding)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * size ** 3 * n_dev / best
+
+
+def _is_oom(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "resource_exhausted" in text or "out of memory" in text
+
+
+def _available_bytes(device) -> int | None:
+    """Free memory for one more program on ``device``: its allocator's limit, or the host's."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_fits(compiled, mesh, label: str) -> None:
+    """Refuse a program whose buffers exceed free memory before running it: on a CPU the kernel's
+    OOM killer would end the process without a word."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # not every backend reports it
+        return
+    if stats is None:
+        return
+    device = mesh.devices.flat[0]
+    per_device = stats.temp_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+    needed = per_device * (mesh.devices.size if device.platform == "cpu" else 1)  # CPU devices share RAM
+    available = _available_bytes(device)
+    if available is not None and needed > 0.9 * available:
+        raise OutOfMemory(f"{label} needs {needed / 2**30:.1f} GiB of working memory, "
+                          f"{available / 2**30:.1f} GiB are free")
+
+
+def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision: str, mesh):
+    """(jitted step, its arguments, a function from outputs to next arguments, facts about the model)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from cnnbench.archs import create_model, get_arch
+    from cnnbench.archs.trace import count_params, trace_model
+    from cnnbench.train.config import TrainConfig
+    from cnnbench.train.optim import optimizer
+    from cnnbench.train.step import make_steps, set_compute_dtype
+
+    info = get_arch(arch)
+    size = size or info.input_size
+    model = create_model(arch, input_size=size, seed=0)
+    shape = (size, size, model.in_channels)
+    facts = {"input_size": size, "params": count_params(model),
+             "macs": sum(r.macs for r in trace_model(model, shape))}
+    dtype = _dtype(precision)
+    if precision == "bf16":
+        set_compute_dtype(model, dtype)
+    replicated, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    # Made on the devices, already sharded: the host never holds the batch.
+    images = jax.jit(lambda k: jax.random.normal(k, (batch_size, *shape), jnp.float32),
+                     out_shardings=data)(jax.random.key(0))
+    labels = jax.jit(lambda k: jax.random.randint(k, (batch_size,), 0, model.num_classes),
+                     out_shardings=data)(jax.random.key(1))
+    graphdef, params, batch_stats, other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    other = jax.device_put(other, replicated)
+    if mode == "train":
+        # The defaults of `cnnbench train`: SGD, momentum 0.9, weight decay 5e-4, cosine schedule.
+        tx, _ = optimizer(TrainConfig(arch=arch, batch_size=batch_size, epochs=1), steps_per_epoch=1000)
+        state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
+                                "batch_stats": batch_stats, "opt_state": tx.init(params)}, replicated)
+        train_step, _ = make_steps(graphdef, other, tx, seed=0, finish=None, dtype=dtype)
+        step = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+        batch = {"image": images, "label": labels}
+        return step, (state, batch), lambda out: (out[0], batch), facts
+
+    def forward(state, images):
+        model = nnx.merge(graphdef, state["params"], state["batch_stats"], jax.tree.map(lambda v: v, other))
+        return model(images.astype(dtype), train=False)
+
+    state = jax.device_put({"params": params, "batch_stats": batch_stats}, replicated)
+    step = jax.jit(forward, out_shardings=replicated)
+    return step, (state, images), lambda out: (state, images), facts
+
+
+def measure(arch: str, mode: str, batch_size: int, *, input_size: int | None = None,
+            precision: str = "fp32", steps: int = 10, warmup: int = 2, mesh=None,
+            events: Events = Events()) -> dict:
+    """One workload: compile, warm up, time. Raises :class:`OutOfMemory` when it does not fit."""
+    import jax
+
+    mesh = mesh if mesh is not None else _mesh(None)
+    label = f"{arch} {mode} batch {batch_size}"
+    try:
+        step, args, advance, facts = _workload(arch, mode, batch_size, input_size, precision, mesh)
+        t = time.perf_counter()
+        compiled = step.lower(*args).compile()
+        compile_s = time.perf_counter() - t
+        _check_fits(compiled, mesh, label)
+        events.start(label, warmup + steps)
+        times = []
+        for i in range(warmup + steps):
+            t = time.perf_counter()
+            out = jax.block_until_ready(compiled(*args))
+            elapsed = time.perf_counter() - t
+            args = advance(out)
+            if i >= warmup:
+                times.append(elapsed)
+            events.advance()
+        del out, args
+    except OutOfMemory:
+        raise
+    except Exception as e:
+        if _is_oom(e):
+            raise OutOfMemory(f"{label} does not fit in memory ({str(e).splitlines()[0][:160]})") from None
+        raise
+    step_s = statistics.median(times)
+    flops = 2 * facts["macs"] * batch_size * (3 if mode == "train" else 1)
+    return {"arch": arch, "mode": mode, "batch_size": batch_size, "input_size": facts["input_size"],
+            "precision": precision, "devices": int(mesh.devices.size), "steps": steps,
+            "compile_s": compile_s, "step_time_ms": 1e3 * step_s,
+            "step_time_ms_min": 1e3 * min(times), "samples_per_sec": batch_size / step_s,
+            "params": facts["params"], "macs": facts["macs"], "flops_per_step": flops,
+            "flops_per_sec": flops / step_s, **_memory(mesh)}
+
+
+def _memory(mesh) -> dict:
+    """Peak resident memory of this process so far, and the devices' peak where they report it."""
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in mesh.devices.flat]
+    return {"host_peak_bytes": host, "device_peak_bytes": max(peaks) if all(p is not None for p in peaks) else None}
+
+
+def run(archs: list[str], *, modes: tuple[str, ...] = ("train",), batch_size: int = 32,
+        input_size: int | None = None, precision: str = "fp32", steps: int = 10, warmup: int = 2,
+        auto_batch: bool = False, devices: int | None = None, events: Events = Events()) -> list[dict]:
+    """Every (arch, mode) workload in order, plus the matmul peak they are compared with."""
+    from cnnbench.archs import get_arch
+
+    for arch in archs:
+        get_arch(arch)  # unknown names fail before anything is compiled
+    for mode in modes:
+        if mode not in MODES:
+            raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if batch_size < 1 or steps < 1 or warmup < 0:
+        raise UsageError("--batch-size and --steps must be at least 1, --warmup at least 0")
+    if input_size is not None and input_size < 1:
+        raise UsageError("--input-size must be at least 1")
+    mesh = _mesh(devices)
+    n_dev = int(mesh.devices.size)
+    if batch_size % n_dev:
+        raise UsageError(f"batch size {batch_size} does not divide over {n_dev} devices; "
+                         f"use a multiple of {n_dev} (or --devices)")
+    events.start(f"matmul peak ({precision})", 1)
+    peak = matmul_peak(mesh, precision)
+    events.advance()
+    rows = []
+    for arch in archs:
+        for mode in modes:
+            batch = batch_size
+            while True:
+                try:
+                    row = measure(arch, mode, batch, input_size=input_size, precision=precision,
+                                  steps=steps, warmup=warmup, mesh=mesh, events=events)
+                    break
+                except OutOfMemory as e:
+                    smaller = (batch // 2) - (batch // 2) % n_dev
+                    if not auto_batch or smaller < 1:
+                        hint = "" if auto_batch else "; use a smaller --batch-size or --auto-batch"
+                        raise OutOfMemory(f"{e}{hint}") from None
+                    events.note(f"{arch} {mode}: batch {batch} does not fit, trying {smaller}")
+                    batch = smaller
+            row["requested_batch_size"] = batch_size
+            row["matmul_peak_flops"] = peak
+            row["utilization"] = row["flops_per_sec"] / peak
+            row["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+            rows.append(row)
+    return rows

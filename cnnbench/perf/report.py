@@ -1,0 +1,62 @@
+"""How `cnnbench bench` shows itself: a progress bar on stderr while it runs, then one table."""
+
+from __future__ import annotations
+
+from cnnbench.output import Column, err_console, human_bytes, integer
+
+
+def run_with_progress(archs: list[str], **options) -> list[dict]:
+    """:func:`cnnbench.perf.bench.run` with a rich progress bar (stderr, so JSON stdout stays clean)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from cnnbench.perf.bench import Events, run
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err_console(), transient=True) as progress:
+        current = {"task": None}
+
+        def start(label, steps):
+            if current["task"] is not None:
+                progress.remove_task(current["task"])
+            current["task"] = progress.add_task(label, total=steps)
+
+        def advance():
+            progress.advance(current["task"])
+
+        def note(text):
+            progress.console.print(text, highlight=False)
+
+        return run(archs, events=Events(start, advance, note), **options)
+
+
+def _ms(v) -> str:
+    return f"{v:,.1f}"
+
+
+COLUMNS = [
+    Column("arch", "arch", justify="left"), Column("mode", "mode", justify="left"),
+    Column("batch_size", "batch"), Column("input_size", "input"),
+    Column("samples_per_sec", "samples/s", lambda v: f"{v:,.1f}"),
+    Column("step_time_ms", "step ms", _ms), Column("compile_s", "compile s", lambda v: f"{v:.1f}"),
+    Column("params", "parameters", integer), Column("macs", "M mult-adds/img", lambda v: f"{v / 1e6:,.1f}"),
+    Column("flops_per_sec", "GFLOP/s", lambda v: f"{v / 1e9:,.1f}"),
+    Column("utilization", "of peak", lambda v: f"{v:.0%}"),
+    Column("host_peak_bytes", "host peak", human_bytes),
+    Column("device_peak_bytes", "device peak", human_bytes),
+]
+
+
+def notes(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    first = rows[0]
+    lines = [f"peak: {first['matmul_peak_flops'] / 1e9:,.1f} GFLOP/s, the best of 5 large {first['precision']} "
+             f"matrix multiplications measured in this run on {first['devices']} device(s)",
+             f"median of {first['steps']} timed steps after the warm-up; FLOP/s count 2 per multiply-add, "
+             f"x3 for a training step",
+             f"XLA_FLAGS: {first['xla_flags'] or '(none)'}"]
+    for r in rows:
+        if r["batch_size"] != r["requested_batch_size"]:
+            lines.append(f"{r['arch']} {r['mode']}: batch {r['requested_batch_size']} did not fit; "
+                         f"measured at {r['batch_size']}")
+    return lines

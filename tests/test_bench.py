@@ -1,0 +1,104 @@
+"""`cnnbench bench` as a user runs it (tiny architecture, one or two steps) and its failure modes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from cnnbench.cli import cli
+from cnnbench.perf import bench, flags
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_bench_json_fields_for_a_tiny_architecture():
+    result = invoke("bench", "lenet5", "--mode", "both", "--batch-size", "8", "--steps", "2",
+                    "--warmup", "1", "--devices", "1", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["arch"], r["mode"]) for r in rows] == [("lenet5", "train"), ("lenet5", "infer")]
+    for r in rows:
+        assert r["batch_size"] == 8 and r["input_size"] == 32 and r["precision"] == "fp32"
+        assert r["params"] == 61_706 and r["macs"] == 416_520  # `cnnbench summary lenet5`
+        assert r["samples_per_sec"] > 0 and r["step_time_ms"] > 0 and r["compile_s"] > 0
+        assert r["samples_per_sec"] == pytest.approx(8 / (r["step_time_ms"] / 1e3))
+        assert r["matmul_peak_flops"] > 0 and 0 < r["utilization"] == pytest.approx(
+            r["flops_per_sec"] / r["matmul_peak_flops"])
+        assert r["host_peak_bytes"] > 0
+    train, infer = rows
+    assert train["flops_per_step"] == 3 * infer["flops_per_step"] == 3 * 2 * 416_520 * 8
+
+
+def test_bench_table_and_bf16(monkeypatch):
+    monkeypatch.setattr(bench, "matmul_peak", lambda mesh, precision: 1e12)  # a bf16 matmul is slow on a CPU
+    result = invoke("bench", "lenet5", "--batch-size", "8", "--steps", "1", "--warmup", "0",
+                    "--devices", "1", "--precision", "bf16", "--mode", "infer")
+    assert result.exit_code == 0, result.output
+    for text in ("lenet5", "infer", "61,706", "peak: 1,000.0 GFLOP/s"):
+        assert text in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["lenett"], "unknown architecture 'lenett'"),
+    (["lenet5", "--batch-size", "12"], "does not divide over 8 devices"),
+    (["lenet5", "--steps", "0"], "--steps must be at least 1"),
+])
+def test_bench_usage_errors_are_one_line(args, message):
+    result = invoke("bench", *args)
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_out_of_memory_is_one_line_and_auto_batch_halves(monkeypatch):
+    tried = []
+
+    def fake_measure(arch, mode, batch_size, **kw):
+        tried.append(batch_size)
+        if batch_size > 16:
+            raise bench.OutOfMemory(f"{arch} {mode} batch {batch_size} needs 9.0 GiB of working memory, "
+                                    f"1.0 GiB are free")
+        return {"arch": arch, "mode": mode, "batch_size": batch_size, "flops_per_sec": 1.0}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    monkeypatch.setattr(bench, "matmul_peak", lambda mesh, precision: 2.0)
+    rows = bench.run(["lenet5"], batch_size=64, auto_batch=True)
+    assert tried == [64, 32, 16] and rows[0]["batch_size"] == 16 and rows[0]["requested_batch_size"] == 64
+    result = invoke("bench", "lenet5", "--batch-size", "64")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: lenet5 train batch 64 needs 9.0 GiB of working memory, 1.0 GiB are free; "
+        "use a smaller --batch-size or --auto-batch"]
+
+
+def test_memory_check_refuses_a_program_larger_than_free_memory(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    compiled = jax.jit(lambda x: x @ x).lower(jnp.ones((256, 256))).compile()
+    mesh = bench._mesh(1)
+    bench._check_fits(compiled, mesh, "x")  # fits
+    monkeypatch.setattr(bench, "_available_bytes", lambda device: 1000)
+    with pytest.raises(bench.OutOfMemory, match="GiB of working memory"):
+        bench._check_fits(compiled, mesh, "x")
+
+
+def test_xla_defaults_never_override_the_users_flags():
+    defaults = {"--xla_a": ("true", ""), "--xla_b": ("1", "")}
+    assert flags.merged("", defaults) == "--xla_a=true --xla_b=1"
+    assert flags.merged("--xla_a=false --xla_c", defaults) == "--xla_a=false --xla_c --xla_b=1"
+    env = {"CNNBENCH_XLA_DEFAULTS": "0", "XLA_FLAGS": "--xla_c"}
+    assert flags.apply(env) == "--xla_c"
+
+
+def test_bench_never_imports_tensorflow():
+    script = ("import sys\nfrom cnnbench.cli import main\n"
+              "try:\n    main(['bench', 'lenet5', '--batch-size', '8', '--steps', '1', '--warmup', '0', '--devices', '1'])\n"
+              "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+              "leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets'))\n"
+              "print('LEAKED', leaked, file=sys.stderr)\nsys.exit(1 if leaked else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
