@@ -73,9 +73,12 @@ class Predictions:
     skipped: int = 0
 
 
-def probabilities_fn(model: nnx.Module, finish) -> Callable:
-    """A jitted ``(state, images, shift) -> (B, classes)`` softmax, averaged over any crop axes."""
+def probabilities_fn(model: nnx.Module, finish, mesh: Mesh | None = None) -> Callable:
+    """A jitted ``(images, shift) -> (B, classes)`` softmax, averaged over any crop axes; with a
+    ``mesh`` the weights are replicated over its devices (batches come sharded over them)."""
     graphdef, state = nnx.split(model)
+    if mesh is not None:
+        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
     @jax.jit
     def probs(state, images, shift):
@@ -111,8 +114,9 @@ def predict_split(run: LoadedRun, source, *, split: str, crops: str, scales=None
     batch_size = -(-batch_size // len(devices)) * len(devices)  # a multiple of the device count
     pipeline = Pipeline(source, split, batch_size, spec, train=False, channels=run.channels,
                         device_finish=True, with_ids=True)
-    sharding = NamedSharding(Mesh(np.array(devices), ("data",)), PartitionSpec("data"))
-    probs_of = probabilities_fn(run.model, pipeline.finish)
+    mesh = Mesh(np.array(devices), ("data",))
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    probs_of = probabilities_fn(run.model, pipeline.finish, mesh)
     out = {"probs": [], "label": [], "index": [], "id": []}
     samples: list[np.ndarray] = []
     pending = None  # (device result, host batch): the next batch is decoded while this one runs

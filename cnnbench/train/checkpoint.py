@@ -51,7 +51,7 @@ class Checkpoints:
 
 
 def _step_dir(run_dir: Path, which: str) -> Path | None:
-    root = Path(run_dir) / "checkpoints" / which
+    root = Path(run_dir).absolute() / "checkpoints" / which
     steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True) \
         if root.is_dir() else []
     return root / str(steps[0]) if steps else None
