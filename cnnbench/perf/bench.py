@@ -174,45 +174,77 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     return step, (state, images), lambda out: (state, images), facts
 
 
+class Prepared:
+    """One compiled workload, ready to be timed any number of times (the peer benchmark interleaves
+    such runs with PyTorch's). Raises :class:`OutOfMemory` when it does not fit."""
+
+    def __init__(self, arch: str, mode: str, batch_size: int, *, input_size: int | None = None,
+                 precision: str = "fp32", mesh=None):
+        self.mesh = mesh if mesh is not None else _mesh(None)
+        self.arch, self.mode, self.batch_size, self.precision = arch, mode, batch_size, precision
+        self.label = f"{arch} {mode} batch {batch_size}"
+        with self._oom_as_error():
+            step, self.args, self.advance, self.facts = _workload(arch, mode, batch_size, input_size,
+                                                                  precision, self.mesh)
+            t = time.perf_counter()
+            self.compiled = step.lower(*self.args).compile()
+            self.compile_s = time.perf_counter() - t
+            _check_fits(self.compiled, self.mesh, self.label)
+
+    def _oom_as_error(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def guard():
+            try:
+                yield
+            except OutOfMemory:
+                raise
+            except Exception as e:
+                if _is_oom(e):
+                    raise OutOfMemory(f"{self.label} does not fit in memory "
+                                      f"({str(e).splitlines()[0][:160]})") from None
+                raise
+        return guard()
+
+    def run(self, steps: int, advance: Callable[[], None] = lambda: None) -> list[float]:
+        """Seconds of each of ``steps`` steps, each ended by ``block_until_ready``."""
+        import jax
+
+        times = []
+        with self._oom_as_error():
+            for _ in range(steps):
+                t = time.perf_counter()
+                out = jax.block_until_ready(self.compiled(*self.args))
+                times.append(time.perf_counter() - t)
+                self.args = self.advance(out)
+                del out  # the last step's outputs are the next step's inputs, or garbage
+                advance()
+        return times
+
+    @property
+    def flops_per_step(self) -> int:
+        return 2 * self.facts["macs"] * self.batch_size * (3 if self.mode == "train" else 1)
+
+
 def measure(arch: str, mode: str, batch_size: int, *, input_size: int | None = None,
             precision: str = "fp32", steps: int = 10, warmup: int = 2, mesh=None,
             events: Events = Events()) -> dict:
     """One workload: compile, warm up, time. Raises :class:`OutOfMemory` when it does not fit."""
-    import jax
-
-    mesh = mesh if mesh is not None else _mesh(None)
-    label = f"{arch} {mode} batch {batch_size}"
-    try:
-        step, args, advance, facts = _workload(arch, mode, batch_size, input_size, precision, mesh)
-        t = time.perf_counter()
-        compiled = step.lower(*args).compile()
-        compile_s = time.perf_counter() - t
-        _check_fits(compiled, mesh, label)
-        events.start(label, warmup + steps)
-        times = []
-        for i in range(warmup + steps):
-            t = time.perf_counter()
-            out = jax.block_until_ready(compiled(*args))
-            elapsed = time.perf_counter() - t
-            args = advance(out)
-            if i >= warmup:
-                times.append(elapsed)
-            events.advance()
-        del out, args
-    except OutOfMemory:
-        raise
-    except Exception as e:
-        if _is_oom(e):
-            raise OutOfMemory(f"{label} does not fit in memory ({str(e).splitlines()[0][:160]})") from None
-        raise
+    work = Prepared(arch, mode, batch_size, input_size=input_size, precision=precision, mesh=mesh)
+    events.start(work.label, warmup + steps)
+    work.run(warmup, events.advance)
+    times = work.run(steps, events.advance)
     step_s = statistics.median(times)
-    flops = 2 * facts["macs"] * batch_size * (3 if mode == "train" else 1)
-    return {"arch": arch, "mode": mode, "batch_size": batch_size, "input_size": facts["input_size"],
-            "precision": precision, "devices": int(mesh.devices.size), "steps": steps,
-            "compile_s": compile_s, "step_time_ms": 1e3 * step_s,
-            "step_time_ms_min": 1e3 * min(times), "samples_per_sec": batch_size / step_s,
-            "params": facts["params"], "macs": facts["macs"], "flops_per_step": flops,
-            "flops_per_sec": flops / step_s, **_memory(mesh)}
+    result = {"arch": arch, "mode": mode, "batch_size": batch_size, "input_size": work.facts["input_size"],
+              "precision": precision, "devices": int(work.mesh.devices.size), "steps": steps,
+              "compile_s": work.compile_s, "step_time_ms": 1e3 * step_s,
+              "step_time_ms_min": 1e3 * min(times), "samples_per_sec": batch_size / step_s,
+              "params": work.facts["params"], "macs": work.facts["macs"],
+              "flops_per_step": work.flops_per_step, "flops_per_sec": work.flops_per_step / step_s,
+              **_memory(work.mesh)}
+    del work
+    return result
 
 
 def _memory(mesh) -> dict:

@@ -1,0 +1,238 @@
+"""cnnbench vs PyTorch/torchvision on the same machine: same models, batch, input size, threads.
+
+    python benchmarks/torch_peer.py --torch-python /work/torchvenv/bin/python \\
+        [--archs alexnet-owt,resnet18,vgg11] [--modes train,infer] [--batch-size 32] \\
+        [--input-size 224] [--rounds 3] [--steps 3] [--no-compile] [--json]
+
+PyTorch is not a dependency of cnnbench, so the two halves run in two interpreters: this script
+runs under cnnbench's environment (JAX) and starts itself again under ``--torch-python`` (any
+Python with torch and torchvision) as a worker that takes commands on stdin. Only one of them
+computes at a time. For each workload both sides compile and warm up, then ``--rounds`` rounds
+interleave ``--steps`` timed steps of cnnbench, PyTorch eager and ``torch.compile`` (where it
+compiles), so a noisy neighbour hits every side alike. The table shows medians over all timed
+steps and the ratio cnnbench / PyTorch in samples per second (above 1: cnnbench is faster).
+
+Training is one optimiser step of SGD with momentum 0.9 and weight decay 5e-4 on a cross-entropy
+loss (GoogLeNet adds its auxiliary losses with weight 0.3 on both sides); inference is the forward
+pass in eval mode (``torch.inference_mode``). cnnbench runs with the XLA options its command line
+sets (:mod:`cnnbench.perf.flags`); PyTorch with ``torch.set_num_threads`` equal to the cores JAX
+uses. Synthetic data, float32, NCHW for PyTorch (its default), NHWC for cnnbench (its layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+#: cnnbench name -> torchvision builder
+TORCHVISION = {"alexnet-owt": "alexnet", "vgg11": "vgg11", "resnet18": "resnet18",
+               "resnet50": "resnet50", "googlenet": "googlenet"}
+
+
+# --------------------------------------------------------------------------- the PyTorch worker
+
+def torch_worker(threads: int) -> None:
+    """Reads one JSON command per line on stdin, answers one JSON line. Never imports cnnbench."""
+    reply = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything torch prints goes to stderr, not into the replies
+    import torch
+    import torchvision
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    prepared = {}
+
+    def setup(cmd):
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, cmd["model"])(num_classes=1000)
+        b, s = cmd["batch_size"], cmd["input_size"]
+        x, y = torch.randn(b, 3, s, s), torch.randint(0, 1000, (b,))
+        run = torch.compile(model) if cmd["variant"] == "compile" else model
+        if cmd["mode"] == "train":
+            model.train()
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            ce = torch.nn.functional.cross_entropy
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                out = run(x)
+                if isinstance(out, tuple):  # GoogLeNet: (logits, aux2, aux1)
+                    loss = ce(out[0], y) + 0.3 * sum(ce(a, y) for a in out[1:] if a is not None)
+                else:
+                    loss = ce(out, y)
+                loss.backward()
+                opt.step()
+        else:
+            model.eval()
+
+            def step():
+                with torch.inference_mode():
+                    run(x)
+        t = time.perf_counter()
+        step()  # the first call compiles (torch.compile) or allocates
+        first = time.perf_counter() - t
+        step()
+        prepared[cmd["key"]] = step
+        return {"first_step_s": first}
+
+    def timed(cmd):
+        step, times = prepared[cmd["key"]], []
+        for _ in range(cmd["steps"]):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        return {"times": times}
+
+    reply.write(json.dumps({"torch": torch.__version__, "torchvision": torchvision.__version__,
+                            "threads": torch.get_num_threads()}) + "\n")
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            if cmd["op"] == "setup":
+                out = setup(cmd)
+            elif cmd["op"] == "time":
+                out = timed(cmd)
+            elif cmd["op"] == "free":
+                prepared.clear()
+                out = {}
+            else:
+                break
+        except Exception as e:  # e.g. torch.compile failing for one model: report, keep serving
+            out = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+        reply.write(json.dumps(out) + "\n")
+
+
+class TorchWorker:
+    def __init__(self, python: str, threads: int):
+        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", "--threads", str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.versions = json.loads(self.proc.stdout.readline())
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the PyTorch worker died (see its stderr above)")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+# --------------------------------------------------------------------------- the comparison
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{platform.machine()}, {cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--torch-python", default=os.environ.get("TORCH_PYTHON", "/work/torchvenv/bin/python"))
+    parser.add_argument("--archs", default="alexnet-owt,resnet18,vgg11")
+    parser.add_argument("--modes", default="train,infer")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="Timed steps per side per round.")
+    parser.add_argument("--no-compile", action="store_true", help="Skip torch.compile.")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        return torch_worker(args.threads)
+
+    from cnnbench.perf import flags
+
+    xla_flags = flags.apply()  # what the `cnnbench` command runs with; before JAX starts
+    import jax
+
+    from cnnbench.perf.bench import Prepared, _mesh, matmul_peak
+
+    mesh = _mesh(1)
+    torch = TorchWorker(args.torch_python, args.threads)
+    variants = ["eager"] + ([] if args.no_compile else ["compile"])
+    peaks, results = [], []
+    print(f"# {machine()}; jax {jax.__version__}, torch {torch.versions['torch']} "
+          f"({torch.versions['threads']} threads); XLA_FLAGS={xla_flags or '(none)'}", file=sys.stderr)
+    for arch in args.archs.split(","):
+        for mode in args.modes.split(","):
+            label = f"{arch} {mode} b{args.batch_size} {args.input_size}px"
+            ours = Prepared(arch, mode, args.batch_size, input_size=args.input_size, mesh=mesh)
+            ours.run(2)
+            peers = {}
+            for v in variants:
+                answer = torch.ask(op="setup", key=v, model=TORCHVISION[arch], mode=mode, variant=v,
+                                   batch_size=args.batch_size, input_size=args.input_size)
+                if "error" in answer:
+                    print(f"{label}: torch {v}: {answer['error']}", file=sys.stderr)
+                else:
+                    peers[v] = answer
+            times = {"cnnbench": [], **{v: [] for v in peers}}
+            for r in range(args.rounds):  # interleaved: every side sees the same neighbours
+                peaks.append(matmul_peak(mesh, repeats=2))
+                times["cnnbench"] += ours.run(args.steps)
+                for v in peers:
+                    times[v] += torch.ask(op="time", key=v, steps=args.steps)["times"]
+                print(f"{label} round {r + 1}: " + ", ".join(
+                    f"{k} {1e3 * statistics.median(t[-args.steps:]):.0f} ms" for k, t in times.items()),
+                    file=sys.stderr, flush=True)
+            torch.ask(op="free")
+            med = {k: statistics.median(t) for k, t in times.items()}
+            row = {"arch": arch, "torchvision": TORCHVISION[arch], "mode": mode, "batch_size": args.batch_size,
+                   "input_size": args.input_size, "cnnbench_ms": 1e3 * med["cnnbench"],
+                   "cnnbench_samples_per_sec": args.batch_size / med["cnnbench"],
+                   "cnnbench_compile_s": ours.compile_s, "flops_per_step": ours.flops_per_step,
+                   "cnnbench_flops_per_sec": ours.flops_per_step / med["cnnbench"]}
+            for v in variants:
+                if v in med:
+                    row[f"torch_{v}_ms"] = 1e3 * med[v]
+                    row[f"torch_{v}_samples_per_sec"] = args.batch_size / med[v]
+                    row[f"ratio_vs_{v}"] = med[v] / med["cnnbench"]
+                    row[f"torch_{v}_first_step_s"] = peers[v]["first_step_s"]
+            results.append(row)
+            del ours
+    torch.close()
+    peak = statistics.median(peaks)
+    for row in results:
+        row["utilization"] = row["cnnbench_flops_per_sec"] / peak
+    doc = {"machine": machine(), "jax": jax.__version__, "torch": torch.versions["torch"],
+           "torchvision": torch.versions["torchvision"], "threads": args.threads, "xla_flags": xla_flags,
+           "rounds": args.rounds, "steps": args.steps, "matmul_peak_flops": peak, "results": results}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return
+    print(f"machine: {doc['machine']}; jax {doc['jax']}, torch {doc['torch']}, torchvision "
+          f"{doc['torchvision']}, {args.threads} threads; XLA_FLAGS={xla_flags or '(none)'}")
+    print(f"median of {args.rounds} interleaved rounds x {args.steps} steps; matmul peak {peak / 1e9:.0f} GFLOP/s")
+    head = ["workload", "cnnbench img/s", "torch eager img/s", "ratio", "torch.compile img/s", "ratio",
+            "cnnbench % peak"]
+    print("| " + " | ".join(head) + " |")
+    print("| --- |" + " ---: |" * (len(head) - 1))
+    for r in results:
+        cells = [f"{r['arch']} {r['mode']}", f"{r['cnnbench_samples_per_sec']:.1f}"]
+        for v in ("eager", "compile"):
+            if f"ratio_vs_{v}" in r:
+                cells += [f"{r[f'torch_{v}_samples_per_sec']:.1f}", f"{r[f'ratio_vs_{v}']:.2f}x"]
+            else:
+                cells += ["-", "-"]
+        cells.append(f"{r['utilization']:.0%}")
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
