@@ -286,3 +286,44 @@ def test_bad_input_is_one_line(runs, tmp_path):
     sub.write_text("1 2 3 4 5\n2 3 4 5 6\n3 4 5 6 1001\n")
     assert "outside 1..1000" in _error("eval", "--ground-truth", truth, "--predictions", sub)
     assert "not an image" in _error("predict", truth, "--run", runs[0])
+
+
+# --------------------------------------------------------------------------- compare
+
+def _compare_json(*args):
+    result = CliRunner().invoke(cli, ["compare", *map(str, args), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_compare_runs_and_architectures_with_plots(runs, tmp_path):
+    rows = _compare_json(*runs, "alexnet-owt", "vgg16", "--no-bench", "--archs-only", "--plot", tmp_path / "fig")
+    by_name = {r["name"]: r for r in rows}
+    run = by_name[runs[0].name]
+    assert run["kind"] == "run" and run["dataset"] == "digits" and run["epochs"] == 2
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert run["best_top1"] == pytest.approx(summary["best"]["top1"]) and run["params"] == 61_706
+    assert run["train_images_per_sec"] > 0 and run["wall_time"] > 0
+    owt = by_name["alexnet-owt"]
+    assert (owt["params"], owt["depth"], owt["receptive_field"]) == (61_100_840, 8, 163)
+    assert owt["paper_top1"] == pytest.approx(0.56522) and by_name["vgg16"]["macs"] > 15e9
+    assert owt["activation_bytes"] > 0 and "forward_images_per_sec" not in owt
+    for name in ("curves.png", "accuracy_vs_macs.png"):
+        path = tmp_path / "fig" / name
+        assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
+    ordered = _compare_json(*runs, "alexnet-owt", "vgg16", "--no-bench", "--sort", "params")
+    assert [r["name"] for r in ordered][:2] == ["vgg16", "alexnet-owt"]
+
+
+def test_compare_names_stand_for_their_latest_run_and_measure_speed(runs, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(runs[0], Path("runs") / "lenet5-digits-1")
+    rows = _compare_json("lenet5", "linear", "--batch-size", "8", "--steps", "1", "--plot", "fig")
+    assert rows[0]["kind"] == "run" and rows[0]["run_dir"] == str(Path("runs") / "lenet5-digits-1")
+    assert rows[1]["kind"] == "architecture"
+    assert all(r["forward_images_per_sec"] > 0 and r["train_step_images_per_sec"] > 0 for r in rows)
+    assert (tmp_path / "fig" / "throughput_vs_accuracy.png").stat().st_size > 5_000
+    result = CliRunner().invoke(cli, ["compare", "lenet5", "--no-bench", "--format", "csv"])
+    assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith("name,kind")
+    assert "resnet50" in _error("compare", "resnet5O", "--no-bench")
+    assert "cannot sort by 'nope'" in _error("compare", "lenet5", "--no-bench", "--sort", "nope")

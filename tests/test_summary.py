@@ -82,3 +82,12 @@ def test_input_too_small_is_a_usage_error():
 
     with pytest.raises(UsageError, match="too small"):
         summarize("alexnet", input_size=32)
+
+
+@pytest.mark.parametrize("name, depth", [("lenet5", 5), ("alexnet", 8), ("zfnet", 8), ("vgg16", 16),
+                                         ("vgg19", 19), ("googlenet", 22), ("resnet18", 18),
+                                         ("resnet50", 50), ("resnet56", 56), ("plain20", 20)])
+def test_depth_is_the_papers_layer_count(name, depth):
+    """Weight layers on the longest path: Inception's parallel branches and ResNet's shortcut
+    projections do not add to it, so the papers' "8", "22", "152 layers" come out."""
+    assert summarize(name).depth == depth

@@ -41,6 +41,17 @@ class Summary:
         return sum(r.macs for r in self.layers)
 
     @property
+    def depth(self) -> int:
+        """Weight layers (conv, dense) on the longest path: 8 for AlexNet, 16 for VGG-16, 22 for
+        GoogLeNet, 18 for ResNet-18 (shortcut projections run beside the blocks they skip)."""
+        return max((r.depth for r in self.layers), default=0)
+
+    @property
+    def last_conv(self) -> LayerRecord | None:
+        convs = [r for r in self.layers if r.kind == "conv"]
+        return convs[-1] if convs else None
+
+    @property
     def activations(self) -> int:
         return sum(r.activations for r in self.shown)
 

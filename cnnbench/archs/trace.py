@@ -4,7 +4,8 @@ While a :class:`Recorder` is active (inside ``jax.eval_shape``), every primitive
 ``cnnbench.archs.layers`` reports its input and output shapes, kernel geometry, parameter count
 and multiply-adds. Receptive fields are propagated per tensor (keyed by the identity of the traced
 array), so branching blocks (Inception, residual) merge them correctly: a merge takes the largest
-receptive field of its inputs. Outside a recording this module costs one context-variable lookup.
+receptive field of its inputs. Depth (weight layers on the longest path) propagates the same way.
+Outside a recording this module costs one context-variable lookup.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+#: the layers that count towards a network's depth ("8 layers" of AlexNet, "22" of GoogLeNet)
+WEIGHT_LAYERS = frozenset({"conv", "dense"})
 _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("cnnbench_trace", default=None)
 
 
@@ -49,6 +52,8 @@ class LayerRecord:
     padding: int | None
     geometry: Geometry
     itemsize: int
+    #: weight layers (conv, dense) on the longest path from the input to this layer's output
+    depth: int = 0
 
     @property
     def activations(self) -> int:
@@ -61,13 +66,18 @@ class Recorder:
         self.names = names
         self.records: list[LayerRecord] = []
         self._geometry: dict[int, Geometry] = {}
+        self._depth: dict[int, int] = {}
         self._alive: list[Any] = []  # keeps traced arrays alive so their ids are never reused
 
     def geometry(self, x) -> Geometry:
         return self._geometry.get(id(x), Geometry())
 
-    def set_geometry(self, y, geometry: Geometry) -> None:
+    def depth(self, x) -> int:
+        return self._depth.get(id(x), 0)
+
+    def set_geometry(self, y, geometry: Geometry, depth: int) -> None:
         self._geometry[id(y)] = geometry
+        self._depth[id(y)] = depth
         self._alive.append(y)
 
 
@@ -90,7 +100,8 @@ def record(module, x, y, *, kind: str, kernel: int | None = None, stride: int | 
     geometry = recorder.geometry(x)
     if kernel is not None:
         geometry = geometry.then(kernel, stride or 1, padding)
-    recorder.set_geometry(y, geometry)
+    depth = recorder.depth(x) + (kind in WEIGHT_LAYERS)
+    recorder.set_geometry(y, geometry, depth)
     if params is None:
         params = count_params(module)
     recorder.records.append(LayerRecord(
@@ -105,16 +116,18 @@ def record(module, x, y, *, kind: str, kernel: int | None = None, stride: int | 
         padding=padding if kernel is not None else None,
         geometry=geometry,
         itemsize=np.dtype(y.dtype).itemsize,
+        depth=depth,
     ))
 
 
 def merge(inputs, y) -> None:
-    """Called by parameter-free merges (add, concat): y sees what its widest input sees."""
+    """Called by parameter-free merges (add, concat): y sees what its widest input sees, and is as
+    deep as its deepest input."""
     recorder = _ACTIVE.get()
     if recorder is None:
         return
     widest = max((recorder.geometry(x) for x in inputs), key=lambda g: g.receptive_field)
-    recorder.set_geometry(y, widest)
+    recorder.set_geometry(y, widest, max(recorder.depth(x) for x in inputs))
 
 
 def count_params(module) -> int:
