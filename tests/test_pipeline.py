@@ -221,3 +221,52 @@ def test_finish_runs_in_jax_too():
     expected = (images.astype(np.float32) + shift[:, None, None, None, :] - [10, 20, 30]) / [2, 4, 5]
     np.testing.assert_allclose(finish(images, shift), expected, rtol=1e-6)
     np.testing.assert_allclose(finish(jnp.asarray(images), jnp.asarray(shift), xp=jnp), expected, rtol=1e-6)
+
+
+def _photo_jpeg(mode: str, seed: int = 0, size=(150, 200)) -> bytes:
+    """A photo-like JPEG (smooth colour plus noise) in PIL mode RGB, L (grey) or CMYK."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([np.sin(7 * (xx + c) * np.pi) * np.cos(5 * yy * np.pi) for c in range(3)], -1)
+    pixels = np.clip(127 + 100 * base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_jpeg_window_decoding_gives_the_same_pixels(mode):
+    """From JPEG bytes the first crop decodes only its window (decode_and_crop_jpeg); the result
+    equals decoding the whole image and running the same ops, bit for bit, for colour, grey and
+    CMYK files (CMYK takes the whole-image path), into 3 or 1 channels."""
+    from cnnbench.pipeline.preprocess import decode
+
+    data = tf().constant(_photo_jpeg(mode))
+    for channels in (3, 1):
+        for recipe in ("alexnet", "vgg", "inception", "center"):
+            spec = expand(recipe, size=96).replace("256", "110")  # resize_shorter(110) for a 150x200 photo
+            for s in range(3):
+                seed = tf().constant([s, 7], "int64")
+                windowed = compile_ops(spec, encoded=True, channels=channels)(data, seed).numpy()
+                whole = compile_ops(spec)(decode(data, encoded=True, channels=channels), seed).numpy()
+                assert windowed.shape[:2] == (96, 96)
+                np.testing.assert_array_equal(windowed, whole)
+
+
+def test_grey_and_cmyk_jpegs_decode_to_either_channel_count():
+    from cnnbench.pipeline.preprocess import decode
+
+    grey = decode(tf().constant(_photo_jpeg("L")), encoded=True, channels=3).numpy()
+    assert grey.shape == (150, 200, 3) and (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    rgb = decode(tf().constant(_photo_jpeg("RGB")), encoded=True, channels=3).numpy().astype(float)
+    for mode in ("CMYK", "RGB", "L"):
+        one = decode(tf().constant(_photo_jpeg(mode)), encoded=True, channels=1).numpy().astype(float)
+        assert one.shape == (150, 200, 1)
+        # the luma of the colour photo, whichever way it was stored (JPEG loses ~3 grey levels)
+        luma = rgb @ np.array([0.299, 0.587, 0.114])
+        assert np.abs(one[..., 0] - luma).mean() < 6, mode

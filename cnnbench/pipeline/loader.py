@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from cnnbench.errors import UsageError
-from cnnbench.pipeline.preprocess import compile_host, compile_ops, decode
+from cnnbench.pipeline.preprocess import compile_host, compile_ops
 from cnnbench.pipeline.sources import Source
 from cnnbench.pipeline.tfenv import tf
 
@@ -56,10 +56,12 @@ class Pipeline:
         self.num_examples = sum(b - a for _, a, b in self.ranges)
         if self.num_examples == 0:
             raise UsageError(f"{self.source.name} split {self.split!r} is empty")
+        # The ops decode: a JPEG whose first op is a crop decodes only the window it needs.
+        raw = {"encoded": self.source.encoded, "channels": self.channels}
         if self.device_finish:
-            self._apply, self.finish = compile_host(self.ops)
+            self._apply, self.finish = compile_host(self.ops, **raw)
         else:
-            full = compile_ops(self.ops)
+            full = compile_ops(self.ops, **raw)
             self._apply, self.finish = (lambda image, seed: (full(image, seed), None)), None
         self._seen = tf().Variable(0, dtype="int64", trainable=False)
         self._decoded = tf().Variable(0, dtype="int64", trainable=False)
@@ -92,17 +94,15 @@ class Pipeline:
                             reshuffle_each_iteration=False)
         if self.process_count > 1:
             ds = ds.shard(self.process_count, self.process_index)  # before decoding: decode only ours
-        seen, decoded, apply, encoded, channels, with_ids = (self._seen, self._decoded, self._apply,
-                                                             self.source.encoded, self.channels, self.with_ids)
+        seen, decoded, apply, with_ids = self._seen, self._decoded, self._apply, self.with_ids
 
         def count_seen(index, example):
             seen.assign_add(1)
             return index, example
 
         def process(index, example):
-            image = decode(example["image"], encoded=encoded, channels=channels)
             seed = lib.stack([lib.constant(epoch_seed, "int64"), index])
-            image, shift = apply(image, seed)
+            image, shift = apply(example["image"], seed)  # decodes, then augments
             out = {"image": image, "label": lib.cast(example["label"], "int32")}
             if shift is not None:
                 out["shift"] = shift

@@ -117,14 +117,27 @@ def pad_crop(size, pad=4):
 def random_resized_crop(size, min_area=0.08, max_area=1.0):
     """Inception-style crop (Szegedy et al. 2015): a random box of 8%-100% of the area and aspect
     ratio in [3/4, 4/3], resized to ``size``; the ResNet recipes' train augmentation."""
-    def apply(image, seed):
+    def box(shape, seed):
         begin, box_size, _ = tf().image.stateless_sample_distorted_bounding_box(
-            tf().shape(image), tf().zeros([0, 0, 4], "float32"), seed=seed,
+            shape, tf().zeros([0, 0, 4], "float32"), seed=seed,
             area_range=(min_area, max_area), aspect_ratio_range=(3 / 4, 4 / 3),
             max_attempts=10, use_image_if_no_bounding_boxes=True)
-        box = tf().slice(image, begin, box_size)
-        box.set_shape([None, None, image.shape[-1]])  # a dynamic slice forgets the channel count
-        return _resize(box, size, size)
+        return begin, box_size
+
+    def apply(image, seed):
+        begin, box_size = box(tf().shape(image), seed)
+        window = tf().slice(image, begin, box_size)
+        window.set_shape([None, None, image.shape[-1]])  # a dynamic slice forgets the channel count
+        return _resize(window, size, size)
+
+    def from_jpeg(data, channels, seed):
+        """The same crop, decoding only the box (the rest of the photo is never decompressed)."""
+        h, w = _jpeg_hw(data)
+        begin, box_size = box(tf().stack([h, w, channels]), seed)
+        window = _jpeg_window(data, begin[:2], begin[:2] + box_size[:2], h, w, channels)
+        return _resize(window, size, size)
+
+    apply.from_jpeg = from_jpeg
     return apply
 
 
@@ -264,10 +277,11 @@ def _shorter_side_crop(crop, random, size, max_size=None):
     """``resize_shorter(size[, max_size])`` then a ``crop x crop`` window (random or centred),
     computed in one pass: ``scale_and_translate`` (the kernel behind antialiased ``tf.image.resize``)
     evaluates the resized image only inside the window. Identical to resizing the whole photo and
-    cropping, up to float rounding (a test pins this), and about twice as fast on ImageNet JPEGs."""
-    def apply(image, seed, crop_seed):  # the seeds the two ops would get unfused
+    cropping, up to float rounding (a test pins this), and about twice as fast on ImageNet JPEGs.
+    From JPEG bytes (``apply.from_jpeg``) only the source window is decoded at all."""
+    def plan(h, w, seed, crop_seed):
+        """(first, last) source rows/columns the crop samples, the scale and the crop offset."""
         lib = tf()
-        h, w = _hw(image)
         target = size if max_size is None else lib.random.stateless_uniform(
             (), seed, minval=size, maxval=max_size + 1, dtype="int32")
         scale = lib.cast(target, "float32") / lib.cast(lib.minimum(h, w), "float32")
@@ -285,16 +299,48 @@ def _shorter_side_crop(crop, random, size, max_size=None):
         offset = lib.cast(lib.stack([top, left]), "float32")
         first = lib.cast(lib.floor(offset / ratio), "int32") - lib.cast(lib.math.ceil(1 / ratio), "int32") - 1
         last = lib.cast(lib.math.ceil((offset + crop) / ratio), "int32") + lib.cast(lib.math.ceil(1 / ratio), "int32") + 1
-        first = lib.maximum(first, 0)
-        last = lib.minimum(last, lib.stack([h, w]))
-        window = image[first[0]:last[0], first[1]:last[1], :]
+        return lib.maximum(first, 0), lib.minimum(last, lib.stack([h, w])), ratio, offset
+
+    def resample(window, first, ratio, offset, channels):
+        lib = tf()
         out = lib.raw_ops.ScaleAndTranslate(
             images=lib.cast(window, "float32")[None], size=[crop, crop], scale=ratio,
             translation=lib.cast(first, "float32") * ratio - offset, kernel_type="triangle",
             antialias=True)[0]
-        out.set_shape([crop, crop, image.shape[-1]])
+        out.set_shape([crop, crop, channels])
         return out
+
+    def apply(image, seed, crop_seed):  # the seeds the two ops would get unfused
+        h, w = _hw(image)
+        first, last, ratio, offset = plan(h, w, seed, crop_seed)
+        return resample(image[first[0]:last[0], first[1]:last[1], :], first, ratio, offset, image.shape[-1])
+
+    def from_jpeg(data, channels, seed, crop_seed):
+        h, w = _jpeg_hw(data)
+        first, last, ratio, offset = plan(h, w, seed, crop_seed)
+        window = _jpeg_window(data, first, last, h, w, channels)
+        return resample(window, first, ratio, offset, channels)
+
+    apply.from_jpeg = from_jpeg
     return apply
+
+
+def _jpeg_window(data, first, last, h, w, channels, margin: int = 16):
+    """Rows/columns [first, last) of a JPEG, decoding only around them. The decoded window
+    reaches ``margin`` pixels further (one 16-pixel MCU), so chroma upsampling at its edge sees the
+    same neighbours as in a full decode and the pixels kept are identical."""
+    lib = tf()
+    lo = lib.maximum(first - margin, 0)
+    hi = lib.minimum(last + margin, lib.stack([h, w]))
+    window = lib.image.decode_and_crop_jpeg(data, lib.concat([lo, hi - lo], 0), channels=channels)
+    inner = first - lo
+    return window[inner[0]:inner[0] + last[0] - first[0], inner[1]:inner[1] + last[1] - first[1], :]
+
+
+def _jpeg_hw(data):
+    """Height and width from a JPEG's header, without decoding it."""
+    shape = tf().image.extract_jpeg_shape(data)
+    return shape[0], shape[1]
 
 
 def _fuse(steps: list[Step]) -> list[tuple[Callable, int]]:
@@ -311,20 +357,42 @@ def _fuse(steps: list[Step]) -> list[tuple[Callable, int]]:
     return fns
 
 
-def compile_ops(spec: str, *, fuse: bool = True, seed_count: int | None = None) -> Callable:
+def compile_ops(spec: str, *, fuse: bool = True, seed_count: int | None = None, encoded: bool | None = None,
+                channels: int = 3) -> Callable:
     """``apply(image, seed[2]) -> float32 image`` running every op with its own derived seed (the
     k-th step of the spec always gets the k-th seed). ``fuse`` computes ``resize_shorter`` + crop
-    in one pass (same result, see :func:`_shorter_side_crop`); ``fuse=False`` runs them as written."""
+    in one pass (same result, see :func:`_shorter_side_crop`); ``fuse=False`` runs them as written.
+
+    ``encoded=None``: ``image`` is decoded already. Otherwise ``image`` is what a source yields
+    (encoded bytes when ``encoded``, else a uint8 array) and is decoded to ``channels`` here: a
+    JPEG whose first op is a crop decodes only the window that crop needs (the same pixels)."""
     steps = parse(spec)
     try:
         fns = _fuse(steps) if fuse else [(OPS[s.name](*s.args), 1) for s in steps]
     except TypeError as e:
         raise UsageError(f"bad arguments in preprocessing spec {spec!r}: {e}") from None
+    windowed = bool(encoded) and bool(fns) and hasattr(fns[0][0], "from_jpeg")
 
     def apply(image, seed):
-        seeds = tf().random.experimental.stateless_split(seed, num=max(seed_count or len(steps), 1))
-        k = 0
-        for fn, covered in fns:
+        lib = tf()
+        seeds = lib.random.experimental.stateless_split(seed, num=max(seed_count or len(steps), 1))
+        rest, k = fns, 0
+        if windowed:
+            (first, covered), rest, k = fns[0], fns[1:], fns[0][1]
+            own = [seeds[j] for j in range(covered)]
+            data = image
+
+            def whole():
+                return first(decode(data, encoded=True, channels=channels), *own)
+
+            def jpeg():  # CMYK (4-channel) JPEGs take the general path: libjpeg cannot crop-convert them
+                colours = lib.image.extract_jpeg_shape(data)[2]
+                return lib.cond(colours < 4, lambda: first.from_jpeg(data, channels, *own), whole)
+
+            image = lib.cond(lib.io.is_jpeg(data), jpeg, whole)
+        elif encoded is not None:
+            image = decode(image, encoded=encoded, channels=channels)
+        for fn, covered in rest:
             image = fn(image, *(seeds[k + j] for j in range(covered)))
             k += covered
         return _float(image)
@@ -365,16 +433,17 @@ def split_spec(spec: str) -> tuple[list[Step], list[Step]]:
     return steps[:cut], tail
 
 
-def compile_host(spec: str) -> tuple[Callable, Finish]:
+def compile_host(spec: str, *, encoded: bool | None = None, channels: int = 3) -> tuple[Callable, Finish]:
     """``apply(image, seed) -> (uint8 image, float32 shift[C])`` and the :class:`Finish` completing
     it: ``finish(*apply(x, seed))`` equals ``compile_ops(spec)(x, seed)`` up to the rounding of the
     host part to uint8 (at most half a grey level)."""
     host, tail = split_spec(spec)
     if not tail:
-        full = compile_ops(spec)
+        full = compile_ops(spec, encoded=encoded, channels=channels)
         return (lambda image, seed: (full(image, seed), None)), None
     steps = len(host) + len(tail)
-    run = compile_ops("|".join(unparse(s) for s in host), seed_count=steps) if host else None
+    run = compile_ops("|".join(unparse(s) for s in host), seed_count=steps, encoded=encoded,
+                      channels=channels) if host else None
     names = [t.name for t in tail]
     std_light = next((t.args[0] if t.args else 0.1 for t in tail if t.name == "lighting"), None)
     norm = next((t for t in tail if t.name == "normalize"), None)
@@ -384,9 +453,12 @@ def compile_host(spec: str) -> tuple[Callable, Finish]:
         lib = tf()
         # The same per-step seeds the full spec would use (the lighting step keeps its own).
         seeds = lib.random.experimental.stateless_split(seed, num=max(steps, 1))
-        out = run(image, seed) if host else _float(image)
+        if host:
+            out = run(image, seed)
+        else:
+            out = _float(image if encoded is None else decode(image, encoded=encoded, channels=channels))
         out = lib.cast(lib.clip_by_value(lib.round(out), 0, 255), "uint8")
-        shift = lib.zeros([image.shape[-1]], "float32")
+        shift = lib.zeros([out.shape[-1] if out.shape[-1] is not None else channels], "float32")
         if std_light is not None:
             k = len(host) + names.index("lighting")
             alpha = lib.random.stateless_normal((3,), seeds[k], stddev=std_light)
@@ -408,7 +480,17 @@ def decode(image, *, encoded: bool, channels: int):
     """Bytes (JPEG, PNG incl. PNG-in-JPEG, CMYK, grey, GIF, BMP) or uint8 arrays to uint8 HWC with
     ``channels`` channels. Undecodable bytes raise, and the pipeline skips and counts them."""
     lib = tf()
-    if encoded:
+    if encoded and channels == 1:
+        data = image
+
+        def cmyk():  # libjpeg converts CMYK to RGB but not to grey: go through RGB
+            return lib.cond(lib.image.extract_jpeg_shape(data)[2] == 4, lambda: lib.image.rgb_to_grayscale(
+                lib.io.decode_jpeg(data, channels=3)), lambda: lib.io.decode_jpeg(data, channels=1))
+
+        image = lib.cond(lib.io.is_jpeg(data), cmyk,
+                         lambda: lib.io.decode_image(data, channels=1, expand_animations=False))
+        image.set_shape([None, None, 1])
+    elif encoded:
         image = lib.io.decode_image(image, channels=channels, expand_animations=False)
     elif image.shape[-1] != channels:
         image = lib.image.rgb_to_grayscale(image) if channels == 1 else lib.image.grayscale_to_rgb(image)
