@@ -14,14 +14,17 @@ from cnnbench.eval.evaluate import probabilities_fn
 from cnnbench.eval.runs import LoadedRun
 
 
-def predict_files(run: LoadedRun, paths: list[str], *, top: int = 5) -> list[dict]:
+def image_loader(run: LoadedRun, spec: str | None = None):
+    """``(load(path) -> (uint8 image, float32 shift[C]), finish)``: image files through the run's
+    validation preprocessing (or ``spec``), as the evaluation pipeline prepares them; ``finish``
+    (``None`` for specs without a trailing normalisation) completes them on the device."""
     from cnnbench.pipeline.preprocess import compile_host, decode
     from cnnbench.pipeline.tfenv import tf
 
     lib = tf()
-    apply, finish = compile_host(run.eval_spec)
-    images, shifts = [], []
-    for path in paths:
+    apply, finish = compile_host(spec or run.eval_spec)
+
+    def load(path) -> tuple[np.ndarray, np.ndarray]:
         try:
             data = Path(path).read_bytes()
         except OSError as e:
@@ -31,8 +34,14 @@ def predict_files(run: LoadedRun, paths: list[str], *, top: int = 5) -> list[dic
                                  lib.constant([0, 0], "int64"))
         except (lib.errors.InvalidArgumentError, ValueError):
             raise UsageError(f"{path} is not an image that can be decoded (JPEG, PNG, GIF, BMP)") from None
-        images.append(image.numpy())
-        shifts.append(np.zeros(run.channels, np.float32) if shift is None else shift.numpy())
+        return image.numpy(), (np.zeros(run.channels, np.float32) if shift is None else shift.numpy())
+
+    return load, finish
+
+
+def predict_files(run: LoadedRun, paths: list[str], *, top: int = 5) -> list[dict]:
+    load, finish = image_loader(run)
+    images, shifts = zip(*(load(path) for path in paths))
     probs = np.asarray(probabilities_fn(run.model, finish)(np.stack(images), np.stack(shifts)))
     best = metrics.top_k(probs, min(top, probs.shape[1]))
     return [{"image": path, "predictions": [

@@ -1,0 +1,161 @@
+"""Named intermediate outputs of a model: the one way every visualisation looks inside a network.
+
+A layer is named by its module path, as `cnnbench summary ARCH --all-layers` lists it
+(``features.conv1``, ``features.layer3.2.relu``, ``head.fc7``); composite modules count too
+(``features.layer2``, ``features.inception4e``, ``features`` itself). Inside a traced function
+the model is merged from its state into a fresh copy whose requested modules are wrapped in a
+:class:`_Tap`: the tap returns the module's output unchanged, plus an optional ``delta`` (zeros,
+so the gradient with respect to ``delta`` is the gradient with respect to that output, what
+Grad-CAM needs) and keeps it. Nothing in the architectures changes, and the model passed in is
+never modified (every call works on its own merged copy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cnnbench.archs import trace
+from cnnbench.errors import UsageError
+
+
+class _Tap:
+    """Stands in for a module: calls it, adds ``delta``, stores the result under ``name``."""
+
+    def __init__(self, inner, name: str, store: dict, delta=None, on_output=None):
+        self._inner, self._name, self._store, self._delta, self._on_output = inner, name, store, delta, on_output
+
+    def __call__(self, x, *args, **kwargs):
+        y = self._inner(x, *args, **kwargs)
+        if self._delta is not None:
+            y = y + self._delta
+        self._store[self._name] = y
+        if self._on_output is not None:
+            self._on_output(self._name, y)
+        return y
+
+    def __getattr__(self, attr):  # parents may read attributes of their children
+        return getattr(self._inner, attr)
+
+
+def _parts(name: str) -> list:
+    return name.split(".")
+
+
+def _child(parent, key: str):
+    return parent[int(key)] if isinstance(parent, (list, tuple)) else getattr(parent, key)
+
+
+def _set_child(parent, key: str, value) -> None:
+    if isinstance(parent, list):
+        parent[int(key)] = value
+    else:
+        setattr(parent, key, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    shape: tuple[int, ...]      # output shape for one image, batch axis excluded
+    geometry: trace.Geometry    # receptive field, effective stride and padding of one output unit
+
+
+class Taps:
+    """A model split into (graph, state) plus the names of the layers one can read out.
+
+    ``apply(state, x, names)`` is pure and traceable: jit it inside each visualisation.
+    """
+
+    def __init__(self, model: nnx.Module, input_shape: tuple[int, int, int], arch: str = "the model"):
+        self.graphdef, self.state = nnx.split(model)
+        self.input_shape, self.arch = tuple(input_shape), arch
+        self._all = [".".join(map(str, path)) for path, _ in nnx.iter_modules(model) if path]
+        self.layers = self._trace()
+        self.by_name = {layer.name: layer for layer in self.layers}
+
+    # ------------------------------------------------------------------ the forward pass
+
+    def apply(self, state, x, names: Sequence[str] = (), *, deltas: dict | None = None,
+              on_output=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(logits, {name: output}) of a fresh copy of the model on ``x`` in evaluation mode."""
+        model = nnx.merge(self.graphdef, state)
+        store: dict[str, jax.Array] = {}
+        deltas = deltas or {}
+        # Deepest first, so a parent wraps children that are already tapped.
+        for name in sorted(set(names), key=lambda n: -len(_parts(n))):
+            *path, key = _parts(name)
+            parent = model
+            for part in path:
+                parent = _child(parent, part)
+            _set_child(parent, key, _Tap(_child(parent, key), name, store, deltas.get(name), on_output))
+        logits = model(x, train=False)
+        return logits, store
+
+    def _trace(self) -> list[LayerInfo]:
+        """Every module that runs in the forward pass, in the order its output appears, with its
+        output shape and receptive-field geometry (traced abstractly, nothing computed)."""
+        order: dict[str, LayerInfo] = {}
+
+        def forward(state, x):
+            with trace.recording({}) as recorder:
+                def seen(name, y):
+                    order.setdefault(name, LayerInfo(name, tuple(y.shape[1:]), recorder.geometry(y)))
+
+                self.apply(state, x, self._all, on_output=seen)
+
+        jax.eval_shape(forward, self.state, jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32))
+        return list(order.values())
+
+    # ------------------------------------------------------------------ names
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def resolve(self, name: str) -> str:
+        """A full layer name from a full or short one (``conv5`` -> ``features.conv5``, ``fc7`` ->
+        ``head.fc7``); anything else is one line listing the valid names."""
+        names = self.names
+        if name in names:
+            return name
+        for prefix in ("features.", "head."):
+            if prefix + name in names:
+                return prefix + name
+        matches = [n for n in names if n.endswith("." + name)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UsageError(f"layer {name!r} of {self.arch} is ambiguous: {', '.join(matches[:12])}"
+                             f"{' ...' if len(matches) > 12 else ''}; give the full name")
+        shown = names if len(names) <= 60 else [n for n in names if n.count(".") <= 1]
+        more = "" if len(shown) == len(names) else \
+            f" (top-level ones shown; `cnnbench summary {self.arch} --all-layers` lists all {len(names)})"
+        raise UsageError(f"{self.arch} has no layer {name!r}; layers: {', '.join(shown)}{more}")
+
+    def resolve_all(self, names: Sequence[str]) -> list[str]:
+        return [self.resolve(n) for n in names]
+
+    def of_kind(self, types: tuple[type, ...]) -> list[str]:
+        """Names of the layers whose module is an instance of ``types``, in forward order."""
+        model = nnx.merge(self.graphdef, self.state)
+        out = []
+        for name in self.names:
+            module = model
+            for part in _parts(name):
+                module = _child(module, part)
+            if isinstance(module, types):
+                out.append(name)
+        return out
+
+    def module(self, name: str):
+        module = nnx.merge(self.graphdef, self.state)
+        for part in _parts(name):
+            module = _child(module, part)
+        return module
+
+    def spatial(self, name: str) -> bool:
+        return len(self.by_name[name].shape) == 3
