@@ -449,6 +449,76 @@ def compare(items, sort_key, plot_dir, bench, batch_size, steps, archs_only, fmt
     emit(rows, shown, fmt, title="cnnbench compare", notes=notes)
 
 
+# --------------------------------------------------------------------------- transfer learning
+
+@cli.command()
+@click.argument("source", type=click.Path(file_okay=False))
+@click.option("--dataset", required=True, help="The new task's dataset (e.g. cifar10, folder:PATH).")
+@click.option("--strategy", type=click.Choice(["all", "partial", "frozen-base"]), default="frozen-base",
+              show_default=True, help="Train everything, some layers, or only the head.")
+@click.option("--trainable", help="With --strategy partial: layers that train, e.g. conv5,fc6,fc7,head or 'last 3'.")
+@click.option("--lr-mult", "lr_mults", multiple=True, metavar="LAYER=X",
+              help="Learning-rate multiplier of a layer (e.g. --lr-mult head=10).")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--manual-dir", type=click.Path(file_okay=False))
+@click.option("--epochs", type=int, help="Default 10.")
+@click.option("--batch-size", type=int, help="Default: the source run's.")
+@click.option("--lr", type=float, help="Default 0.01.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]))
+@click.option("--schedule", type=click.Choice(["constant", "step", "cosine", "exponential", "plateau"]))
+@click.option("--weight-decay", type=float)
+@click.option("--input-size", type=int, help="Default: the source run's.")
+@click.option("--train-ops")
+@click.option("--eval-ops")
+@click.option("--train-split")
+@click.option("--eval-split")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]))
+@click.option("--seed", type=int)
+@click.option("--devices", type=int)
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Default: runs/ARCH-DATASET-TIME.")
+@format_option
+def finetune(source, dataset, strategy, trainable, lr_mults, run_dir, fmt, **values):
+    """Fine-tune the network in SOURCE (a run or imported weights) on another dataset.
+
+    A new head is made when the class count differs; frozen layers get no updates, no optimiser
+    state, and keep their batch-norm statistics. Writes a normal run directory.
+
+    \b
+    Examples:
+      cnnbench finetune runs/lenet5-digits-... --dataset folder:letters --strategy frozen-base
+      cnnbench finetune weights/alexnet-owt --dataset caltech101 --strategy partial --trainable conv5,head
+      cnnbench finetune weights/resnet50 --dataset oxford_flowers102 --strategy all --lr-mult head=10
+    """
+    from pathlib import Path
+
+    from cnnbench.transfer.start import finetune_config
+
+    multipliers = {}
+    for pair in lr_mults:
+        layer, sep, value = pair.partition("=")
+        try:
+            multipliers[layer] = float(value) if sep and layer else None
+        except ValueError:
+            multipliers[layer] = None
+        if multipliers[layer] is None:
+            raise UsageError(f"--lr-mult {pair!r} is not LAYER=NUMBER (e.g. head=10)")
+    cfg = finetune_config(Path(source), dataset=dataset, strategy=strategy, trainable=trainable,
+                          lr_multipliers=multipliers, overrides=values)
+    summary = _train_with_progress(cfg, Path(run_dir) if run_dir else None, fmt)
+    transfer = summary.get("transfer", {})
+    notes = [f"strategy {strategy}: {transfer.get('trainable_params', 0):,} parameters train, "
+             f"{transfer.get('frozen_params', 0):,} frozen"]
+    if transfer.get("fresh"):
+        notes.append(f"new (not from {source}): {', '.join(transfer['fresh'])}")
+    pct = lambda v: "" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    emit([{"run": summary["run_dir"], "epochs": summary["epochs"], **{f"final_{k}": v for k, v in summary["final"].items()},
+           "best_top1": summary["best"].get("top1"), "wall_time": summary["wall_time"]}],
+         [Column("run", "run", justify="left"), Column("epochs", "epochs"),
+          Column("final_top1", "val top-1", pct), Column("final_top5", "val top-5", pct),
+          Column("best_top1", "best top-1", pct), Column("wall_time", "wall time", lambda v: f"{v:.0f} s")], fmt,
+         title=f"{cfg.arch} fine-tuned on {summary['dataset']}", notes=notes, document=summary)
+
+
 # --------------------------------------------------------------------------- visualize
 
 @cli.group()

@@ -80,7 +80,8 @@ class BatchNorm(nnx.BatchNorm):
                          rngs=rngs if rngs is not None else nnx.Rngs(0))
 
     def __call__(self, x, train: bool = False):
-        y = super().__call__(x, use_running_average=not train)
+        # A frozen layer (transfer learning) normalises with, and keeps, its running statistics.
+        y = super().__call__(x, use_running_average=not train or getattr(self, "frozen", False))
         trace.record(self, x, y, kind="batchnorm")
         return y
 

@@ -59,8 +59,60 @@ def _step_dir(run_dir: Path, which: str) -> Path | None:
 
 def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path):
-            tuple(leaf.shape) for path, leaf in flat}
+    return {_key(path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def restore_matching(run_dir: Path, template: dict, *, which: str = "best") -> tuple[dict, list[str], Path]:
+    """Initialisation from another run: the tensors of ``template`` (a pure dict, e.g.
+    ``{"params": ..., "batch_stats": ...}``) that the run's checkpoint holds with the same shape,
+    as NumPy arrays in a tree like ``template`` (``None`` elsewhere), and the paths it lacks or
+    holds with another shape (a new head for another class count, a first convolution for another
+    channel count), which keep their fresh initialisation."""
+    from cnnbench.errors import UsageError
+
+    step_dir = _step_dir(run_dir, which) or _step_dir(run_dir, "latest")
+    if step_dir is None:
+        raise UsageError(f"{run_dir} has no checkpoint to start from")
+    checkpointer = ocp.PyTreeCheckpointer()
+    saved = _saved_shapes(checkpointer, step_dir)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    keep = [(_key(path), leaf) for path, leaf in flat]
+    fresh = [k for k, leaf in keep if saved.get(k) != tuple(leaf.shape)]
+    if len(fresh) == len(keep):
+        raise UsageError(f"no tensor of {step_dir} fits the model (another architecture?)")
+    subset: dict = {}
+    for key, leaf in keep:
+        if key not in fresh:
+            node = subset
+            *parents, last = key.split("/")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+    restored = checkpointer.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+        item=subset, restore_args=ocp.checkpoint_utils.construct_restore_args(subset), partial_restore=True))
+
+    def lookup(key):
+        node = restored
+        for part in key.split("/"):
+            node = node[part]
+        return node
+
+    values = [None if key in fresh else lookup(key) for key, _ in keep]
+    return jax.tree_util.tree_unflatten(treedef, values), fresh, step_dir
+
+
+def _key(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _saved_shapes(checkpointer, step_dir: Path) -> dict[str, tuple[int, ...]]:
+    absl = logging.getLogger("absl")  # orbax warns that a sub-item has no step metadata: expected
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        return _flat_shapes(checkpointer.metadata(step_dir / "state").item_metadata.tree)
+    finally:
+        absl.setLevel(level)
 
 
 def restore_weights(run_dir: Path, template: dict, *, which: str = "best") -> tuple[dict, dict, Path]:
@@ -75,13 +127,7 @@ def restore_weights(run_dir: Path, template: dict, *, which: str = "best") -> tu
     if step_dir is None:
         raise UsageError(f"{run_dir} has no checkpoint (checkpoints/{which} and checkpoints/latest are empty)")
     checkpointer = ocp.PyTreeCheckpointer()
-    absl = logging.getLogger("absl")  # orbax warns that a sub-item has no step metadata: expected
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        saved = _flat_shapes(checkpointer.metadata(step_dir / "state").item_metadata.tree)
-    finally:
-        absl.setLevel(level)
+    saved = _saved_shapes(checkpointer, step_dir)
     wanted = _flat_shapes(template)
     bad = [f"{k}: checkpoint {saved.get(k, 'missing')} vs model {v}" for k, v in wanted.items()
            if saved.get(k) != v]

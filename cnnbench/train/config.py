@@ -50,6 +50,10 @@ class TrainConfig:
     aux_weight: float = 0.3             # GoogLeNet's auxiliary losses
     precision: str = "fp32"
     seed: int = 0
+    # transfer learning
+    init_from: str | None = None        # a run (or imported weights) directory to start from
+    trainable: list[str] | None = None  # layer selectors that train; None: all (see transfer.freeze)
+    lr_multipliers: dict = dataclasses.field(default_factory=dict)  # layer selector -> lr factor
     # run
     run_dir: str | None = None
     keep_checkpoints: int = 2

@@ -88,11 +88,16 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     # ---- model, optimiser, state (replicated over the mesh)
     model = create_model(cfg.arch, num_classes=source.num_classes, input_size=size, in_channels=channels,
                          seed=cfg.seed, **cfg.arch_options)
+    group, transfer = None, {}
+    if cfg.init_from or cfg.trainable is not None or cfg.lr_multipliers:
+        from cnnbench.transfer.start import prepare
+
+        group, transfer = prepare(model, cfg)
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
     if cfg.precision == "bf16":
         set_compute_dtype(model, dtype)
     graphdef, params, batch_stats, other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    tx, lr_schedule = optimizer(cfg, steps_per_epoch)
+    tx, lr_schedule = optimizer(cfg, steps_per_epoch, group)
     state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
                             "opt_state": tx.init(params)}, replicated)
     other = jax.device_put(other, replicated)
@@ -115,6 +120,8 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     if main:
         (run_dir / "config.json").write_text(dataclasses.replace(cfg, run_dir=str(run_dir)).to_json())
         write_dataset(run_dir, source, train_data.ops, eval_data.ops)
+        if transfer:
+            (run_dir / "transfer.json").write_text(json.dumps(transfer, indent=2))
     log = MetricsLog(run_dir / "metrics.jsonl", int(state["step"]) if restored else None, enabled=main)
 
     loop = _Loop(cfg, train_step, eval_step, train_data, eval_data, data, checkpoints, log, events,
@@ -127,6 +134,8 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
         log.close()
     summary = summarize_run(run_dir, cfg, source.name, time.time() - started)
     summary["params_digest"] = params_digest(state["params"])
+    if transfer:
+        summary["transfer"] = transfer
     if main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -36,11 +36,8 @@ def _kernels(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def optimizer(cfg: TrainConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    lr = schedule(cfg, steps_per_epoch)
+def _update_rule(cfg: TrainConfig, lr: optax.Schedule) -> optax.GradientTransformation:
     parts = []
-    if cfg.grad_clip:
-        parts.append(optax.clip_by_global_norm(cfg.grad_clip))
     if cfg.weight_decay and cfg.optimizer != "adamw":
         # L2 regularisation as the papers apply it: wd * w added to the gradient, before momentum.
         parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=_kernels))
@@ -50,6 +47,30 @@ def optimizer(cfg: TrainConfig, steps_per_epoch: int) -> tuple[optax.GradientTra
         parts.append(optax.adam(lr))
     else:
         parts.append(optax.adamw(lr, weight_decay=cfg.weight_decay, mask=_kernels))
+    return optax.chain(*parts)
+
+
+def optimizer(cfg: TrainConfig, steps_per_epoch: int, group=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The update rule; with ``group`` (see :func:`cnnbench.transfer.freeze.grouping`) frozen
+    parameters get zero updates and no optimiser state, and each other group its own learning-rate
+    multiplier."""
+    lr = schedule(cfg, steps_per_epoch)
+    parts = []
+    if group is not None:  # frozen gradients out first, so they do not count in the clipping norm
+        parts.append(optax.masked(optax.set_to_zero(), lambda p: jax.tree.map(lambda g: g == "frozen", group(p))))
+    if cfg.grad_clip:
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+    if group is None:
+        parts.append(_update_rule(cfg, lr))
+    else:
+        def rule(name):
+            if name == "frozen":
+                return optax.set_to_zero()
+            mult = float(name.removeprefix("lr*"))
+            return _update_rule(cfg, lr if mult == 1.0 else (lambda step: lr(step) * mult))
+
+        names = sorted({"frozen", "lr*1", *(f"lr*{float(m):g}" for m in cfg.lr_multipliers.values())})
+        parts.append(optax.multi_transform({n: rule(n) for n in names}, group))
     parts.append(optax.inject_hyperparams(optax.scale)(step_size=1.0))
     return optax.chain(*parts), lr
 

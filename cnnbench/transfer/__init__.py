@@ -1,0 +1,1 @@
+"""Transfer learning: start from trained weights, freeze what should not move, train the rest."""

@@ -1,0 +1,76 @@
+"""What `finetune` adds to a training run before its first step: pre-trained weights where they
+fit, a fresh head where they do not, frozen layers, learning-rate groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from cnnbench.train.config import TrainConfig
+from cnnbench.transfer import freeze
+
+
+def prepare(model: nnx.Module, cfg: TrainConfig):
+    """Load ``cfg.init_from`` into ``model`` (matching tensors), freeze what ``cfg.trainable``
+    leaves out; returns the optimiser grouping (or None) and a report for the run's log."""
+    report: dict = {}
+    if cfg.init_from:
+        report.update(load_pretrained(model, cfg.arch, Path(cfg.init_from)))
+    if cfg.trainable is not None:
+        freeze.check_selectors(model, cfg.trainable)
+        report["frozen_batch_norm"] = freeze.freeze_batch_norm(model, cfg.trainable)
+    if cfg.lr_multipliers:
+        freeze.check_selectors(model, list(cfg.lr_multipliers))
+    group = freeze.grouping(cfg.trainable, cfg.lr_multipliers)
+    report.update(freeze.counts(model, group))
+    return group, report
+
+
+def load_pretrained(model: nnx.Module, arch: str, run_dir: Path) -> dict:
+    from cnnbench.errors import UsageError
+    from cnnbench.train.checkpoint import restore_matching
+    from cnnbench.train.config import from_run
+
+    source = from_run(run_dir)
+    if source.arch != arch:
+        raise UsageError(f"{run_dir} holds a {source.arch}, not a {arch}; fine-tune the architecture it holds")
+    params, stats = nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat)
+    template = {"params": params, "batch_stats": stats}
+    loaded, fresh, step_dir = restore_matching(run_dir, template)
+    merged = jax.tree.map(lambda new, old: old if new is None else np.asarray(new, old.dtype),
+                          loaded, template, is_leaf=lambda x: x is None)
+    nnx.update(model, merged["params"], merged["batch_stats"])
+    fresh = [k.removesuffix("/value").replace("/", ".") for k in fresh]
+    return {"init_from": str(run_dir), "init_checkpoint": str(step_dir), "init_arch": source.arch,
+            "fresh": fresh}
+
+
+def finetune_config(source: Path, *, dataset: str, strategy: str, trainable: str | None,
+                    lr_multipliers: dict[str, float], overrides: dict) -> TrainConfig:
+    """A training configuration that starts from ``source`` (a run or imported weights): its
+    architecture, options and input size, the chosen strategy's trainable layers, and fine-tuning
+    defaults (10 epochs, lr 0.01, cosine) under the explicit ``overrides``."""
+    from cnnbench.archs import create_model, get_arch
+    from cnnbench.eval.runs import is_run
+    from cnnbench.errors import UsageError
+    from cnnbench.train.config import from_run
+
+    if not is_run(source):
+        raise UsageError(f"{source} is not a run or weights directory (no config.json)")
+    base = from_run(source)
+    info = get_arch(base.arch)
+    size = overrides.get("input_size") or base.input_size or info.input_size
+    channels = base.in_channels or info.in_channels
+    model = create_model(base.arch, input_size=size, in_channels=channels, **base.arch_options)
+    selectors = freeze.selectors_for(strategy, trainable, model, (size, size, channels))
+    if selectors is not None:
+        freeze.check_selectors(model, selectors)
+    values = {"epochs": 10, "lr": 0.01, "schedule": "cosine", "batch_size": base.batch_size,
+              **{k: v for k, v in overrides.items() if v is not None and k != "input_size"}}
+    cfg = TrainConfig(arch=base.arch, arch_options=dict(base.arch_options), dataset=dataset, input_size=size,
+                      in_channels=channels, init_from=str(source), trainable=selectors,
+                      lr_multipliers=dict(lr_multipliers), **values)
+    return cfg.validate()

@@ -1,0 +1,517 @@
+"""Published ImageNet weights as cnnbench run directories (`cnnbench weights import`).
+
+Two sources:
+
+- torchvision state dicts (``.pth`` pickles read with ``torch.load(..., weights_only=True)``, so a
+  malicious pickle cannot run code, or ``.safetensors``) for ``alexnet-owt``, ``vgg11``-``vgg19``
+  and their ``-bn`` variants, ``googlenet-bn`` and ``resnet18``-``resnet152``;
+- the Keras applications' ``.h5`` weight files of VGG16 and VGG19, read with h5py (no Keras).
+
+What the conversion has to get right: convolution kernels go from PyTorch's OIHW to HWIO, dense
+kernels from (out, in) to (in, out); the first dense layer after the convolutional base (``fc6``
+of AlexNet and VGG) reads a flattened C,H,W map in PyTorch and an H,W,C map here, so its input
+axis is permuted; batch norm's ``weight``/``bias``/``running_mean``/``running_var`` become
+``scale``/``bias``/``mean``/``var`` (cnnbench's epsilons already equal torchvision's: 1e-5, and
+1e-3 in GoogLeNet's ``BasicConv2d``). torchvision's published GoogLeNet weights expect
+``transform_input=True``, which ``googlenet-bn`` reproduces as a model option. Keras's VGG
+expects BGR images minus the Caffe mean: the channel order is folded into the first convolution
+(exact) and the mean subtraction recorded as the run's preprocessing (``normalize(caffe)``).
+
+PyTorch is needed only for ``.pth`` files and imported here lazily; TensorFlow is never imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+from pathlib import Path
+
+import numpy as np
+
+from cnnbench.errors import UsageError
+
+_VGG = ("vgg11", "vgg13", "vgg16", "vgg19")
+_RESNET = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+TORCHVISION = ("alexnet-owt", *_VGG, *(f"{v}-bn" for v in _VGG), "googlenet-bn", *_RESNET)
+KERAS = ("vgg16", "vgg19")
+KERAS_UNSUPPORTED = {
+    "resnet50": "Keras's ResNet50 is ResNet v1: each stage's first bottleneck strides its first 1x1 "
+                "convolution, while cnnbench's resnet50 (torchvision's, v1.5) strides the 3x3, a "
+                "different function that no weight mapping can reproduce (its convolution biases and "
+                "batch-norm epsilon 1.001e-5 could be folded, the stride cannot); import torchvision's "
+                "resnet50 weights instead",
+}
+SOURCES = ("torchvision", "keras")
+IMAGENET_SIZE = 224
+
+_TORCH_LEAF = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean",
+               "var": "running_var"}
+
+
+@dataclasses.dataclass
+class Converted:
+    """Weights mapped onto a cnnbench architecture, ready for :func:`write_run` or :func:`build_model`."""
+
+    arch: str
+    arch_options: dict
+    num_classes: int
+    params: dict[str, np.ndarray]       # "features/conv1/kernel" -> array
+    batch_stats: dict[str, np.ndarray]  # "features/bn1/mean" -> array
+    eval_spec: str
+    source: str
+    ignored: list[str]                  # entries of the file that have no place in the model
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(v.size for v in self.params.values()))
+
+
+# --------------------------------------------------------------------------- reading files
+
+def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """A torchvision state dict from ``.safetensors`` or a ``torch.save`` pickle, as float32 NumPy
+    arrays. Pickles are read with ``weights_only=True``; anything but a plain mapping of names to
+    tensors (a pickled model, an optimiser checkpoint) is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"weight file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            raise UsageError("reading .safetensors needs the safetensors package: pip install safetensors") from None
+        try:
+            tensors = load_file(str(path))
+        except Exception as e:  # noqa: BLE001  (the library's own errors vary by version)
+            raise UsageError(f"{path} is not a readable safetensors file: {_first_line(e)}") from None
+        return {k: _float32(v, k, path) for k, v in tensors.items()}
+    try:
+        import torch
+    except ImportError:
+        raise UsageError("reading a PyTorch .pth file needs PyTorch: pip install 'cnnbench[torch]' "
+                         "(or give the weights as .safetensors)") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError ...)
+        raise UsageError(f"{path} is not a plain PyTorch state dict (refused: it cannot be loaded with "
+                         f"weights_only=True: {_first_line(e)})") from None
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        what = type(obj).__name__
+        if isinstance(obj, dict):
+            odd = next((k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+            what = "an empty dict" if not obj else f"a dict whose entry {odd!r} is not a tensor"
+        raise UsageError(f"{path} is not a plain state dict (a mapping of parameter names to tensors) "
+                         f"but {what}; refused")
+    return {k: _float32(v.detach().cpu().float().numpy() if v.is_floating_point() else v.numpy(), k, path)
+            for k, v in obj.items()}
+
+
+def _float32(array, key: str, path: Path) -> np.ndarray:
+    array = np.asarray(array)
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise UsageError(f"{path}: tensor {key} has dtype {array.dtype}, not a number")
+    return array if key.endswith("num_batches_tracked") else array.astype(np.float32)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def load_keras_h5(path: str | Path) -> dict[str, list[np.ndarray]]:
+    """Layer name -> its weight arrays in Keras's order (kernel, bias), from a Keras applications
+    weight file (the legacy HDF5 layout: ``layer_names`` / ``weight_names`` attributes, as
+    ``keras.applications`` downloads them, also inside a full-model ``model_weights`` group) or a
+    Keras 3 ``.weights.h5`` file (``layers/<name>/vars/<i>``)."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"weight file {path} does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise UsageError(f"{path} is not an HDF5 file: {_first_line(e)}") from None
+    with f:
+        root = f["model_weights"] if "model_weights" in f else f
+        layers: dict[str, list[np.ndarray]] = {}
+        if "layer_names" in root.attrs:
+            for name in root.attrs["layer_names"]:
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                group = root[name]
+                names = [w.decode() if isinstance(w, bytes) else str(w) for w in group.attrs.get("weight_names", [])]
+                if names:
+                    layers[name] = [np.asarray(group[w], np.float32) for w in names]
+        elif "layers" in root:
+            for name, group in root["layers"].items():
+                variables = group.get("vars")
+                if variables is not None and len(variables):
+                    layers[name] = [np.asarray(variables[str(i)], np.float32) for i in range(len(variables))]
+        else:
+            raise UsageError(f"{path} is not a Keras weight file (no layer_names attribute, no layers group)")
+    return layers
+
+
+# --------------------------------------------------------------------------- the cnnbench side
+
+def _abstract_model(arch: str, num_classes: int, input_size: int, options: dict):
+    from flax import nnx
+
+    from cnnbench.archs import create_model
+
+    return nnx.eval_shape(lambda: create_model(arch, num_classes=num_classes, input_size=input_size,
+                                               in_channels=3, **options))
+
+
+def _flat(state) -> dict[str, tuple]:
+    """``"features/conv1/kernel" -> shape`` of an ``nnx.State`` (abstract or concrete)."""
+    import jax
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(state)
+    out = {}
+    for path, leaf in flat:
+        keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+        if keys and keys[-1] == "value":
+            keys = keys[:-1]
+        out["/".join(keys)] = tuple(leaf.shape)
+    return out
+
+
+def _template(model):
+    from flax import nnx
+
+    _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    return _flat(params), _flat(batch_stats)
+
+
+# --------------------------------------------------------------------------- torchvision
+
+def _torch_name(arch: str, path: str, model) -> str:
+    """The torchvision state-dict key of the cnnbench tensor at ``path``."""
+    *module, leaf = path.split("/")
+    part, rest = module[0], module[1:]
+    if arch == "alexnet-owt" or arch.startswith("vgg"):
+        if part == "features":
+            prefix = f"features.{model.features.names.index(rest[0])}"
+        else:
+            index = {"fc6": 1, "fc7": 4, "fc8": 6} if arch == "alexnet-owt" else {"fc6": 0, "fc7": 3, "fc8": 6}
+            prefix = f"classifier.{index[rest[0]]}"
+    elif arch.startswith("resnet"):
+        names = list(rest)
+        if "downsample" in names:
+            i = names.index("downsample")
+            names[i + 1] = {"conv": "0", "bn": "1"}[names[i + 1]]
+        prefix = ".".join(names)
+    elif arch == "googlenet-bn":
+        names = list(rest)
+        names[0] = {"conv2_reduce": "conv2", "conv2": "conv3"}.get(names[0], names[0])
+        if len(names) > 2 and names[1] in ("branch2", "branch3", "branch4"):
+            names[2] = "0" if names[2] == "reduce" else "1"
+        prefix = ".".join(names)
+    else:
+        raise AssertionError(arch)
+    return f"{prefix}.{_TORCH_LEAF[leaf]}"
+
+
+def _dense_from_torch(w: np.ndarray, flat_map: tuple[int, int] | None) -> np.ndarray:
+    """(out, in) -> (in, out); with ``flat_map=(S, C)`` the input axis is re-ordered from PyTorch's
+    flattened C,S,S to cnnbench's S,S,C."""
+    if flat_map is None:
+        return w.T
+    size, channels = flat_map
+    out = w.shape[0]
+    return w.reshape(out, channels, size, size).transpose(2, 3, 1, 0).reshape(size * size * channels, out)
+
+
+def _check_torchvision_arch(arch: str) -> None:
+    if arch not in TORCHVISION:
+        from cnnbench.archs import get_arch
+
+        get_arch(arch)  # an unknown name gets the registry's suggestions
+        raise UsageError(f"no torchvision weights map onto {arch}; importable: {', '.join(TORCHVISION)}")
+
+
+def convert_torchvision(arch: str, state_dict: dict[str, np.ndarray], *, input_size: int = IMAGENET_SIZE,
+                        transform_input: bool | None = None) -> Converted:
+    """Map a torchvision state dict onto cnnbench's ``arch``. The class count is read from the
+    classifier; a tensor of another shape, a missing one, or one the architecture does not have
+    (other than BN's ``num_batches_tracked`` and GoogLeNet's untrained ``aux1``/``aux2`` heads)
+    is a :class:`UsageError` naming the first ones."""
+    _check_torchvision_arch(arch)
+    sd = dict(state_dict)
+    if sd and all(k.startswith("module.") for k in sd):  # saved from nn.DataParallel
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    head = {"alexnet-owt": "classifier.6.weight", "googlenet-bn": "fc.weight"}.get(
+        arch, "classifier.6.weight" if arch.startswith("vgg") else "fc.weight")
+    if head not in sd or sd[head].ndim != 2:
+        found = ", ".join(list(sd)[:3]) + (" ..." if len(sd) > 3 else "")
+        raise UsageError(f"this is not a torchvision {arch} state dict: it has no 2-D {head} "
+                         f"(its tensors: {found})")
+    num_classes = int(sd[head].shape[0])
+    options = {}
+    if arch == "googlenet-bn":
+        options["transform_input"] = True if transform_input is None else bool(transform_input)
+    elif transform_input:
+        raise UsageError("--transform-input only applies to googlenet-bn")
+    model = _abstract_model(arch, num_classes, input_size, options)
+    params_t, stats_t = _template(model)
+    flat_map = None
+    if arch == "alexnet-owt" or arch.startswith("vgg"):
+        size = model.head.avgpool.size
+        flat_map = (size, params_t["head/fc6/kernel"][0] // (size * size))
+
+    used, bad, missing = set(), [], []
+    out: dict[str, dict[str, np.ndarray]] = {"params": {}, "batch_stats": {}}
+    for kind, template in (("params", params_t), ("batch_stats", stats_t)):
+        for path, shape in template.items():
+            key = _torch_name(arch, path, model)
+            if key not in sd:
+                missing.append(f"{key} (for {path}, {_shape(shape)})")
+                continue
+            used.add(key)
+            w = sd[key]
+            expected = _torch_shape_of(shape)
+            if tuple(w.shape) != expected:
+                bad.append(f"{key} {_shape(w.shape)} vs {_shape(expected)} for {path}")
+                continue
+            if path.endswith("/kernel") and w.ndim == 4:
+                w = w.transpose(2, 3, 1, 0)
+            elif path.endswith("/kernel") and w.ndim == 2:
+                w = _dense_from_torch(w, flat_map if path == "head/fc6/kernel" else None)
+            out[kind][path] = np.ascontiguousarray(w, np.float32)
+    ignorable = re.compile(r".*num_batches_tracked$|aux[12]\..*") if arch == "googlenet-bn" \
+        else re.compile(r".*num_batches_tracked$")
+    unexpected = [k for k in sd if k not in used and not ignorable.fullmatch(k)]
+    problems = []
+    if bad:
+        problems.append(f"{len(bad)} tensor(s) of another shape (file vs {arch}, in PyTorch's layout): "
+                        + "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else ""))
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing: " + "; ".join(missing[:3])
+                        + (" ..." if len(missing) > 3 else ""))
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensor(s) {arch} does not have: " + ", ".join(unexpected[:3])
+                        + (" ..." if len(unexpected) > 3 else ""))
+    if problems:
+        raise UsageError(f"the weights do not fit {arch}: " + "; ".join(problems))
+    from cnnbench.pipeline.preprocess import expand
+
+    ignored = sorted(k for k in sd if k not in used)
+    return Converted(arch, options, num_classes, out["params"], out["batch_stats"],
+                     expand("center", size=input_size, norm="imagenet"), "torchvision", ignored)
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _torch_shape_of(shape: tuple) -> tuple:
+    """A cnnbench shape written in PyTorch's layout (HWIO -> OIHW, (in, out) -> (out, in))."""
+    if len(shape) == 4:
+        h, w, i, o = shape
+        return (o, i, h, w)
+    if len(shape) == 2:
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
+# --------------------------------------------------------------------------- Keras
+
+def _keras_name(path: str) -> tuple[str, int]:
+    """(Keras layer name, index among its weights) of a cnnbench VGG tensor."""
+    *module, leaf = path.split("/")
+    name = module[-1]
+    match = re.fullmatch(r"conv(\d)_(\d)", name)
+    layer = f"block{match[1]}_conv{match[2]}" if match else {"fc6": "fc1", "fc7": "fc2", "fc8": "predictions"}[name]
+    return layer, {"kernel": 0, "bias": 1}[leaf]
+
+
+def _keras3_names(arch: str, layers: dict[str, list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """A Keras 3 ``.weights.h5`` file names layers by class and creation order (``conv2d``,
+    ``conv2d_1``, ..., ``dense``, ``dense_1``, ``dense_2``), not as ``keras.applications`` does
+    (``block1_conv1`` ... ``predictions``): give them the applications' names, in creation order."""
+    if not any(re.fullmatch(r"conv2d(_\d+)?", k) for k in layers):
+        return layers
+    from cnnbench.archs.vgg import CONFIGS
+
+    config = {"vgg16": "D", "vgg19": "E"}[arch]
+    blocks, block, index = [], 1, 1
+    for entry in CONFIGS[config]:
+        if entry == "maxpool":
+            block, index = block + 1, 1
+        else:
+            blocks.append(f"block{block}_conv{index}")
+            index += 1
+
+    def order(prefix):
+        found = [k for k in layers if re.fullmatch(prefix + r"(_\d+)?", k)]
+        return sorted(found, key=lambda k: int(k.rsplit("_", 1)[1]) if k != prefix else 0)
+
+    convs, denses = order("conv2d"), order("dense")
+    renamed = {name: layers[k] for name, k in zip(blocks, convs)}
+    renamed.update({name: layers[k] for name, k in zip(("fc1", "fc2", "predictions"), denses)})
+    extra = [k for k in layers if k not in convs[:len(blocks)] + denses[:3]]
+    renamed.update({k: layers[k] for k in extra})
+    return renamed
+
+
+def convert_keras(arch: str, layers: dict[str, list[np.ndarray]]) -> Converted:
+    """Map Keras applications VGG16/VGG19 weights onto cnnbench's ``vgg16``/``vgg19`` at 224x224
+    (Keras's VGG flattens 7x7x512 H,W,C-first like cnnbench, so no permutation; at 224 cnnbench's
+    adaptive 7x7 pooling is the identity). The first convolution's input channels are reversed so
+    the model takes RGB; the run's preprocessing subtracts the Caffe mean without scaling."""
+    if arch in KERAS_UNSUPPORTED:
+        raise UsageError(f"cannot import Keras {arch}: {KERAS_UNSUPPORTED[arch]}")
+    if arch not in KERAS:
+        from cnnbench.archs import get_arch
+
+        get_arch(arch)
+        raise UsageError(f"no Keras applications weights map onto {arch}; importable: {', '.join(KERAS)}")
+    layers = _keras3_names(arch, layers)
+    if "predictions" not in layers:
+        raise UsageError(f"the weights have no classifier (layer 'predictions'): an include_top=False "
+                         f"(notop) file cannot make a classifier; use the file with the top layers "
+                         f"(layers found: {', '.join(list(layers)[:4])} ...)")
+    num_classes = int(layers["predictions"][-1].shape[0])
+    model = _abstract_model(arch, num_classes, IMAGENET_SIZE, {})
+    params_t, _ = _template(model)
+    used, bad, missing, params = set(), [], [], {}
+    for path, shape in params_t.items():
+        layer, index = _keras_name(path)
+        if layer not in layers or index >= len(layers[layer]):
+            missing.append(f"{layer}[{index}] (for {path}, {_shape(shape)})")
+            continue
+        used.add(layer)
+        w = layers[layer][index]
+        if tuple(w.shape) != shape:
+            bad.append(f"{layer}[{index}] {_shape(w.shape)} vs {path} {_shape(shape)}")
+            continue
+        if path == "features/conv1_1/kernel":
+            w = w[:, :, ::-1, :]  # BGR -> RGB
+        params[path] = np.ascontiguousarray(w, np.float32)
+    unexpected = [name for name in layers if name not in used]
+    problems = []
+    if bad:
+        problems.append(f"{len(bad)} tensor(s) of another shape (file vs {arch}): " + "; ".join(bad[:3]))
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing: " + "; ".join(missing[:3]))
+    if unexpected:
+        problems.append(f"layer(s) {arch} does not have: " + ", ".join(unexpected[:3]))
+    if problems:
+        raise UsageError(f"the weights do not fit {arch}: " + "; ".join(problems))
+    from cnnbench.pipeline.preprocess import expand
+
+    return Converted(arch, {}, num_classes, params, {}, expand("center", size=IMAGENET_SIZE, norm="caffe"),
+                     "keras", [])
+
+
+# --------------------------------------------------------------------------- models and run directories
+
+def _states(converted: Converted, input_size: int):
+    """(graphdef, params, batch_stats, rest) of the architecture with the converted values, without
+    drawing a random initialisation (the model is built abstractly)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    model = _abstract_model(converted.arch, converted.num_classes, input_size, converted.arch_options)
+    graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+
+    def fill(values):
+        def leaf(path, x):
+            keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+            return jnp.asarray(values["/".join(keys[:-1] if keys[-1] == "value" else keys)])
+        return leaf
+
+    params = jax.tree_util.tree_map_with_path(fill(converted.params), params)
+    batch_stats = jax.tree_util.tree_map_with_path(fill(converted.batch_stats), batch_stats)
+
+    def concrete(x):  # dropout's random-number state: any value does in evaluation mode
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.key(0)
+        return jnp.zeros(x.shape, x.dtype)
+
+    rest = jax.tree.map(concrete, rest)
+    return graphdef, params, batch_stats, rest
+
+
+def build_model(converted: Converted, *, input_size: int = IMAGENET_SIZE):
+    """The converted network as a cnnbench model in evaluation mode."""
+    from flax import nnx
+
+    model = nnx.merge(*_states(converted, input_size))
+    model.eval()
+    return model
+
+
+def write_run(converted: Converted, out: str | Path, *, source_file: str | Path | None = None,
+              input_size: int = IMAGENET_SIZE) -> dict:
+    """Write ``out`` as a run directory (``config.json``, ``dataset.json``, a step-0 checkpoint in
+    ``checkpoints/best`` and ``checkpoints/latest``) that `eval`, `predict`, `compare` and
+    fine-tuning read like a trained run. A 1000-class classifier gets the ILSVRC-2012 classes
+    (sorted synsets, torchvision's and Keras's order) and their names; another class count gets
+    numbered classes."""
+    from cnnbench.train.checkpoint import Checkpoints
+    from cnnbench.train.config import TrainConfig
+    from cnnbench.train.rundir import write_dataset
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} already exists and is not an empty directory; choose another --out")
+    from cnnbench.pipeline.preprocess import expand
+    from cnnbench.pipeline.sources import imagenet_class_names
+
+    if converted.num_classes == 1000:
+        table = imagenet_class_names()
+        ids = sorted(table)
+        names = [table[i].split(",")[0] for i in ids]
+        dataset = "imagenet2012"
+    else:
+        ids = names = [str(i) for i in range(converted.num_classes)]
+        dataset = f"imported-{converted.num_classes}-classes"
+    _, params, batch_stats, _ = _states(converted, input_size)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = TrainConfig(arch=converted.arch, arch_options=converted.arch_options, dataset=dataset,
+                      input_size=input_size, in_channels=3, eval_ops=converted.eval_spec, epochs=0,
+                      run_dir=str(out))
+    (out / "config.json").write_text(cfg.to_json())
+    source = types.SimpleNamespace(name=dataset, class_ids=ids, class_names=names, image_shape=None)
+    train_spec = expand("inception", size=input_size, norm="caffe" if converted.source == "keras" else "imagenet")
+    write_dataset(out, source, train_spec, converted.eval_spec)
+    imported = {"source": converted.source, "arch": converted.arch, "arch_options": converted.arch_options,
+                "num_classes": converted.num_classes, "tensors": len(converted.params) + len(converted.batch_stats),
+                "params": converted.num_params, "ignored": converted.ignored}
+    if source_file is not None:
+        source_file = Path(source_file)
+        imported["file"] = str(source_file.absolute())
+        imported["sha256"] = hashlib.sha256(source_file.read_bytes()).hexdigest()
+    checkpoints = Checkpoints(out, keep=1)
+    try:
+        checkpoints.save(0, {"params": params, "batch_stats": batch_stats}, {"imported": imported}, best=True)
+        checkpoints.wait()
+    finally:
+        checkpoints.close()
+    (out / "imported.json").write_text(json.dumps(imported, indent=1))
+    return {"run_dir": str(out), "dataset": dataset, "eval_spec": converted.eval_spec, **imported}
+
+
+def import_weights(source: str, arch: str, path: str | Path, out: str | Path, *,
+                   transform_input: bool | None = None) -> dict:
+    """`cnnbench weights import SOURCE ARCH FILE --out DIR`: read, convert, write; returns a summary."""
+    path = Path(path)
+    if source == "torchvision":
+        _check_torchvision_arch(arch)
+        converted = convert_torchvision(arch, load_state_dict(path), transform_input=transform_input)
+    elif source == "keras":
+        if transform_input:
+            raise UsageError("--transform-input only applies to torchvision's googlenet-bn")
+        if arch in KERAS_UNSUPPORTED:
+            raise UsageError(f"cannot import Keras {arch}: {KERAS_UNSUPPORTED[arch]}")
+        converted = convert_keras(arch, load_keras_h5(path))
+    else:
+        raise UsageError(f"unknown weight source {source!r}; choose one of {', '.join(SOURCES)}")
+    return write_run(converted, out, source_file=path)
