@@ -96,6 +96,10 @@ def test_frozen_base_fine_tune_of_digits_0_4_to_5_9(digits_0_4):
     print("pre-trained base", pretrained["final"]["top1"], "random base", random_base["final"]["top1"])
     assert pretrained["final"]["top1"] > 0.85
     assert pretrained["final"]["top1"] >= random_base["final"]["top1"] - 0.02
+    rows = json.loads(CliRunner().invoke(cli, ["compare", str(digits_0_4 / "ft"), str(digits_0_4 / "random"),
+                                               "--no-bench", "--format", "json"]).stdout)
+    assert rows[0]["started_from"] == "pretrained" and rows[0]["frozen_params"] == pretrained["transfer"]["frozen_params"]
+    assert rows[1].get("started_from") is None and rows[1]["frozen_params"] > 0
 
 
 def test_a_new_head_when_the_class_count_differs(digits_0_4, data_dir):
@@ -164,3 +168,41 @@ def test_finetune_errors_are_one_line(digits_0_4):
     assert "LAYER=NUMBER" in error("--lr-mult", "head")
     result = CliRunner().invoke(cli, ["finetune", str(digits_0_4), "--dataset", "digits"])
     assert result.exit_code == 2 and "not a run" in result.output
+
+
+def test_probe_features_and_compare(digits_0_4, data_dir, tmp_path):
+    """A logistic-regression probe of lenet5's C5 features (trained on 0-4) on all ten digits, 10
+    images per class, 3 subsets: a sensible accuracy, cached features, and compare lists it."""
+    pretrained = digits_0_4 / "pretrained"
+    args = ["probe", str(pretrained), "--dataset", "digits", "--data-dir", data_dir, "--layer", "c5",
+            "--per-class", "10", "--subsets", "3", "--format", "json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    probe = json.loads(result.stdout)
+    assert probe["layer"] == "features.c5" and probe["feature_dim"] == 120 and probe["subsets"] == 3
+    assert probe["test_images"] == 360 and probe["train_images"] == 1437
+    assert 0.75 < probe["top1"] <= 1.0 and len(probe["accuracies"]) == 3 and probe["top1_std"] >= 0
+    cached = sorted((pretrained / "features").glob("digits-*.npz"))
+    assert len(cached) == 2
+    stamp = [p.stat().st_mtime_ns for p in cached]
+    again = json.loads(CliRunner().invoke(cli, args[:-2] + ["--classifier", "svm", "--format", "json"]).stdout)
+    assert [p.stat().st_mtime_ns for p in cached] == stamp and again["classifier"] == "svm"
+    rows = json.loads(CliRunner().invoke(cli, ["compare", str(pretrained), "--no-bench", "--format", "json"]).stdout)
+    assert rows[0]["probe_top1"] == pytest.approx(max(probe["top1"], again["top1"]))
+
+    # features: a preprocessed batch through the model, the logits equal a plain forward pass
+    from cnnbench.eval.runs import load_run
+
+    x = np.random.default_rng(0).normal(size=(3, 32, 32, 1)).astype(np.float32)
+    np.save(tmp_path / "batch.npy", x)
+    for layer, shape in (("logits", (3, 5)), ("c5", (3, 1, 1, 120)), ("f6", (3, 84))):
+        out = tmp_path / f"{layer}.npy"
+        result = CliRunner().invoke(cli, ["features", str(pretrained), "--input", str(tmp_path / "batch.npy"),
+                                          "--layer", layer, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert np.load(out).shape == shape
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), np.asarray(load_run(pretrained).model(x)),
+                               rtol=1e-5, atol=1e-5)
+    result = CliRunner().invoke(cli, ["features", str(pretrained), "--input", str(tmp_path / "batch.npy"),
+                                      "--layer", "fc9", "--out", str(tmp_path / "x.npy")])
+    assert result.exit_code == 2 and "no layer 'fc9'" in result.output and len(result.output.strip().splitlines()) == 1

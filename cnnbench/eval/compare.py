@@ -9,6 +9,7 @@ saved evaluations; a short synthetic-data benchmark adds measured throughput.
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Callable
@@ -66,6 +67,18 @@ def run_facts(run_dir: Path) -> dict:
              "best_epoch": best.get("epoch"), "final_top1": val[-1]["top1"] if val else None,
              "wall_time": max((r["wall_time"] for r in records), default=None),
              "train_images_per_sec": statistics.median(r["images_per_sec"] for r in train) if train else None}
+    transfer = run_dir / "transfer.json"
+    if transfer.is_file():  # a fine-tune: where it started, what it froze
+        info = json.loads(transfer.read_text())
+        facts.update(started_from=Path(info["init_from"]).name if info.get("init_from") else None,
+                     frozen_params=info.get("frozen_params"))
+    from cnnbench.transfer.probe import saved_probes
+
+    probes = saved_probes(run_dir)
+    if probes:
+        best = max(probes, key=lambda p: p["top1"])
+        facts.update(probe_top1=best["top1"], probe=f"{best['dataset']} {best['layer']} {best['classifier']} "
+                                                    f"{best['per_class'] or 'all'}/class", probes=probes)
     evals = saved_results(run_dir)
     if evals:
         top = max(evals, key=lambda e: e["top1"])
