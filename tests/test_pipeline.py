@@ -187,7 +187,9 @@ def test_tfds_names_with_mock_data(tmp_path):
 
 
 @pytest.mark.parametrize("spec", ["resize_shorter(64)|random_crop(56)", "resize_shorter(64)|center_crop(56)",
-                                  "resize_shorter(60, 90)|random_crop(48)|flip"])
+                                  "resize_shorter(60, 90)|random_crop(48)|flip",
+                                  "resize_shorter(64, antialias=False)|random_crop(56)",
+                                  "resize_shorter(60, 90, antialias=False)|random_crop(48)|flip"])
 def test_fused_resize_and_crop_equals_the_ops_as_written(spec):
     image = tf().constant(np.random.default_rng(1).uniform(0, 255, (75, 100, 3)), "float32")
     for s in range(5):
@@ -270,3 +272,22 @@ def test_grey_and_cmyk_jpegs_decode_to_either_channel_count():
         # the luma of the colour photo, whichever way it was stored (JPEG loses ~3 grey levels)
         luma = rgb @ np.array([0.299, 0.587, 0.114])
         assert np.abs(one[..., 0] - luma).mean() < 6, mode
+
+
+def test_spec_keyword_arguments_round_trip():
+    from cnnbench.pipeline.preprocess import parse, unparse
+
+    steps = parse("resize_shorter(256, 512, antialias=False)|random_resized_crop(224, antialias=False)|flip")
+    assert steps[0].args == (256, 512) and steps[0].kwargs == (("antialias", False),)
+    assert "|".join(unparse(s) for s in steps) == \
+        "resize_shorter(256, 512, antialias=False)|random_resized_crop(224, antialias=False)|flip"
+    with pytest.raises(UsageError, match="positional argument"):
+        parse("resize_shorter(antialias=False, 256)")
+    with pytest.raises(UsageError, match="bad arguments"):
+        compile_ops("resize_shorter(256, smooth=True)")
+    # without antialiasing a shrink samples bilinearly: a checkerboard averages to grey only with it
+    board = tf().constant(np.indices((64, 64)).sum(axis=0) % 2 * 255.0, "float32")[..., None]
+    seed = tf().constant([0, 0], "int64")
+    smooth = compile_ops("resize_shorter(21)")(board, seed).numpy()
+    sharp = compile_ops("resize_shorter(21, antialias=False)")(board, seed).numpy()
+    assert smooth.std() < 0.5 * sharp.std()

@@ -54,16 +54,16 @@ def _float(image):
     return tf().cast(image, "float32")
 
 
-def _resize(image, h, w):
-    return tf().image.resize(_float(image), tf().stack([h, w]), method="bilinear", antialias=True)
+def _resize(image, h, w, antialias=True):
+    return tf().image.resize(_float(image), tf().stack([h, w]), method="bilinear", antialias=antialias)
 
 
-def _shorter_to(image, size):
+def _shorter_to(image, size, antialias=True):
     h, w = _hw(image)
     scale = tf().cast(size, "float32") / tf().cast(tf().minimum(h, w), "float32")
     new_h = tf().cast(tf().round(tf().cast(h, "float32") * scale), "int32")
     new_w = tf().cast(tf().round(tf().cast(w, "float32") * scale), "int32")
-    return _resize(image, tf().maximum(new_h, size), tf().maximum(new_w, size))
+    return _resize(image, tf().maximum(new_h, size), tf().maximum(new_w, size), antialias)
 
 
 def _crop(image, top, left, size):
@@ -78,13 +78,14 @@ def resize(height, width=None):
 
 
 @op
-def resize_shorter(size, max_size=None):
+def resize_shorter(size, max_size=None, antialias=True):
     """Shorter side to ``size``; with ``max_size``, to a random size in [size, max_size]: VGG's
-    scale jittering, S in [256, 512]."""
+    scale jittering, S in [256, 512]. ``antialias=False`` samples bilinearly without widening the
+    filter when shrinking (what the Flax and big_vision ImageNet pipelines do in training)."""
     if max_size is None:
-        return lambda image, seed: _shorter_to(image, size)
+        return lambda image, seed: _shorter_to(image, size, antialias)
     return lambda image, seed: _shorter_to(image, tf().random.stateless_uniform(
-        (), seed, minval=size, maxval=max_size + 1, dtype="int32"))
+        (), seed, minval=size, maxval=max_size + 1, dtype="int32"), antialias)
 
 
 @op
@@ -114,7 +115,7 @@ def pad_crop(size, pad=4):
 
 
 @op
-def random_resized_crop(size, min_area=0.08, max_area=1.0):
+def random_resized_crop(size, min_area=0.08, max_area=1.0, antialias=True):
     """Inception-style crop (Szegedy et al. 2015): a random box of 8%-100% of the area and aspect
     ratio in [3/4, 4/3], resized to ``size``; the ResNet recipes' train augmentation."""
     def box(shape, seed):
@@ -128,14 +129,14 @@ def random_resized_crop(size, min_area=0.08, max_area=1.0):
         begin, box_size = box(tf().shape(image), seed)
         window = tf().slice(image, begin, box_size)
         window.set_shape([None, None, image.shape[-1]])  # a dynamic slice forgets the channel count
-        return _resize(window, size, size)
+        return _resize(window, size, size, antialias)
 
     def from_jpeg(data, channels, seed):
         """The same crop, decoding only the box (the rest of the photo is never decompressed)."""
         h, w = _jpeg_hw(data)
         begin, box_size = box(tf().stack([h, w, channels]), seed)
         window = _jpeg_window(data, begin[:2], begin[:2] + box_size[:2], h, w, channels)
-        return _resize(window, size, size)
+        return _resize(window, size, size, antialias)
 
     apply.from_jpeg = from_jpeg
     return apply
@@ -206,9 +207,11 @@ def multiscale(*sizes):
 
 RECIPES = {
     # train
-    "alexnet": "resize_shorter({resize})|random_crop({size})|flip|lighting(0.1)|normalize(imagenet)",
-    "vgg": "resize_shorter(256, 512)|random_crop({size})|flip|normalize(imagenet)",
-    "inception": "random_resized_crop({size})|flip|normalize(imagenet)",
+    # (training crops resample without antialiasing, as the Flax and big_vision ImageNet pipelines
+    # do: a third cheaper, and the augmentation hides the difference; evaluation keeps it)
+    "alexnet": "resize_shorter({resize}, antialias=False)|random_crop({size})|flip|lighting(0.1)|normalize(imagenet)",
+    "vgg": "resize_shorter(256, 512, antialias=False)|random_crop({size})|flip|normalize(imagenet)",
+    "inception": "random_resized_crop({size}, antialias=False)|flip|normalize(imagenet)",
     "cifar": "resize({size})|pad_crop({size}, 4)|flip|normalize({norm})",
     "small": "resize({size})|normalize({norm})",
     "shift": "resize({size})|pad_crop({size}, {pad})|normalize({norm})",  # small grey images: +-10% shifts
@@ -252,6 +255,10 @@ def default_recipe(source, *, train: bool, size: int, channels: int) -> str:
 class Step:
     name: str
     args: tuple
+    kwargs: tuple = ()  # (name, value) pairs: ``resize_shorter(256, antialias=False)``
+
+    def build(self, *extra) -> Callable:
+        return OPS[self.name](*extra, *self.args, **dict(self.kwargs))
 
 
 def parse(spec: str) -> list[Step]:
@@ -261,8 +268,16 @@ def parse(spec: str) -> list[Step]:
         if not match or match.group(1) not in OPS:
             raise UsageError(f"unknown preprocessing op {part!r}; ops: {', '.join(OPS)}; "
                              f"recipes: {', '.join(RECIPES)}")
-        args = tuple(_literal(a.strip()) for a in match.group(2).split(",")) if match.group(2) else ()
-        steps.append(Step(match.group(1), args))
+        args, kwargs = [], []
+        for part in filter(None, (a.strip() for a in (match.group(2) or "").split(","))):
+            key, eq, value = part.partition("=")
+            if eq and key.strip().isidentifier():
+                kwargs.append((key.strip(), _literal(value.strip())))
+            elif kwargs:
+                raise UsageError(f"in {spec!r}: positional argument {part!r} after a keyword one")
+            else:
+                args.append(_literal(part))
+        steps.append(Step(match.group(1), tuple(args), tuple(kwargs)))
     return steps
 
 
@@ -273,7 +288,7 @@ def _literal(text: str):
         return text  # a bare word such as imagenet
 
 
-def _shorter_side_crop(crop, random, size, max_size=None):
+def _shorter_side_crop(crop, random, size, max_size=None, antialias=True):
     """``resize_shorter(size[, max_size])`` then a ``crop x crop`` window (random or centred),
     computed in one pass: ``scale_and_translate`` (the kernel behind antialiased ``tf.image.resize``)
     evaluates the resized image only inside the window. Identical to resizing the whole photo and
@@ -306,7 +321,7 @@ def _shorter_side_crop(crop, random, size, max_size=None):
         out = lib.raw_ops.ScaleAndTranslate(
             images=lib.cast(window, "float32")[None], size=[crop, crop], scale=ratio,
             translation=lib.cast(first, "float32") * ratio - offset, kernel_type="triangle",
-            antialias=True)[0]
+            antialias=antialias)[0]
         out.set_shape([crop, crop, channels])
         return out
 
@@ -349,10 +364,11 @@ def _fuse(steps: list[Step]) -> list[tuple[Callable, int]]:
     while i < len(steps):
         step, nxt = steps[i], steps[i + 1] if i + 1 < len(steps) else None
         if step.name == "resize_shorter" and nxt is not None and nxt.name in ("random_crop", "center_crop"):
-            fns.append((_shorter_side_crop(nxt.args[0], nxt.name == "random_crop", *step.args), 2))
+            fns.append((_shorter_side_crop(nxt.args[0], nxt.name == "random_crop", *step.args,
+                                           **dict(step.kwargs)), 2))
             i += 2
         else:
-            fns.append((OPS[step.name](*step.args), 1))
+            fns.append((step.build(), 1))
             i += 1
     return fns
 
@@ -368,7 +384,7 @@ def compile_ops(spec: str, *, fuse: bool = True, seed_count: int | None = None, 
     JPEG whose first op is a crop decodes only the window that crop needs (the same pixels)."""
     steps = parse(spec)
     try:
-        fns = _fuse(steps) if fuse else [(OPS[s.name](*s.args), 1) for s in steps]
+        fns = _fuse(steps) if fuse else [(s.build(), 1) for s in steps]
     except TypeError as e:
         raise UsageError(f"bad arguments in preprocessing spec {spec!r}: {e}") from None
     windowed = bool(encoded) and bool(fns) and hasattr(fns[0][0], "from_jpeg")
@@ -473,7 +489,8 @@ def _norm_stats(mean="imagenet", std=None):
 
 
 def unparse(step: Step) -> str:
-    return step.name + (f"({', '.join(repr(a) for a in step.args)})" if step.args else "")
+    args = [repr(a) for a in step.args] + [f"{k}={v!r}" for k, v in step.kwargs]
+    return step.name + (f"({', '.join(args)})" if args else "")
 
 
 def decode(image, *, encoded: bool, channels: int):
