@@ -2,8 +2,10 @@
 
 import functools
 
+import jax.numpy as jnp
 from flax import nnx
 
+from cnnbench.archs import trace
 from cnnbench.archs.layers import (LRN, Act, AdaptiveAvgPool, AvgPool, BatchNorm, Conv, Dense,
                                    Dropout, Flatten, GlobalAvgPool, MaxPool, Sequential, concat,
                                    init, normal)
@@ -56,6 +58,23 @@ class Inception(nnx.Module):
         return concat([b(x, train=train) for b in (self.branch1, self.branch2, self.branch3, self.branch4)])
 
 
+class InputTransform(nnx.Module):
+    """torchvision's ``GoogLeNet(transform_input=True)``, which its published weights were trained
+    with: inputs normalised with the ImageNet mean and std are re-normalised per channel to
+    ``(x - 0.5) / 0.5`` (pixels in [0, 1]), i.e. ``x * std / 0.5 + (mean - 0.5) / 0.5``, before the
+    first convolution pads them. An affine map applied before zero padding cannot be folded into
+    conv1's weights exactly (the border would differ), so it is a layer of its own."""
+
+    MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __call__(self, x, train: bool = False):
+        scale = jnp.asarray([s / 0.5 for s in self.STD], x.dtype)
+        shift = jnp.asarray([(m - 0.5) / 0.5 for m in self.MEAN], x.dtype)
+        y = x * scale + shift
+        trace.record(self, x, y, kind="affine", params=0)
+        return y
+
+
 class GoogLeNet(Net):
     """A :class:`Net` with the paper's two auxiliary classifiers on inception4a and inception4d.
 
@@ -87,14 +106,19 @@ def _aux_head(cin, num_classes, map_size, unit, pool, rngs):
 
 
 def googlenet(*, num_classes, input_size, in_channels, rngs, batch_norm=False, aux_logits=True,
-              dropout=0.4):
+              dropout=0.4, transform_input=False):
     if batch_norm:  # torchvision's googlenet
         unit, wide, norms, last_pool = conv_bn_relu, 3, False, MaxPool(2, 2, ceil_mode=True)
     else:           # the paper, with Caffe's LRN (alpha divided by the window size)
         unit, wide, norms, last_pool = conv_relu, 5, True, MaxPool(3, 2, ceil_mode=True)
     u, pool = functools.partial(unit, rngs=rngs), functools.partial(MaxPool, 3, 2, ceil_mode=True)
     lrn = functools.partial(LRN, 5, 1e-4 / 5, 0.75, 1.0)
-    layers = [("conv1", u(in_channels, 64, 7, 2, 3)), ("pool1", pool())]
+    if transform_input and in_channels != 3:
+        from cnnbench.errors import UsageError
+
+        raise UsageError("transform_input re-normalises RGB images; it needs 3 input channels")
+    layers = [("transform_input", InputTransform())] if transform_input else []
+    layers += [("conv1", u(in_channels, 64, 7, 2, 3)), ("pool1", pool())]
     layers += [("norm1", lrn())] if norms else []
     layers += [("conv2_reduce", u(64, 64, 1)), ("conv2", u(64, 192, 3, 1, 1))]
     layers += [("norm2", lrn())] if norms else []
@@ -141,4 +165,4 @@ register("googlenet-bn", functools.partial(googlenet, batch_norm=True), family="
          params=6_624_904, gmacs=1.498,
          references=(Reference("ILSVRC-2012", 30.222, 10.470, "centre 224 crop",
                                "torchvision GoogLeNet_Weights.IMAGENET1K_V1"),),
-         options={"aux_logits": False, "dropout": 0.2})
+         options={"aux_logits": False, "dropout": 0.2, "transform_input": False})
