@@ -28,6 +28,9 @@ NORMALIZATION = {
     "cifar10": ((125.307, 122.950, 113.865), (62.993, 62.089, 66.705)),
     "mnist": ((33.32,), (78.57,)),
     "unit": ((0.0,), (255.0,)),
+    # Caffe's VGG / Keras applications' "caffe" mode: mean subtraction only (given here in RGB order;
+    # the BGR channel order those weights expect is folded into the imported first convolution)
+    "caffe": ((123.68, 116.779, 103.939), (1.0, 1.0, 1.0)),
 }
 # AlexNet's PCA colour augmentation: eigenvalues / eigenvectors of ImageNet RGB covariance
 # (pixel values in [0, 1]), as in fb.resnet.torch and torchvision's references.
