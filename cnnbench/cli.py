@@ -774,8 +774,7 @@ def weights_import(source, arch, file, out, transform_input, fmt):
                  Column("params", "parameters", integer), Column("num_classes", "classes", integer),
                  Column("eval_spec", "eval preprocessing", justify="left")], fmt,
          title=f"imported {source} {arch}", document=result,
-         notes=[f"not imported: {', '.join(result['ignored'][:4])}" + (" ..." if len(result["ignored"]) > 4 else "")]
-         if result["ignored"] else [])
+         notes=[f"not imported: {result['ignored_summary']}"] if result["ignored"] else [])
 
 
 @cli.command()

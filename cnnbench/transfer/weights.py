@@ -63,6 +63,8 @@ class Converted:
     eval_spec: str
     source: str
     ignored: list[str]                  # entries of the file that have no place in the model
+    input_size: int = IMAGENET_SIZE
+    abstract: object = dataclasses.field(default=None, repr=False)  # the shape-only model it was mapped on
 
     @property
     def num_params(self) -> int:
@@ -302,7 +304,8 @@ def convert_torchvision(arch: str, state_dict: dict[str, np.ndarray], *, input_s
 
     ignored = sorted(k for k in sd if k not in used)
     return Converted(arch, options, num_classes, out["params"], out["batch_stats"],
-                     expand("center", size=input_size, norm="imagenet"), "torchvision", ignored)
+                     expand("center", size=input_size, norm="imagenet"), "torchvision", ignored,
+                     input_size, model)
 
 
 def _shape(shape) -> str:
@@ -406,19 +409,21 @@ def convert_keras(arch: str, layers: dict[str, list[np.ndarray]]) -> Converted:
     from cnnbench.pipeline.preprocess import expand
 
     return Converted(arch, {}, num_classes, params, {}, expand("center", size=IMAGENET_SIZE, norm="caffe"),
-                     "keras", [])
+                     "keras", [], IMAGENET_SIZE, model)
 
 
 # --------------------------------------------------------------------------- models and run directories
 
-def _states(converted: Converted, input_size: int):
+def _states(converted: Converted, input_size: int | None = None):
     """(graphdef, params, batch_stats, rest) of the architecture with the converted values, without
     drawing a random initialisation (the model is built abstractly)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    model = _abstract_model(converted.arch, converted.num_classes, input_size, converted.arch_options)
+    input_size = input_size or converted.input_size
+    model = converted.abstract if converted.abstract is not None and input_size == converted.input_size \
+        else _abstract_model(converted.arch, converted.num_classes, input_size, converted.arch_options)
     graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
 
     def fill(values):
@@ -439,7 +444,7 @@ def _states(converted: Converted, input_size: int):
     return graphdef, params, batch_stats, rest
 
 
-def build_model(converted: Converted, *, input_size: int = IMAGENET_SIZE):
+def build_model(converted: Converted, *, input_size: int | None = None):
     """The converted network as a cnnbench model in evaluation mode."""
     from flax import nnx
 
@@ -448,8 +453,7 @@ def build_model(converted: Converted, *, input_size: int = IMAGENET_SIZE):
     return model
 
 
-def write_run(converted: Converted, out: str | Path, *, source_file: str | Path | None = None,
-              input_size: int = IMAGENET_SIZE) -> dict:
+def write_run(converted: Converted, out: str | Path, *, source_file: str | Path | None = None) -> dict:
     """Write ``out`` as a run directory (``config.json``, ``dataset.json``, a step-0 checkpoint in
     ``checkpoints/best`` and ``checkpoints/latest``) that `eval`, `predict`, `compare` and
     fine-tuning read like a trained run. A 1000-class classifier gets the ILSVRC-2012 classes
@@ -459,6 +463,7 @@ def write_run(converted: Converted, out: str | Path, *, source_file: str | Path 
     from cnnbench.train.config import TrainConfig
     from cnnbench.train.rundir import write_dataset
 
+    input_size = converted.input_size
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} already exists and is not an empty directory; choose another --out")
@@ -496,7 +501,18 @@ def write_run(converted: Converted, out: str | Path, *, source_file: str | Path 
     finally:
         checkpoints.close()
     (out / "imported.json").write_text(json.dumps(imported, indent=1))
-    return {"run_dir": str(out), "dataset": dataset, "eval_spec": converted.eval_spec, **imported}
+    return {"run_dir": str(out), "dataset": dataset, "eval_spec": converted.eval_spec, **imported,
+            "ignored_summary": describe_ignored(converted.ignored)}
+
+
+def describe_ignored(ignored: list[str]) -> str:
+    """``aux1.*, aux2.* (20 tensors), num_batches_tracked (57)``: what the conversion left out."""
+    groups: dict[str, int] = {}
+    for key in ignored:
+        group = "num_batches_tracked" if key.endswith("num_batches_tracked") else \
+            key.split(".")[0] + ".*" if key.startswith(("aux1.", "aux2.")) else key
+        groups[group] = groups.get(group, 0) + 1
+    return ", ".join(f"{g} ({n})" if n > 1 else g for g, n in sorted(groups.items()))
 
 
 def import_weights(source: str, arch: str, path: str | Path, out: str | Path, *,
