@@ -14,6 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from cnnbench.errors import UsageError
 from cnnbench.eval.runs import is_run
 from cnnbench.train.rundir import RUNS, read_dataset, read_metrics
@@ -172,11 +174,15 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
             train = [x for x in records if x["kind"] == "train"]
             val = [x for x in records if x["kind"] == "validation"]
             colour = colours[i % len(colours)]
-            left.plot([x["step"] / steps_per_epoch for x in train], [100 * (1 - x["top1"]) for x in train],
-                      color=colour, label=r["name"], linewidth=1)
+            epochs = np.array([x["step"] / steps_per_epoch for x in train])
+            errors = np.array([100 * (1 - x["top1"]) for x in train])
+            left.plot(epochs, errors, color=colour, linewidth=0.6, alpha=0.3)
+            left.plot(epochs, _smooth(errors, max(1, len(train) // max(len(val), 1))), color=colour,
+                      label=r["name"], linewidth=1.5)
             right.plot([x["epoch"] for x in val], [100 * (1 - x["top1"]) for x in val], color=colour,
                        label=r["name"], linewidth=2, marker="o" if len(val) < 30 else None, markersize=3)
-        left.set(title="training error (top-1, running batches)", xlabel="epoch", ylabel="error %")
+        left.set(title="training error (top-1 of the logged batches, smoothed over an epoch)", xlabel="epoch",
+                 ylabel="error %")
         right.set(title="validation error (top-1)", xlabel="epoch", ylabel="error %")
         for ax in (left, right):
             ax.grid(alpha=0.3)
@@ -221,6 +227,14 @@ def _accuracy(row: dict) -> tuple[float, bool] | None:
         if row.get(key) is not None:
             return row[key], measured
     return None
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over ``window`` points (shorter at the start)."""
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (sums[idx] - sums[lo]) / (idx - lo)
 
 
 def _steps_per_epoch(records: list[dict]) -> float:
