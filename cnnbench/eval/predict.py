@@ -42,7 +42,9 @@ def image_loader(run: LoadedRun, spec: str | None = None):
 def predict_files(run: LoadedRun, paths: list[str], *, top: int = 5) -> list[dict]:
     load, finish = image_loader(run)
     images, shifts = zip(*(load(path) for path in paths))
-    probs = np.asarray(probabilities_fn(run.model, finish)(np.stack(images), np.stack(shifts)))
+    probs_of, chunk = probabilities_fn(run.model, finish), 32  # bounded memory for many files
+    probs = np.concatenate([np.asarray(probs_of(np.stack(images[i:i + chunk]), np.stack(shifts[i:i + chunk])))
+                            for i in range(0, len(images), chunk)])
     best = metrics.top_k(probs, min(top, probs.shape[1]))
     return [{"image": path, "predictions": [
         {"rank": r + 1, "class": int(c), "id": run.class_ids[c], "name": run.class_names[c],
