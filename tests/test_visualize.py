@@ -21,11 +21,35 @@ from cnnbench.viz.inputs import Subject
 from cnnbench.viz.taps import Taps
 
 
+def _random_model(arch, size=32, classes=10, seed=0):
+    """The architecture with random weights drawn by NumPy: no initialiser is compiled (that takes
+    seconds per model on 2 busy cores), and biases and batch-norm statistics are not zero, so
+    every identity below is checked with them in play."""
+    abstract = nnx.eval_shape(lambda: create_model(arch, num_classes=classes, input_size=size))
+    graphdef, state = nnx.split(abstract)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = [getattr(k, "key", None) for k in path if hasattr(k, "key")][-1]
+        if leaf.dtype == np.uint32:
+            return np.zeros(leaf.shape, np.uint32)
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.key(seed)
+        if name == "kernel":
+            return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
+        if name in ("scale", "var"):
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+        return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
+
+    model = nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
+    model.eval()
+    return model
+
+
 @functools.cache
 def _taps(arch, size=32, classes=10):
-    """One model per architecture for the whole file (building one compiles its initialisers)."""
-    model = create_model(arch, num_classes=classes, input_size=size)
-    model.eval()
+    """One model per architecture for the whole file."""
+    model = _random_model(arch, size, classes)
     return model, Taps(model, (size, size, model.in_channels), arch)
 
 
@@ -168,7 +192,9 @@ def test_filters_activations_patches_and_features():
     shift = np.zeros((5, 1), np.float32)
     acts = feat.activations(subject, images, shift, ["features.c1", "head.f6"])
     assert acts["features.c1"].shape == (5, 28, 28, 6) and acts["head.f6"].shape == (5, 84)
-    assert feat.default_activation_layers(taps) == ["features.c1", "features.c3", "features.c5"]
+    assert feat.default_activation_layers(taps) == ["features.act1", "features.act3"]  # act5 is 1x1
+    assert _taps("resnet20")[1].stages() == ["features.relu", "features.layer1", "features.layer2",
+                                             "features.layer3"]
     assert feat.default_feature_layer(taps) == "head.act6"
     from cnnbench.viz.inputs import Batch
 
@@ -193,8 +219,8 @@ def test_filters_activations_patches_and_features():
 # --------------------------------------------------------------------------- the command line
 
 def _fake_run(root: Path, arch: str, dataset: str, seed: int = 0) -> Path:
-    """A run directory as training writes it (config, dataset.json, a checkpoint) holding the
-    model's initial weights: enough for every visualisation, in a fraction of a second."""
+    """A run directory as training writes it (config, dataset.json, a checkpoint) holding random
+    weights: enough for every visualisation, in a fraction of a second."""
     from cnnbench.archs import get_arch
     from cnnbench.pipeline.preprocess import default_recipe
     from cnnbench.pipeline.sources import resolve
@@ -210,7 +236,7 @@ def _fake_run(root: Path, arch: str, dataset: str, seed: int = 0) -> Path:
     source = resolve(dataset)
     eval_spec = default_recipe(source, train=False, size=info.input_size, channels=info.in_channels)
     write_dataset(run_dir, source, eval_spec, eval_spec)
-    model = create_model(arch, num_classes=source.num_classes, seed=seed)
+    model = _random_model(arch, info.input_size, source.num_classes, seed)
     _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     checkpoints = Checkpoints(run_dir)
     checkpoints.save(0, {"params": params, "batch_stats": stats}, {"epoch": 0}, best=True)
@@ -229,7 +255,7 @@ def runs(tmp_path_factory):
     Image.fromarray(rng.integers(0, 256, (40, 36), dtype=np.uint8)).save(grey)
     Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)).save(colour)
     return {"lenet5": (_fake_run(root, "lenet5", "synthetic:32x32x1:10:64"), grey),
-            "resnet20": (_fake_run(root, "resnet20", "synthetic:32x32x3:10:64"), colour)}
+            "nin-cifar": (_fake_run(root, "nin-cifar", "synthetic:32x32x3:10:64"), colour)}
 
 
 def _viz(*args):
@@ -245,7 +271,7 @@ def _viz(*args):
 
 def test_every_subcommand_writes_a_png(runs, tmp_path):
     lenet, grey = runs["lenet5"]
-    resnet, colour = runs["resnet20"]
+    nin, colour = runs["nin-cifar"]
     out = tmp_path / "figs"
     common = ["--out", out]
     _viz("filters", lenet, *common)
@@ -256,7 +282,7 @@ def test_every_subcommand_writes_a_png(runs, tmp_path):
     assert occ["positions"] == 64 and 0 <= occ["min"] <= occ["max"] <= 1
     _viz("saliency", lenet, grey, "--class", "class 3", *common)
     _viz("gradcam", lenet, grey, *common)
-    _viz("cam", resnet, colour, *common)
+    _viz("cam", nin, colour, *common)
     _viz("tsne", lenet, "--n", "40", *common)
     _viz("neighbors", lenet, grey, "--n", "30", "-k", "4", *common)
     heat = _viz("heatmap", lenet, grey, "--size", "48", *common)[0]
@@ -281,7 +307,7 @@ def _error(*args):
 
 def test_bad_input_is_one_line(runs, tmp_path):
     lenet, grey = runs["lenet5"]
-    resnet, colour = runs["resnet20"]
+    nin, colour = runs["nin-cifar"]
     assert "no layer 'conv9'" in _error("gradcam", lenet, grey, "--layer", "conv9", "--out", tmp_path)
     assert "features.c1" in _error("activations", lenet, grey, "--layers", "c1,nope", "--out", tmp_path)
     assert "use `cnnbench visualize gradcam`" in _error("cam", lenet, grey, "--out", tmp_path)
@@ -290,4 +316,4 @@ def test_bad_input_is_one_line(runs, tmp_path):
     (tmp_path / "x.txt").write_text("no image")
     assert "not an image" in _error("saliency", lenet, tmp_path / "x.txt", "--out", tmp_path)
     assert "not a run directory" in _error("filters", tmp_path, "--out", tmp_path)
-    assert "channels" in _error("top-patches", resnet, "--channels", "99", "--n", "4", "--out", tmp_path)
+    assert "channels" in _error("top-patches", nin, "--channels", "999", "--n", "4", "--out", tmp_path)

@@ -4,6 +4,7 @@ PNG files into ``out``; it returns what it wrote, one line each, for the command
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -65,6 +66,7 @@ def filters(subject: Subject, out: Path, *, layer: str | None = None, limit: int
     taps = subject.taps
     layer = taps.resolve(layer) if layer else feat.default_filter_layer(taps)
     f = feat.filters(taps, layer)
+    layer = f.layer
     k = f.kernels
     size = "x".join(map(str, k.shape[:3]))
     path = out / f"filters-{layer}.png"
@@ -104,8 +106,8 @@ def activations(subject: Subject, image_path: str, out: Path, *, layers: list[st
     image, shift, x = _image(subject, image_path)
     acts = feat.activations(subject, image[None], shift[None], names)
     plt = fg.pyplot()
-    fig, axes = plt.subplots(len(names), count + 1, figsize=(1.3 * (count + 1) + 0.8, 1.45 * len(names) + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(names), count + 1, figsize=(1.3 * (count + 1) + 1.2, 1.5 * len(names) + 0.6),
+                             squeeze=False, layout="constrained")
     notes = []
     for r, name in enumerate(names):
         a = acts[name][0]
@@ -114,19 +116,20 @@ def activations(subject: Subject, image_path: str, out: Path, *, layers: list[st
             ax.axis("off")
         if r == 0:
             fg.show_image(row[0], image, "input")
-        row[0].text(-0.1, 0.5, fg.short(name, 24), transform=row[0].transAxes, rotation=90, va="center",
-                    ha="right", fontsize=7)
         maps_ = a[..., :count] if a.ndim == 3 else a[None, None, :count]
+        shape = "x".join(map(str, a.shape))
+        row[0].text(-0.12, 0.5, f"{fg.short(name, 24)}\n{shape}, {maps_.shape[-1]} of {a.shape[-1]}",
+                    transform=row[0].transAxes, rotation=90, va="center", ha="right", fontsize=7)
         low, high = float(maps_.min()), float(maps_.max())
         shown = None
         for i in range(maps_.shape[-1]):
             shown = row[i + 1].imshow(maps_[..., i], cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
-            row[i + 1].set_title(f"{i}", fontsize=6)
+            row[i + 1].set_title(f"channel {i}", fontsize=6)
         if shown is not None:
-            fg.colorbar(fig, row[-1], shown, "activation")
-        shape = "x".join(map(str, a.shape))
+            bar = fig.colorbar(shown, ax=list(row[1:]), fraction=0.02, pad=0.01)
+            bar.set_label("activation", fontsize=7)
+            bar.ax.tick_params(labelsize=6)
         notes.append(f"{name} {shape}")
-        row[1].set_title(f"0  ({min(count, a.shape[-1])} of {a.shape[-1]} maps, {shape})", fontsize=6, loc="left")
     path = out / f"activations-{Path(image_path).stem}.png"
     title = f"{subject.title}: feature maps of {Path(image_path).name} (first {count} channels per layer)"
     return [Written(fg.save(fig, path, title), "; ".join(notes))]
@@ -154,7 +157,7 @@ def top_patches(subject: Subject, out: Path, *, dataset: str | None, split: str 
             if i < len(patches):
                 p = patches[i]
                 fg.show_image(ax, p.pixels)
-                ax.set_title(f"{p.value:.2g} {fg.short(source.class_names[p.label], 10)}", fontsize=5)
+                ax.set_title(f"{fg.short(source.class_names[p.label], 10)} ({p.value:.2g})", fontsize=5)
         axes[r][0].text(-0.15, 0.5, f"ch {c}", transform=axes[r][0].transAxes, rotation=90, va="center",
                         ha="right", fontsize=7)
     path = out / f"top-patches-{layer}.png"
@@ -172,8 +175,6 @@ def occlusion(subject: Subject, image_path: str, out: Path, *, patch: int = 32, 
     image, shift, x = _image(subject, image_path)
     h, w = image.shape[:2]
     positions = (-(-h // stride)) * (-(-w // stride))
-    import time
-
     started = time.perf_counter()
     result = maps.occlusion(subject, image, shift, patch=patch, stride=stride,
                             advance=progress(f"occlusion ({positions} positions)", positions))

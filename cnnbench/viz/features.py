@@ -38,6 +38,10 @@ def default_filter_layer(taps: Taps) -> str:
 
 def filters(taps: Taps, layer: str) -> Filters:
     module = taps.module(layer)
+    if not isinstance(module, (Conv, Dense)):  # a block (GoogLeNet's conv1 = conv + ReLU): its first conv
+        inside = [n for n in taps.of_kind((Conv,)) if n.startswith(layer + ".")]
+        if inside:
+            layer, module = inside[0], taps.module(inside[0])
     if isinstance(module, Conv):
         return Filters(layer, np.asarray(module.kernel[...]))
     if isinstance(module, Dense):
@@ -75,12 +79,13 @@ def activations(subject: Subject, images, shift, names: list[str]) -> dict[str, 
 
 
 def default_activation_layers(taps: Taps, count: int = 4) -> list[str]:
-    """Up to ``count`` convolutions spread from the first to the last (spatial ones only)."""
-    convs = [n for n in taps.of_kind((Conv,)) if taps.spatial(n)]
-    if not convs:
-        return [n for n in taps.names if taps.spatial(n)][:count] or [taps.names[0]]
-    picks = np.unique(np.linspace(0, len(convs) - 1, min(count, len(convs))).round().astype(int))
-    return [convs[i] for i in picks]
+    """Up to ``count`` stages of the convolutional base (see :meth:`Taps.stages`), spread from the
+    first to the last."""
+    stages = [n for n in taps.stages() if n.startswith("features.")] or taps.stages()
+    if not stages:
+        return [taps.names[0]]
+    picks = np.unique(np.linspace(0, len(stages) - 1, min(count, len(stages))).round().astype(int))
+    return [stages[i] for i in picks]
 
 
 # --------------------------------------------------------------------------- top patches
@@ -151,13 +156,16 @@ def top_patches(subject: Subject, batches: Iterable[Batch], layer: str, channels
 def default_feature_layer(taps: Taps) -> str:
     """The input of the last dense layer (AlexNet's fc7 after its ReLU, ResNet's pooled
     features), else the globally pooled maps, else the convolutional base's output."""
+    from cnnbench.archs.layers import Dropout, GlobalAvgPool
+
     dense = taps.of_kind((Dense,))
     names = [n for n in taps.names if n not in ("features", "head")]
     if dense:
-        i = names.index(dense[-1])
-        if i > 0:
-            return names[i - 1]
-    from cnnbench.archs.layers import GlobalAvgPool
+        i = names.index(dense[-1]) - 1
+        while i > 0 and isinstance(taps.module(names[i]), Dropout):  # the same values, named after the layer
+            i -= 1
+        if i >= 0:
+            return names[i]
 
     pooled = taps.of_kind((GlobalAvgPool,))
     return pooled[-1] if pooled else "features"

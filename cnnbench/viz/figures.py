@@ -85,7 +85,8 @@ def save(fig, path: Path, title: str | None = None) -> Path:
     plt = pyplot()
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -107,6 +107,8 @@ def dataset_batches(subject: Subject, dataset: str | None, *, split: str | None,
     total = source.num_examples(split)  # also checks the split
     if limit < 1:
         raise UsageError("--n must be at least 1")
+    if limit < total and "[" not in split and "+" not in split:
+        split, total = f"{split}[:{limit}]", limit   # read no more than needed
     batch_size = max(1, min(batch_size, limit, total))
     pipeline = Pipeline(source, split, batch_size, run.eval_spec, train=False, channels=run.channels,
                         device_finish=True)

@@ -119,12 +119,13 @@ def gradcam(taps: Taps, x, classes, layer: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def default_gradcam_layer(taps: Taps) -> str:
-    """The last convolution or activation whose output is still a map larger than 1x1 (the
-    network's last convolutional layer, as Selvaraju et al. use)."""
-    names = [n for n in taps.of_kind((Conv, Act)) if taps.spatial(n) and np.prod(taps.by_name[n].shape[:2]) > 1]
-    if not names:
-        raise UsageError(f"{taps.arch} has no convolutional layer with a spatial output for Grad-CAM")
-    return names[-1]
+    """The last stage of the network that still outputs maps larger than 1x1 (the last
+    convolutional layer after its ReLU, an Inception module, a residual stage), as Selvaraju et al.
+    use."""
+    stages = taps.stages()
+    if not stages:
+        raise UsageError(f"{taps.arch} has no layer with a spatial output for Grad-CAM")
+    return stages[-1]
 
 
 # --------------------------------------------------------------------------- CAM

@@ -159,3 +159,30 @@ class Taps:
 
     def spatial(self, name: str) -> bool:
         return len(self.by_name[name].shape) == 3
+
+    def maps(self, name: str) -> bool:
+        """Whether ``name`` outputs feature maps larger than 1x1."""
+        shape = self.by_name[name].shape
+        return len(shape) == 3 and shape[0] * shape[1] > 1
+
+    def stages(self) -> list[str]:
+        """The main sequence of the network with feature maps larger than 1x1, in forward order:
+        the direct children of ``features`` and ``head`` that are non-linearities or blocks
+        (Inception modules, residual stages), and convolutions not followed by a non-linearity.
+        Pooling, normalisation and dropout are left out (they only resample what came before)."""
+        from cnnbench.archs import layers as L
+
+        passive = (L.MaxPool, L.AvgPool, L.AdaptiveAvgPool, L.GlobalAvgPool, L.Dropout, L.LRN,
+                   L.BatchNorm, L.Flatten, L.ShortcutA)
+        top = [n for n in self.names if n.count(".") == 1]
+        out = []
+        for i, name in enumerate(top):
+            module = self.module(name)
+            if isinstance(module, passive) or not self.maps(name):
+                continue
+            after = [self.module(n) for n in top[i + 1:]]
+            following = next((m for m in after if not isinstance(m, L.BatchNorm)), None)
+            if isinstance(module, L.Conv) and isinstance(following, L.Act):
+                continue  # its output after the non-linearity is the one to look at
+            out.append(name)
+        return out
