@@ -607,7 +607,7 @@ def viz_filters(run_dir, checkpoint, out, fmt, layer, limit):
 
 @visualize.command("activations")
 @viz_options(image=True)
-@click.option("--layers", help="Comma-separated layers (default: up to 4 convolutions, first to last).")
+@click.option("--layers", help="Comma-separated layers (default: up to 4 stages of the convolutional base).")
 @click.option("--maps", "count", type=int, default=8, show_default=True, help="Channels shown per layer.")
 def viz_activations(run_dir, image, checkpoint, out, fmt, layers, count):
     """Feature maps of chosen layers for one IMAGE.
@@ -621,7 +621,7 @@ def viz_activations(run_dir, image, checkpoint, out, fmt, layers, count):
 
 @visualize.command("top-patches")
 @viz_options(dataset=True)
-@click.option("--layer", help="Layer (default: the last convolutional one).")
+@click.option("--layer", help="Layer (default: the last one with maps larger than 1x1, e.g. relu5).")
 @click.option("--channels", help="Comma-separated channel indices (default: 0-7).")
 @click.option("--top", type=int, default=9, show_default=True, help="Patches per channel.")
 def viz_top_patches(run_dir, checkpoint, out, fmt, dataset, split, limit, data_dir, layer, channels, top):
@@ -680,7 +680,7 @@ def viz_cam(run_dir, image, checkpoint, out, fmt, wanted):
 
 @visualize.command("gradcam")
 @viz_options(image=True)
-@click.option("--layer", help="Layer (default: the last convolutional one).")
+@click.option("--layer", help="Layer (default: the last one with maps larger than 1x1, e.g. relu5).")
 @click.option("--class", "wanted", help="Class index or name (default: the predicted one).")
 def viz_gradcam(run_dir, image, checkpoint, out, fmt, layer, wanted):
     """Grad-CAM of any model at a layer (Selvaraju et al.).
