@@ -57,7 +57,7 @@ def _predicted(subject: Subject, x: np.ndarray, wanted: str | None) -> tuple[int
 
 
 def _label(subject: Subject, c: int, probs: np.ndarray) -> str:
-    return f"{_name(subject, c)} (p={probs[c]:.2f})"
+    return f"{_name(subject, c)} (p={probs[c]:.3g})"
 
 
 # --------------------------------------------------------------------------- filters
@@ -281,7 +281,7 @@ def heatmap(subject: Subject, image_path: str, out: Path, *, size: int | None = 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     fg.show_image(axes[0], image, f"{Path(image_path).name} at {h}x{w}")
     fg.heat(fig, axes[1], probs[..., c], label=f"p({fg.short(_name(subject, c), 20)})", cmap="jet",
-            vmin=0.0, vmax=1.0, title=f"{_name(subject, c)}: {scores.shape[0]}x{scores.shape[1]} positions")
+            vmin=0.0, vmax=max(float(probs[..., c].max()), 1e-6), title=f"{_name(subject, c)}: {scores.shape[0]}x{scores.shape[1]} positions")
     fg.class_map(axes[2], probs.argmax(-1), subject.class_names, title="most probable class per position")
     path = out / f"heatmap-{Path(image_path).stem}.png"
     title = (f"{subject.title}: the classifier applied convolutionally ({subject.input_size}px windows); "

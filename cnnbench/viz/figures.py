@@ -3,6 +3,7 @@ normalisation, heat maps over images with colour bars, grids, saving."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,8 @@ def grid(count: int, cols: int, *, cell: float = 1.4, extra_height: float = 0.6)
 
 def save(fig, path: Path, title: str | None = None) -> Path:
     plt = pyplot()
-    if title:
-        fig.suptitle(title, fontsize=9)
+    if title:  # wrapped to the figure's width (about 15 characters of 9-point text per inch)
+        fig.suptitle(textwrap.fill(title, max(40, int(fig.get_figwidth() * 15))), fontsize=9)
     if fig.get_layout_engine() is None:
         fig.tight_layout()
     path = Path(path)
