@@ -479,13 +479,16 @@ def write_run(converted: Converted, out: str | Path, *, source_file: str | Path 
         ids = names = [str(i) for i in range(converted.num_classes)]
         dataset = f"imported-{converted.num_classes}-classes"
     _, params, batch_stats, _ = _states(converted, input_size)
+    # the published weights' training crops, with the normalisation they expect (the recipe's own
+    # normalize step replaced: Keras's VGG wants the Caffe mean, unscaled)
+    train_spec = expand("inception", size=input_size).rsplit("|normalize(", 1)[0] + \
+        "|" + converted.eval_spec.rsplit("|", 1)[1]
     out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(arch=converted.arch, arch_options=converted.arch_options, dataset=dataset,
-                      input_size=input_size, in_channels=3, eval_ops=converted.eval_spec, epochs=0,
-                      run_dir=str(out))
+                      input_size=input_size, in_channels=3, train_ops=train_spec, eval_ops=converted.eval_spec,
+                      epochs=0, run_dir=str(out))
     (out / "config.json").write_text(cfg.to_json())
     source = types.SimpleNamespace(name=dataset, class_ids=ids, class_names=names, image_shape=None)
-    train_spec = expand("inception", size=input_size, norm="caffe" if converted.source == "keras" else "imagenet")
     write_dataset(out, source, train_spec, converted.eval_spec)
     imported = {"source": converted.source, "arch": converted.arch, "arch_options": converted.arch_options,
                 "num_classes": converted.num_classes, "tensors": len(converted.params) + len(converted.batch_stats),
