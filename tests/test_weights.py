@@ -374,6 +374,9 @@ def test_safetensors_and_pth_load_the_same(tmp_path):
     b = weights.load_state_dict(tmp_path / "w.safetensors")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert weights.convert_torchvision("resnet18", b).num_classes == 7
+    parallel = {f"module.{k}": v for k, v in b.items()}  # saved from nn.DataParallel
+    assert np.array_equal(weights.convert_torchvision("resnet18", parallel).params["head/fc/kernel"],
+                          b["fc.weight"].T)
 
 
 def test_wrong_shape_is_one_line_naming_the_tensor():
