@@ -54,14 +54,18 @@ class BasicBlock(_Block):
 
 
 class Bottleneck(_Block):
-    """1x1 reduce, 3x3 (carrying the stride, "ResNet v1.5" as torchvision), 1x1 expand by 4."""
+    """1x1 reduce, 3x3 (carrying the stride, "ResNet v1.5" as torchvision), 1x1 expand by 4.
+    ``stride_in_1x1`` strides the 1x1 reduce instead, as the paper's Caffe models and Keras's
+    ResNet50 ("v1") do."""
 
     expansion = 4
 
-    def __init__(self, cin, planes, stride=1, *, shortcut="B", residual=True, zero_init=False, rngs):
+    def __init__(self, cin, planes, stride=1, *, shortcut="B", residual=True, zero_init=False,
+                 stride_in_1x1=False, rngs):
         super().__init__(cin, planes * 4, stride, shortcut, residual, rngs)
-        self.conv1, self.bn1, self.relu1 = _conv(cin, planes, 1, 1, rngs), BatchNorm(planes, rngs=rngs), Act()
-        self.conv2, self.bn2, self.relu2 = _conv(planes, planes, 3, stride, rngs), BatchNorm(planes, rngs=rngs), Act()
+        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1, self.bn1, self.relu1 = _conv(cin, planes, 1, s1, rngs), BatchNorm(planes, rngs=rngs), Act()
+        self.conv2, self.bn2, self.relu2 = _conv(planes, planes, 3, s3, rngs), BatchNorm(planes, rngs=rngs), Act()
         self.conv3, self.bn3 = _conv(planes, planes * 4, 1, 1, rngs), _last_bn(planes * 4, zero_init, rngs)
 
     def __call__(self, x, train: bool = False):
@@ -84,10 +88,15 @@ def _stages(block, cin, widths, depths, first_stride, rngs, **block_kw):
 
 
 def resnet(*, num_classes, input_size, in_channels, rngs, block, depths, residual=True,
-           zero_init_residual=False):
+           zero_init_residual=False, stride_in_1x1=False):
     """torchvision's ResNet: 7x7/2 stem, 3x3/2 max pool, four stages, global average pooling."""
+    extra = {"stride_in_1x1": True} if stride_in_1x1 else {}
+    if extra and block is not Bottleneck:
+        from cnnbench.errors import UsageError
+
+        raise UsageError("stride_in_1x1 applies to bottleneck blocks (resnet50, resnet101, resnet152)")
     stages, channels = _stages(block, 64, (64, 128, 256, 512), depths, 1, rngs, residual=residual,
-                               zero_init=zero_init_residual)
+                               zero_init=zero_init_residual, **extra)
     features = Sequential(("conv1", _conv(in_channels, 64, 7, 2, rngs)), ("bn1", BatchNorm(64, rngs=rngs)),
                           ("relu", Act()), ("maxpool", MaxPool(3, 2, 1)), *stages)
     head = Sequential(avgpool=GlobalAvgPool(), fc=Dense(channels, num_classes, rngs=rngs))
@@ -131,7 +140,7 @@ for _name, (_block, _depths, _params, _gmacs, _paper, _acc) in _IMAGENET_NETS.it
              params=_params, gmacs=_gmacs,
              references=(Reference("ILSVRC-2012", *_paper, "1 model, 10-crop", _T34),
                          _tv(*_acc, f"ResNet{_depth}_Weights")),
-             options=_OPTIONS)
+             options={**_OPTIONS, "stride_in_1x1": False} if _block is Bottleneck else _OPTIONS)
 
 for _name, _depths, _err in (("plain18", (2, 2, 2, 2), 27.94), ("plain34", (3, 4, 6, 3), 28.54)):
     register(_name, functools.partial(resnet, block=BasicBlock, depths=_depths, residual=False),
