@@ -758,7 +758,7 @@ def weights_import(source, arch, file, out, transform_input, fmt):
 
     \b
     torchvision: alexnet-owt, vgg11 ... vgg19, vgg11-bn ... vgg19-bn, googlenet-bn, resnet18 ... resnet152
-    keras:       vgg16, vgg19 (vgg16_weights_tf_dim_ordering_tf_kernels.h5 ...)
+    keras:       vgg16, vgg19, resnet50 (vgg16_weights_tf_dim_ordering_tf_kernels.h5 ...)
     Examples:
       cnnbench weights import torchvision resnet50 resnet50-0676ba61.pth --out weights/resnet50
       cnnbench weights import keras vgg16 vgg16_weights_tf_dim_ordering_tf_kernels.h5 --out weights/vgg16-keras

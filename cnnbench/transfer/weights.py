@@ -5,7 +5,8 @@ Two sources:
 - torchvision state dicts (``.pth`` pickles read with ``torch.load(..., weights_only=True)``, so a
   malicious pickle cannot run code, or ``.safetensors``) for ``alexnet-owt``, ``vgg11``-``vgg19``
   and their ``-bn`` variants, ``googlenet-bn`` and ``resnet18``-``resnet152``;
-- the Keras applications' ``.h5`` weight files of VGG16 and VGG19, read with h5py (no Keras).
+- the Keras applications' ``.h5`` weight files of VGG16, VGG19 and ResNet50, read with h5py (no
+  Keras); ResNet50 becomes ``resnet50`` with ``stride_in_1x1`` (Keras's is ResNet v1).
 
 What the conversion has to get right: convolution kernels go from PyTorch's OIHW to HWIO, dense
 kernels from (out, in) to (in, out); the first dense layer after the convolutional base (``fc6``
@@ -14,8 +15,9 @@ axis is permuted; batch norm's ``weight``/``bias``/``running_mean``/``running_va
 ``scale``/``bias``/``mean``/``var`` (cnnbench's epsilons already equal torchvision's: 1e-5, and
 1e-3 in GoogLeNet's ``BasicConv2d``). torchvision's published GoogLeNet weights expect
 ``transform_input=True``, which ``googlenet-bn`` reproduces as a model option. Keras's VGG
-expects BGR images minus the Caffe mean: the channel order is folded into the first convolution
-(exact) and the mean subtraction recorded as the run's preprocessing (``normalize(caffe)``).
+and ResNet50 expect BGR images minus the Caffe mean: the channel order is folded into the first
+convolution (exact) and the mean subtraction recorded as the run's preprocessing
+(``normalize(caffe)``).
 
 PyTorch is needed only for ``.pth`` files and imported here lazily; TensorFlow is never imported.
 """
@@ -36,14 +38,8 @@ from cnnbench.errors import UsageError
 _VGG = ("vgg11", "vgg13", "vgg16", "vgg19")
 _RESNET = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 TORCHVISION = ("alexnet-owt", *_VGG, *(f"{v}-bn" for v in _VGG), "googlenet-bn", *_RESNET)
-KERAS = ("vgg16", "vgg19")
-KERAS_UNSUPPORTED = {
-    "resnet50": "Keras's ResNet50 is ResNet v1: each stage's first bottleneck strides its first 1x1 "
-                "convolution, while cnnbench's resnet50 (torchvision's, v1.5) strides the 3x3, a "
-                "different function that no weight mapping can reproduce (its convolution biases and "
-                "batch-norm epsilon 1.001e-5 could be folded, the stride cannot); import torchvision's "
-                "resnet50 weights instead",
-}
+KERAS = ("vgg16", "vgg19", "resnet50")
+KERAS_UNSUPPORTED: dict[str, str] = {}
 SOURCES = ("torchvision", "keras")
 IMAGENET_SIZE = 224
 
@@ -362,11 +358,41 @@ def _keras3_names(arch: str, layers: dict[str, list[np.ndarray]]) -> dict[str, l
     return renamed
 
 
+def _keras_resnet_name(path: str) -> tuple[str, int]:
+    """(Keras layer name, index among its weights) of a cnnbench resnet50 tensor: Keras's
+    ``conv{stage}_block{n}_{k}_conv`` / ``_bn`` (``_0_`` is the projection shortcut), weights in
+    the order kernel, bias (convolutions, dense) and gamma, beta, moving mean, moving variance."""
+    *module, leaf = path.split("/")
+    if module[0] == "head":
+        return "predictions", {"kernel": 0, "bias": 1}[leaf]
+    names = module[1:]
+    if names[0] in ("conv1", "bn1"):
+        layer = "conv1_conv" if names[0] == "conv1" else "conv1_bn"
+    else:
+        stage, block = int(names[0].removeprefix("layer")) + 1, int(names[1]) + 1
+        if names[2] == "downsample":
+            k, kind = 0, names[3]
+        else:
+            k, kind = int(names[2][-1]), names[2][:-1]
+        layer = f"conv{stage}_block{block}_{k}_{'conv' if kind == 'conv' else 'bn'}"
+    return layer, {"kernel": 0, "bias": 1, "scale": 0, "mean": 2, "var": 3}[leaf]
+
+
+#: Keras's BatchNormalization epsilon in its ResNets; cnnbench's (torchvision's) is 1e-5
+KERAS_RESNET_EPS = 1.001e-5
+
+
 def convert_keras(arch: str, layers: dict[str, list[np.ndarray]]) -> Converted:
-    """Map Keras applications VGG16/VGG19 weights onto cnnbench's ``vgg16``/``vgg19`` at 224x224
-    (Keras's VGG flattens 7x7x512 H,W,C-first like cnnbench, so no permutation; at 224 cnnbench's
-    adaptive 7x7 pooling is the identity). The first convolution's input channels are reversed so
-    the model takes RGB; the run's preprocessing subtracts the Caffe mean without scaling."""
+    """Map Keras applications weights onto cnnbench, at 224x224.
+
+    VGG16/VGG19: Keras's VGG flattens 7x7x512 H,W,C-first like cnnbench, so no permutation; at
+    224 cnnbench's adaptive 7x7 pooling is the identity. ResNet50: Keras's is ResNet v1 (the
+    stride on each stage's first 1x1 convolution), so it becomes ``resnet50`` with the
+    ``stride_in_1x1`` option; its convolution biases are folded into the batch norm that follows
+    (``mean - bias``, exact) and its batch-norm epsilon 1.001e-5 into the variance (``var +
+    1e-8``). For all three, the first convolution's input channels are reversed so the model takes
+    RGB, and the run's preprocessing subtracts the Caffe mean without scaling, as Keras's
+    ``preprocess_input`` does (after which it flips RGB to BGR)."""
     if arch in KERAS_UNSUPPORTED:
         raise UsageError(f"cannot import Keras {arch}: {KERAS_UNSUPPORTED[arch]}")
     if arch not in KERAS:
@@ -374,29 +400,47 @@ def convert_keras(arch: str, layers: dict[str, list[np.ndarray]]) -> Converted:
 
         get_arch(arch)
         raise UsageError(f"no Keras applications weights map onto {arch}; importable: {', '.join(KERAS)}")
-    layers = _keras3_names(arch, layers)
+    resnet = arch == "resnet50"
+    if resnet and any(re.fullmatch(r"conv2d(_\d+)?", k) for k in layers):
+        raise UsageError("this is a Keras 3 .weights.h5 file, which names ResNet50's layers by class and "
+                         "graph order (conv2d_17 ...); use the keras.applications weight file "
+                         "(resnet50_weights_tf_dim_ordering_tf_kernels.h5) or save with the legacy HDF5 format")
+    if not resnet:
+        layers = _keras3_names(arch, layers)
     if "predictions" not in layers:
         raise UsageError(f"the weights have no classifier (layer 'predictions'): an include_top=False "
                          f"(notop) file cannot make a classifier; use the file with the top layers "
                          f"(layers found: {', '.join(list(layers)[:4])} ...)")
     num_classes = int(layers["predictions"][-1].shape[0])
-    model = _abstract_model(arch, num_classes, IMAGENET_SIZE, {})
-    params_t, _ = _template(model)
-    used, bad, missing, params = set(), [], [], {}
-    for path, shape in params_t.items():
-        layer, index = _keras_name(path)
-        if layer not in layers or index >= len(layers[layer]):
-            missing.append(f"{layer}[{index}] (for {path}, {_shape(shape)})")
-            continue
-        used.add(layer)
-        w = layers[layer][index]
-        if tuple(w.shape) != shape:
-            bad.append(f"{layer}[{index}] {_shape(w.shape)} vs {path} {_shape(shape)}")
-            continue
-        if path == "features/conv1_1/kernel":
-            w = w[:, :, ::-1, :]  # BGR -> RGB
-        params[path] = np.ascontiguousarray(w, np.float32)
-    unexpected = [name for name in layers if name not in used]
+    options = {"stride_in_1x1": True} if resnet else {}
+    model = _abstract_model(arch, num_classes, IMAGENET_SIZE, options)
+    params_t, stats_t = _template(model)
+    first_conv = "features/conv1/kernel" if resnet else "features/conv1_1/kernel"
+    name = _keras_resnet_name if resnet else _keras_name
+    used, bad, missing = set(), [], []
+    out: dict[str, dict[str, np.ndarray]] = {"params": {}, "batch_stats": {}}
+    for kind, template in (("params", params_t), ("batch_stats", stats_t)):
+        for path, shape in template.items():
+            layer, index = name(path)
+            if layer not in layers or index >= len(layers[layer]):
+                missing.append(f"{layer}[{index}] (for {path}, {_shape(shape)})")
+                continue
+            used.add(layer)
+            w = layers[layer][index]
+            if tuple(w.shape) != shape:
+                bad.append(f"{layer}[{index}] {_shape(w.shape)} vs {path} {_shape(shape)}")
+                continue
+            if path == first_conv:
+                w = w[:, :, ::-1, :]  # BGR -> RGB
+            elif resnet and path.endswith("/mean"):
+                conv = layers.get(layer.removesuffix("_bn") + "_conv", [])
+                if len(conv) > 1:  # BN(conv(x) + b) with running mean m is BN(conv(x)) with m - b
+                    used.add(layer.removesuffix("_bn") + "_conv")
+                    w = w.astype(np.float64) - conv[1]
+            elif resnet and path.endswith("/var"):
+                w = w.astype(np.float64) + (KERAS_RESNET_EPS - 1e-5)
+            out[kind][path] = np.ascontiguousarray(w, np.float32)
+    unexpected = [layer for layer in layers if layer not in used]
     problems = []
     if bad:
         problems.append(f"{len(bad)} tensor(s) of another shape (file vs {arch}): " + "; ".join(bad[:3]))
@@ -408,8 +452,8 @@ def convert_keras(arch: str, layers: dict[str, list[np.ndarray]]) -> Converted:
         raise UsageError(f"the weights do not fit {arch}: " + "; ".join(problems))
     from cnnbench.pipeline.preprocess import expand
 
-    return Converted(arch, {}, num_classes, params, {}, expand("center", size=IMAGENET_SIZE, norm="caffe"),
-                     "keras", [], IMAGENET_SIZE, model)
+    return Converted(arch, options, num_classes, out["params"], out["batch_stats"],
+                     expand("center", size=IMAGENET_SIZE, norm="caffe"), "keras", [], IMAGENET_SIZE, model)
 
 
 # --------------------------------------------------------------------------- models and run directories
