@@ -476,7 +476,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.output.strip().count("\n") == 0 and "fc.weight (10, 256) vs (10, 512)" in result.output
     result = CliRunner().invoke(cli, ["weights", "import", "keras", "resnet50", str(tmp_path / "bad.pth"),
                                       "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "strides its first 1x1" in result.output
+    assert result.exit_code == 2 and "is not an HDF5 file" in result.output
 
 
 # --------------------------------------------------------------------------- Keras
@@ -507,6 +507,40 @@ def test_keras_vgg16_logits_match(tmp_path):
         diff = np.abs(ours - expected).max()
         print(f"keras vgg16 ({path.name}): max |diff| {diff:.2e} ({diff / np.abs(expected).max():.2e})")
         assert diff < 1e-4 * np.abs(expected).max()
+
+
+def test_keras_resnet50_logits_match(tmp_path):
+    """Keras's ResNet50 (v1: strided 1x1, convolution biases, BN epsilon 1.001e-5) as cnnbench's
+    resnet50 with stride_in_1x1, at 64x64 (the global pooling makes any size work)."""
+    keras = pytest.importorskip("keras")
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10,
+                                        classifier_activation=None)
+    rng = np.random.default_rng(6)
+    for layer in model.layers:  # non-trivial biases and batch-norm statistics
+        values = layer.get_weights()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1, values[0].shape), rng.normal(0, 0.1, values[1].shape),
+                               rng.normal(0, 0.3, values[2].shape), rng.uniform(0.75, 1.25, values[3].shape)])
+        elif len(values) == 2:
+            layer.set_weights([values[0], rng.normal(0, 0.05, values[1].shape)])
+    path = tmp_path / "resnet50.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    rgb = rng.uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    caffe_mean_rgb = np.array([123.68, 116.779, 103.939], np.float32)
+    expected = np.asarray(model((rgb - caffe_mean_rgb)[..., ::-1], training=False))
+    converted = weights.convert_keras("resnet50", weights.load_keras_h5(path))
+    assert converted.arch_options == {"stride_in_1x1": True} and converted.eval_spec.endswith("normalize(caffe)")
+    at64 = dataclasses.replace(converted, input_size=64, abstract=None)
+    diff = np.abs(forward(weights.build_model(at64), rgb - caffe_mean_rgb) - expected).max()
+    print(f"keras resnet50: max |diff| {diff:.2e} ({diff / np.abs(expected).max():.2e})")
+    assert diff < 1e-4 * np.abs(expected).max()
+    v15 = dataclasses.replace(at64, arch_options={})  # torchvision's stride placement: another network
+    assert np.abs(forward(weights.build_model(v15), rgb - caffe_mean_rgb) - expected).max() > 100 * diff
 
 
 def test_keras_caffe_preprocessing_is_mean_subtraction():
