@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from cnnbench.archs import trace
+from cnnbench.archs import fastops, trace
 
 init = nnx.initializers
 
@@ -47,7 +47,8 @@ class Conv(nnx.Conv):
                  kernel_init=init.lecun_normal(), bias_init=init.zeros, rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, (kernel, kernel), strides=stride,
                          padding=((padding, padding), (padding, padding)), feature_group_count=groups,
-                         use_bias=bias, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
+                         use_bias=bias, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs,
+                         conv_general_dilated=fastops.conv_general_dilated)
         self.k, self.s, self.p, self.groups = kernel, stride, padding, groups
 
     def __call__(self, x, train: bool = False):
@@ -140,8 +141,7 @@ class MaxPool(_Pool):
     kind = "maxpool"
 
     def _pool(self, x):
-        return lax.reduce_window(x, -jnp.inf, lax.max, (1, self.k, self.k, 1),
-                                 (1, self.s, self.s, 1), self._pads(x))
+        return fastops.max_pool(x, self.k, self.s, self._pads(x))
 
 
 class AvgPool(_Pool):

@@ -1,0 +1,242 @@
+"""Faster formulations of convolution and max pooling, mathematically identical to the lax ones.
+
+On a CPU, XLA lowers a convolution's backward pass and max pooling's backward pass
+(select-and-scatter) to kernels that run 2-3x slower than PyTorch's, while XLA's matrix
+multiplication runs close to the machine's peak. So here:
+
+- :func:`conv` is a 2-D convolution whose forward pass, input gradient and weight gradient are
+  each one matrix multiplication over patches built from ``k*k`` strided slices (the input
+  gradient scatters its columns back with ``k*k`` interior-padded adds), chosen per layer shape
+  where that is faster than XLA's own convolution (:data:`RULES`).
+- :func:`max_pool` is max pooling whose gradient goes to the first maximum of each window in
+  row-major order, exactly one position per window, as select-and-scatter does, but computed as
+  ``k*k`` compare-and-select passes over strided slices.
+
+Both are ``jax.custom_vjp`` functions checked against ``lax.conv_general_dilated`` and
+``lax.reduce_window`` (outputs and gradients) in ``tests/test_fastops.py``. ``use(False)`` (or
+``CNNBENCH_FASTOPS=0``) switches every layer back to the plain lax ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+OPS = ("conv", "pool")
+
+
+def _from_env(value: str) -> frozenset:
+    """``CNNBENCH_FASTOPS``: 1 (default, all), 0 (none) or a comma list of :data:`OPS`."""
+    value = value.strip().lower()
+    return frozenset(OPS if value in ("", "1", "all") else () if value == "0" else value.split(","))
+
+
+_ENABLED = contextvars.ContextVar("cnnbench_fastops", default=_from_env(os.environ.get("CNNBENCH_FASTOPS", "1")))
+
+
+def enabled(op: str) -> bool:
+    return op in _ENABLED.get()
+
+
+@contextlib.contextmanager
+def use(on: bool | tuple[str, ...] = True):
+    """Layers traced inside this block use (or do not use) the fast formulations."""
+    token = _ENABLED.set(frozenset(OPS if on is True else () if on is False else on))
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+# --------------------------------------------------------------------------- max pooling
+
+def _window_slices(x, k: int, s: int, out_hw: tuple[int, int]):
+    """The ``k*k`` strided views of ``x`` (already padded): view (i, j) holds each window's
+    element at offset (i, j), shaped like the pooled output."""
+    ho, wo = out_hw
+    n, _, _, c = x.shape
+    for i in range(k):
+        for j in range(k):
+            yield i, j, lax.slice(x, (0, i, j, 0), (n, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c),
+                                  (1, s, s, 1))
+
+
+def _scatter_back(parts, k: int, s: int, padded_hw: tuple[int, int]):
+    """Inverse of :func:`_window_slices`: sum each view back onto the padded input's grid."""
+    hp, wp = padded_hw
+    total = None
+    for i, j, part in parts:
+        ho, wo = part.shape[1:3]
+        config = [(0, 0, 0), (i, hp - i - s * (ho - 1) - 1, s - 1), (j, wp - j - s * (wo - 1) - 1, s - 1),
+                  (0, 0, 0)]
+        placed = lax.pad(part, jnp.zeros((), part.dtype), config)
+        total = placed if total is None else total + placed
+    return total
+
+
+def _reduce_max(x, k, s, pads):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1), pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, k: int, s: int, pads: tuple):
+    return _reduce_max(x, k, s, pads)
+
+
+def _max_pool_fwd(x, k, s, pads):
+    y = _reduce_max(x, k, s, pads)
+    return y, (x, y)
+
+
+def _max_pool_bwd(k, s, pads, res, dy):
+    x, y = res
+    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(lo, hi, 0) for lo, hi in pads])
+    taken = jnp.zeros(y.shape, bool)
+    parts = []
+    for i, j, view in _window_slices(xp, k, s, y.shape[1:3]):
+        hit = (view == y) & ~taken  # the first maximum in row-major window order, and only it
+        taken = taken | hit
+        parts.append((i, j, jnp.where(hit, dy, jnp.zeros((), dy.dtype))))
+    dxp = _scatter_back(parts, k, s, xp.shape[1:3])
+    (_, _), (t, _), (left, _), _ = pads
+    return (lax.slice(dxp, (0, t, left, 0), (x.shape[0], t + x.shape[1], left + x.shape[2], x.shape[3])),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x, k: int, s: int, pads) -> jax.Array:
+    """``reduce_window(max)`` over NHWC ``x`` with (k, k) windows, stride s, ``pads`` per axis."""
+    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    if not enabled("pool") or k == 1:
+        return _reduce_max(x, k, s, pads)
+    return _max_pool(x, k, s, pads)
+
+
+# --------------------------------------------------------------------------- convolution
+
+def _patches(xp, k: int, s: int, out_hw):
+    """[N, Ho, Wo, k*k*C] patches of padded NHWC ``xp``, ordered (kh, kw, c) like an HWIO kernel."""
+    views = [v for _, _, v in _window_slices(xp, k, s, out_hw)]
+    return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+
+
+def _pad(x, pads):
+    return x if not any(lo or hi for lo, hi in pads) else jnp.pad(x, [(0, 0), *pads, (0, 0)])
+
+
+def _out_hw(x, k, s, pads):
+    return tuple((n + lo + hi - k) // s + 1 for n, (lo, hi) in zip(x.shape[1:3], pads))
+
+
+def _matmul_forward(x, w, s, pads):
+    k, out_hw = w.shape[0], _out_hw(x, w.shape[0], s, pads)
+    cols = _patches(_pad(x, pads), k, s, out_hw)
+    return lax.dot_general(cols, w.reshape(-1, w.shape[-1]), (((3,), (0,)), ((), ())))
+
+
+def _lax_conv(x, w, s, pads):
+    return lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _matmul_input_grad(dy, w, s, pads, x_shape):
+    """dL/dx: each output position's gradient spread over its window (columns), scattered back."""
+    k, c = w.shape[0], w.shape[2]
+    cols = lax.dot_general(dy, w.reshape(-1, w.shape[-1]), (((3,), (1,)), ((), ())))  # [N,Ho,Wo,kkC]
+    parts = ((i, j, cols[..., (i * k + j) * c:(i * k + j + 1) * c]) for i in range(k) for j in range(k))
+    hp, wp = x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1])
+    dxp = _scatter_back(parts, k, s, (hp, wp))
+    t, left = pads[0][0], pads[1][0]
+    return lax.slice(dxp, (0, t, left, 0), (x_shape[0], t + x_shape[1], left + x_shape[2], c))
+
+
+def _matmul_weight_grad(x, dy, k, s, pads):
+    cols = _patches(_pad(x, pads), k, s, dy.shape[1:3])
+    dw = lax.dot_general(cols, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))  # [kkC, O]
+    return dw.reshape(k, k, x.shape[-1], dy.shape[-1])
+
+
+#: Which formulation each pass of a convolution uses: "matmul" (patches and one matrix
+#: multiplication) or "xla" (XLA's convolution), as a function of (kernel, stride, in_ch, out_ch,
+#: out_hw). Chosen from per-layer timings on a 2-core AVX2 CPU (BENCHMARKS.md).
+def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platform: str) -> dict[str, str]:
+    xla = {"forward": "xla", "input_grad": "xla", "weight_grad": "xla"}
+    if platform != "cpu":
+        return xla
+    # XLA's forward and input-gradient convolutions were as fast as patches + matmul or faster at
+    # every AlexNet, VGG and ResNet shape timed; its weight gradient was 1.3-5x slower, except for
+    # AlexNet's 11x11 stride-4 first layer (121 slices: slower to build, and slow to compile).
+    return {**xla, "weight_grad": "matmul" if k < 9 else "xla"}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, w, s: int, pads: tuple, plan: tuple):
+    return _conv_forward(x, w, s, pads, plan)
+
+
+def _conv_forward(x, w, s, pads, plan):
+    return _matmul_forward(x, w, s, pads) if dict(plan)["forward"] == "matmul" else _lax_conv(x, w, s, pads)
+
+
+def _conv_fwd(x, w, s, pads, plan):
+    return _conv_forward(x, w, s, pads, plan), (x, w)
+
+
+def _conv_bwd(s, pads, plan, res, dy):
+    x, w = res
+    plan = dict(plan)
+    if plan["input_grad"] == "matmul":
+        dx = _matmul_input_grad(dy, w, s, pads, x.shape)
+    else:
+        dx = jax.vjp(lambda x: _lax_conv(x, w, s, pads), x)[1](dy)[0]
+    if plan["weight_grad"] == "matmul":
+        dw = _matmul_weight_grad(x, dy, w.shape[0], s, pads)
+    else:
+        dw = jax.vjp(lambda w: _lax_conv(x, w, s, pads), w)[1](dy)[0]
+    return dx, dw
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv(x, w, stride: int, pads, plan: dict | None = None) -> jax.Array:
+    """NHWC x HWIO 2-D convolution (square kernel, no groups, no dilation) via :func:`choose`."""
+    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    k = w.shape[0]
+    if plan is None:
+        plan = choose(k, stride, w.shape[2], w.shape[3], _out_hw(x, k, stride, pads),
+                      jax.devices()[0].platform)
+    if set(plan.values()) == {"xla"}:
+        return _lax_conv(x, w, stride, pads)
+    return _conv(x, w, stride, pads, tuple(sorted(plan.items())))
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """Drop-in for ``lax.conv_general_dilated`` (what ``nnx.Conv`` calls): the fast path for the
+    plain case (NHWC, square kernel, equal strides, no dilation or groups), lax for the rest."""
+    plain = (enabled("conv") and lhs.ndim == 4 and feature_group_count == 1 and precision is None
+             and not kwargs.get("preferred_element_type") and kwargs.get("out_sharding") is None
+             and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+             and not isinstance(padding, str) and rhs.shape[0] == rhs.shape[1]
+             and len(set(window_strides)) == 1 and lhs.dtype == rhs.dtype
+             and _is_nhwc(dimension_numbers))
+    if not plain:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                        feature_group_count=feature_group_count, precision=precision,
+                                        **kwargs)
+    return conv(lhs, rhs, window_strides[0], padding)
+
+
+def _is_nhwc(dn) -> bool:
+    if isinstance(dn, lax.ConvDimensionNumbers):
+        return tuple(dn.lhs_spec) == (0, 3, 1, 2) and tuple(dn.rhs_spec) == (3, 2, 0, 1) \
+            and tuple(dn.out_spec) == (0, 3, 1, 2)
+    return tuple(dn or ()) == ("NHWC", "HWIO", "NHWC")

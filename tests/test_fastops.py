@@ -1,0 +1,110 @@
+"""Every fast formulation in cnnbench.archs.fastops equals the plain lax op: outputs and gradients,
+random inputs, float tolerance (and exact tie handling for max pooling)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from cnnbench.archs import create_model, fastops
+from cnnbench.archs.layers import Conv, MaxPool
+
+#: every pass through the matmul formulation, and a mix as :func:`fastops.choose` makes them
+PLANS = [{"forward": "matmul", "input_grad": "matmul", "weight_grad": "matmul"},
+         {"forward": "xla", "input_grad": "xla", "weight_grad": "matmul"}]
+
+
+def _close(a, b, rtol=2e-5):
+    scale = float(jnp.abs(b).max()) or 1.0
+    assert float(jnp.abs(a - b).max()) <= rtol * scale * 10, float(jnp.abs(a - b).max()) / scale
+
+
+@pytest.mark.parametrize("n, hw, cin, cout, k, s, pads", [
+    (2, 13, 5, 7, 3, 1, ((1, 1), (1, 1))),     # 3x3 "same"
+    (2, 15, 3, 4, 5, 2, ((2, 2), (2, 2))),     # strided 5x5
+    (2, 9, 4, 6, 1, 2, ((0, 0), (0, 0))),      # ResNet's strided 1x1 projection
+    (2, 8, 4, 4, 4, 3, ((2, 2), (2, 2))),      # the last window overhangs the padded edge
+])
+def test_conv_every_plan_matches_lax(n, hw, cin, cout, k, s, pads):
+    x = jax.random.normal(jax.random.key(0), (n, hw, hw, cin))
+    w = jax.random.normal(jax.random.key(1), (k, k, cin, cout))
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def value_and_grads(f):
+        def run(x, w, dy):
+            y, vjp = jax.vjp(f, x, w)
+            return (y, *vjp(dy))
+        return jax.jit(run)  # compiled: op by op, 121 slices take seconds
+
+    dy = jax.random.normal(jax.random.key(2), jax.eval_shape(ref, x, w).shape)
+    expected = value_and_grads(ref)(x, w, dy)
+    for plan in PLANS:
+        got = value_and_grads(lambda x, w: fastops.conv(x, w, s, pads, plan))(x, w, dy)
+        for a, b in zip(got, expected):
+            _close(a, b)
+
+
+@pytest.mark.parametrize("hw, k, s, extra", [(13, 3, 2, 0), (14, 3, 2, 1), (9, 2, 2, 0), (8, 3, 1, 0), (12, 3, 2, 2)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_matches_select_and_scatter(hw, k, s, extra, ties):
+    """Rounded inputs tie often: the gradient must reach the same single position per window."""
+    x = jax.random.normal(jax.random.key(3), (2, hw, hw, 3))
+    if ties:
+        x = jnp.round(x)
+    pads = ((0, 0), (extra // 2, extra - extra // 2), (extra // 2, extra - extra // 2), (0, 0))
+
+    def ref(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1), pads)
+
+    y0, vjp0 = jax.vjp(ref, x)
+    y, vjp = jax.vjp(lambda x: fastops.max_pool(x, k, s, pads), x)
+    dy = jax.random.normal(jax.random.key(4), y0.shape)
+    assert jnp.array_equal(y, y0)
+    # Overlapping windows add into one position in another order: equal up to rounding, and
+    # zero exactly where select-and-scatter puts nothing.
+    fast, plain = vjp(dy)[0], vjp0(dy)[0]
+    np.testing.assert_allclose(fast, plain, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(fast == 0, plain == 0)
+
+
+def test_layers_dispatch_and_fallback():
+    """Conv and MaxPool layers take the fast path; grouped convolutions keep lax's."""
+    x = jax.random.normal(jax.random.key(5), (2, 12, 12, 8))
+    for layer in (Conv(8, 6, 3, 1, 1, rngs=nnx.Rngs(0)), Conv(8, 6, 3, 2, 1, groups=2, rngs=nnx.Rngs(0)),
+                  MaxPool(3, 2, ceil_mode=True)):
+        def f(layer, x):
+            return jnp.sum(jnp.sin(layer(x)))
+
+        with fastops.use(True):
+            fast = nnx.jit(lambda layer, x: nnx.value_and_grad(f, argnums=(0, 1))(layer, x))(layer, x)
+        with fastops.use(False):
+            plain = nnx.jit(lambda layer, x: nnx.value_and_grad(f, argnums=(0, 1))(layer, x))(layer, x)
+        for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
+            _close(a, b)
+
+
+def test_whole_model_gradients_match():
+    """A small real network (NiN for CIFAR: 5x5 and 3x3 convs, 1x1 convs, max pooling) end to end."""
+    model = create_model("nin-cifar", num_classes=10, input_size=16)
+    x = jax.random.normal(jax.random.key(6), (1, 16, 16, 3))
+
+    def loss(m, x):
+        return jnp.mean(m(x, train=False) ** 2)
+
+    # A new function per setting: the switch is read when tracing, and jit caches traces.
+    with fastops.use(True):
+        fast = nnx.jit(lambda m, x: nnx.value_and_grad(loss)(m, x))(model, x)
+    with fastops.use(False):
+        plain = nnx.jit(lambda m, x: nnx.value_and_grad(loss)(m, x))(model, x)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
+        _close(a, b, rtol=1e-4)
+
+
+def test_env_switch():
+    assert fastops._from_env("0") == frozenset()
+    assert fastops._from_env("1") == frozenset(fastops.OPS)
+    assert fastops._from_env("pool") == frozenset({"pool"})
