@@ -589,3 +589,6 @@ def test_keras_hand_written_h5_and_notop(tmp_path):
     assert np.array_equal(converted.params["head/fc8/bias"], np.arange(5))
     with pytest.raises(UsageError, match="do not fit vgg19"):
         weights.convert_keras("vgg19", layers)
+    old_resnet = {"res2a_branch2a": [np.zeros((1, 1, 64, 64), np.float32)], "predictions": [np.zeros((2048, 5))]}
+    with pytest.raises(UsageError, match="2016 Keras ResNet50 file .* not converted"):
+        weights.convert_keras("resnet50", old_resnet)

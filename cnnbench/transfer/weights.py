@@ -405,6 +405,11 @@ def convert_keras(arch: str, layers: dict[str, list[np.ndarray]]) -> Converted:
         raise UsageError("this is a Keras 3 .weights.h5 file, which names ResNet50's layers by class and "
                          "graph order (conv2d_17 ...); use the keras.applications weight file "
                          "(resnet50_weights_tf_dim_ordering_tf_kernels.h5) or save with the legacy HDF5 format")
+    if resnet and "res2a_branch2a" in layers:
+        raise UsageError("this is the 2016 Keras ResNet50 file (fchollet/deep-learning-models, layer names "
+                         "res2a_branch2a ...), whose batch-norm epsilon (1e-3) and first pooling's padding "
+                         "changed between Keras versions; it is not converted: use the keras.applications "
+                         "file of TensorFlow 2 / Keras 3 (layer names conv2_block1_1_conv ...)")
     if not resnet:
         layers = _keras3_names(arch, layers)
     if "predictions" not in layers:
