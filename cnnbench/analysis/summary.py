@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 
-from flax import nnx
 
-from cnnbench.archs import create_model, get_arch
+from cnnbench.archs import get_arch
+from cnnbench.archs.state import abstract_model
 from cnnbench.archs.trace import LayerRecord, count_params, trace_model
 
 #: layer kinds hidden from the default table (shown with ``--all-layers``)
@@ -107,11 +107,6 @@ class Summary:
             "layers": [self.layer_dict(r) for r in (self.layers if all_layers else self.shown)],
             "observations": self.observations(),
         }
-
-
-def abstract_model(name: str, **kwargs) -> nnx.Module:
-    """The model with shapes but no values: building even VGG-19 this way allocates nothing."""
-    return nnx.eval_shape(lambda: create_model(name, **kwargs))
 
 
 def summarize(name: str, *, input_size: int | None = None, num_classes: int | None = None,

@@ -70,7 +70,8 @@ def dataset_info(run_dir: Path, cfg: TrainConfig, size: int, channels: int) -> d
 def load_run(run_dir: str | Path, *, which: str = "best") -> LoadedRun:
     """Rebuild the run's model from its ``config.json`` and load the weights of its best
     (``which="best"``) or latest checkpoint."""
-    from cnnbench.archs import create_model, get_arch
+    from cnnbench.archs import get_arch
+    from cnnbench.archs.state import abstract_model, concrete_rest
     from cnnbench.train.checkpoint import restore_weights
 
     run_dir = Path(run_dir)
@@ -83,11 +84,12 @@ def load_run(run_dir: str | Path, *, which: str = "best") -> LoadedRun:
     size, channels = cfg.input_size or info.input_size, cfg.in_channels or info.in_channels
     dataset = dataset_info(run_dir, cfg, size, channels)
     ids, names = dataset["ids"], dataset["names"]
-    model = create_model(cfg.arch, num_classes=len(names), input_size=size, in_channels=channels,
-                         seed=cfg.seed, **cfg.arch_options)
-    _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    # Built abstractly (no initialiser runs), then filled with the checkpoint's weights.
+    abstract = abstract_model(cfg.arch, num_classes=len(names), input_size=size, in_channels=channels,
+                              **cfg.arch_options)
+    graphdef, params, batch_stats, rest = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
     weights, meta, step_dir = restore_weights(run_dir, {"params": params, "batch_stats": batch_stats},
                                               which=which)
-    nnx.update(model, weights["params"], weights["batch_stats"])
+    model = nnx.merge(graphdef, weights["params"], weights["batch_stats"], concrete_rest(rest))
     model.eval()
     return LoadedRun(run_dir, cfg, model, ids, names, size, channels, dataset["eval_spec"], step_dir, meta)

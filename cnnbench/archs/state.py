@@ -1,0 +1,36 @@
+"""Model state helpers shared by checkpoints, weight import, fine-tuning and evaluation: names of
+state leaves, and models built without drawing a random initialisation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def path_key(path, sep: str = "/") -> str:
+    """``("features", "conv1", "kernel")`` from a JAX key path (dict keys, attributes, indices),
+    without the trailing ``value`` of an ``nnx.Variable``."""
+    keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    if keys and keys[-1] == "value":
+        keys = keys[:-1]
+    return sep.join(keys)
+
+
+def abstract_model(name: str, **kwargs) -> nnx.Module:
+    """The model with shapes but no values: building even VGG-19 this way allocates nothing and
+    compiles no initialiser."""
+    from cnnbench.archs.registry import create_model
+
+    return nnx.eval_shape(lambda: create_model(name, **kwargs))
+
+
+def concrete_rest(rest):
+    """Values for the non-weight state of an abstract model (dropout's random-number keys and
+    counters): any value does for evaluation, and training reseeds them every step."""
+    def concrete(x):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.key(0)
+        return jnp.zeros(x.shape, x.dtype)
+
+    return jax.tree.map(concrete, rest)
