@@ -8,11 +8,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def path_key(path, sep: str = "/") -> str:
-    """``("features", "conv1", "kernel")`` from a JAX key path (dict keys, attributes, indices),
-    without the trailing ``value`` of an ``nnx.Variable``."""
+def path_key(path, sep: str = "/", *, strip_value: bool = True) -> str:
+    """``"features/conv1/kernel"`` from a JAX key path (dict keys, attributes, indices), without
+    the trailing ``value`` of an ``nnx.Variable`` unless ``strip_value`` is False."""
     keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-    if keys and keys[-1] == "value":
+    if strip_value and keys and keys[-1] == "value":
         keys = keys[:-1]
     return sep.join(keys)
 

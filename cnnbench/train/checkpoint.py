@@ -102,7 +102,9 @@ def restore_matching(run_dir: Path, template: dict, *, which: str = "best") -> t
 
 
 def _key(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+    from cnnbench.archs.state import path_key
+
+    return path_key(path, strip_value=False)  # the saved tree's own structure, Variable level included
 
 
 def _saved_shapes(checkpointer, step_dir: Path) -> dict[str, tuple[int, ...]]:

@@ -18,13 +18,14 @@ import re
 import jax
 from flax import nnx
 
+from cnnbench.archs.state import path_key
 from cnnbench.errors import UsageError
 
 STRATEGIES = ("all", "partial", "frozen-base")
 
 
 def _dotted(path) -> str:
-    return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+    return path_key(path, ".")
 
 
 def param_paths(model: nnx.Module) -> list[str]:
