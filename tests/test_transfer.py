@@ -111,6 +111,9 @@ def test_a_new_head_when_the_class_count_differs(digits_0_4, data_dir):
     assert result.exit_code == 0, result.output
     transfer = json.loads(result.stdout)["transfer"]
     assert sorted(transfer["fresh"]) == ["params.head.output.bias", "params.head.output.kernel"]
+    # the source's preprocessing comes along (imported weights name the normalisation they expect)
+    config = json.loads((digits_0_4 / "ten" / "config.json").read_text())
+    assert (config["train_ops"], config["eval_ops"]) == (OPS["train_ops"], OPS["eval_ops"])
     assert transfer["trainable_params"] == 84 * 10 + 10
 
 

@@ -68,7 +68,10 @@ def finetune_config(source: Path, *, dataset: str, strategy: str, trainable: str
     selectors = freeze.selectors_for(strategy, trainable, model, (size, size, channels))
     if selectors is not None:
         freeze.check_selectors(model, selectors)
+    # The source's preprocessing when it names one (imported weights do: Keras VGG expects
+    # normalize(caffe)), else the new dataset's default recipe.
     values = {"epochs": 10, "lr": 0.01, "schedule": "cosine", "batch_size": base.batch_size,
+              "train_ops": base.train_ops, "eval_ops": base.eval_ops,
               **{k: v for k, v in overrides.items() if v is not None and k != "input_size"}}
     cfg = TrainConfig(arch=base.arch, arch_options=dict(base.arch_options), dataset=dataset, input_size=size,
                       in_channels=channels, init_from=str(source), trainable=selectors,
