@@ -157,26 +157,18 @@ def load_keras_h5(path: str | Path) -> dict[str, list[np.ndarray]]:
 # --------------------------------------------------------------------------- the cnnbench side
 
 def _abstract_model(arch: str, num_classes: int, input_size: int, options: dict):
-    from flax import nnx
+    from cnnbench.archs.state import abstract_model
 
-    from cnnbench.archs import create_model
-
-    return nnx.eval_shape(lambda: create_model(arch, num_classes=num_classes, input_size=input_size,
-                                               in_channels=3, **options))
+    return abstract_model(arch, num_classes=num_classes, input_size=input_size, in_channels=3, **options)
 
 
 def _flat(state) -> dict[str, tuple]:
     """``"features/conv1/kernel" -> shape`` of an ``nnx.State`` (abstract or concrete)."""
     import jax
 
-    flat, _ = jax.tree_util.tree_flatten_with_path(state)
-    out = {}
-    for path, leaf in flat:
-        keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-        if keys and keys[-1] == "value":
-            keys = keys[:-1]
-        out["/".join(keys)] = tuple(leaf.shape)
-    return out
+    from cnnbench.archs.state import path_key
+
+    return {path_key(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
 def _template(model):
@@ -470,27 +462,19 @@ def _states(converted: Converted, input_size: int | None = None):
     import jax.numpy as jnp
     from flax import nnx
 
+    from cnnbench.archs.state import concrete_rest, path_key
+
     input_size = input_size or converted.input_size
     model = converted.abstract if converted.abstract is not None and input_size == converted.input_size \
         else _abstract_model(converted.arch, converted.num_classes, input_size, converted.arch_options)
     graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
 
     def fill(values):
-        def leaf(path, x):
-            keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-            return jnp.asarray(values["/".join(keys[:-1] if keys[-1] == "value" else keys)])
-        return leaf
+        return lambda path, x: jnp.asarray(values[path_key(path)])
 
     params = jax.tree_util.tree_map_with_path(fill(converted.params), params)
     batch_stats = jax.tree_util.tree_map_with_path(fill(converted.batch_stats), batch_stats)
-
-    def concrete(x):  # dropout's random-number state: any value does in evaluation mode
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.key(0)
-        return jnp.zeros(x.shape, x.dtype)
-
-    rest = jax.tree.map(concrete, rest)
-    return graphdef, params, batch_stats, rest
+    return graphdef, params, batch_stats, concrete_rest(rest)
 
 
 def build_model(converted: Converted, *, input_size: int | None = None):
