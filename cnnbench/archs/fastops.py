@@ -4,13 +4,14 @@ On a CPU, XLA lowers a convolution's backward pass and max pooling's backward pa
 (select-and-scatter) to kernels that run 2-3x slower than PyTorch's, while XLA's matrix
 multiplication runs close to the machine's peak. So here:
 
-- :func:`conv` is a 2-D convolution whose forward pass, input gradient and weight gradient are
-  each one matrix multiplication over patches built from ``k*k`` strided slices (the input
-  gradient scatters its columns back with ``k*k`` interior-padded adds), chosen per layer shape
-  where that is faster than XLA's own convolution (:data:`RULES`).
+- :func:`conv` is a 2-D convolution whose forward pass, input gradient and weight gradient can
+  each be one matrix multiplication over patches built from ``k*k`` strided slices (the input
+  gradient scatters its columns back with ``k*k`` interior-padded adds) or XLA's convolution;
+  :func:`choose` picks per layer shape what measured faster (on a CPU: XLA's forward and input
+  gradient, the matmul weight gradient for kernels smaller than 9x9).
 - :func:`max_pool` is max pooling whose gradient goes to the first maximum of each window in
   row-major order, exactly one position per window, as select-and-scatter does, but computed as
-  ``k*k`` compare-and-select passes over strided slices.
+  ``k*k`` compare-and-select passes over strided slices (on a CPU).
 
 Both are ``jax.custom_vjp`` functions checked against ``lax.conv_general_dilated`` and
 ``lax.reduce_window`` (outputs and gradients) in ``tests/test_fastops.py``. ``use(False)`` (or
@@ -114,7 +115,8 @@ _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 def max_pool(x, k: int, s: int, pads) -> jax.Array:
     """``reduce_window(max)`` over NHWC ``x`` with (k, k) windows, stride s, ``pads`` per axis."""
     pads = tuple(tuple(int(v) for v in p) for p in pads)
-    if not enabled("pool") or k == 1:
+    # Measured on CPUs only; accelerators keep select-and-scatter until measured there.
+    if not enabled("pool") or k == 1 or jax.devices()[0].platform != "cpu":
         return _reduce_max(x, k, s, pads)
     return _max_pool(x, k, s, pads)
 
