@@ -37,11 +37,6 @@ def read_dataset(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    latest = run_dir / "checkpoints" / "latest"
-    return latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())
-
-
 class MetricsLog:
     """Appends JSON lines (and the same scalars as TensorBoard events in ``tensorboard/``); a
     resumed run drops JSON records past the step it resumes from, so the log reads as if the run

@@ -38,13 +38,6 @@ def matches(selector: str, path: str) -> bool:
     return path == selector or path.startswith(selector + ".") or selector in parts
 
 
-def weight_layers(model: nnx.Module, input_shape: tuple[int, int, int]) -> list[str]:
-    """Module paths of the convolution and dense layers in forward order."""
-    from cnnbench.archs.trace import trace_model
-
-    return [r.name for r in trace_model(model, input_shape) if r.kind in ("conv", "dense")]
-
-
 def selectors_for(strategy: str, trainable: str | None, model: nnx.Module,
                   input_shape: tuple[int, int, int]) -> list[str] | None:
     """The trainable-layer selectors of a strategy (None: everything trains)."""
@@ -62,21 +55,22 @@ def selectors_for(strategy: str, trainable: str | None, model: nnx.Module,
         raise UsageError("--strategy partial needs --trainable, e.g. conv5,fc6,fc7,head or 'last 3'")
     last = re.fullmatch(r"\s*last\s*:?\s*(\d+)\s*", trainable)
     if last:
-        n = int(last.group(1))
-        layers = weight_layers(model, input_shape)
-        if not 1 <= n <= len(layers):
-            raise UsageError(f"'last {n}': the model has {len(layers)} convolution and dense layers")
-        return _from(model, input_shape, layers[-n])
+        return _last(model, input_shape, int(last.group(1)))
     return [s.strip() for s in trainable.split(",") if s.strip()]
 
 
-def _from(model, input_shape, first: str) -> list[str]:
-    """Every layer with parameters from ``first`` on, in forward order (its batch norms included)."""
+def _last(model, input_shape, n: int) -> list[str]:
+    """The last ``n`` convolution / dense layers and every layer with parameters after the first
+    of them, in forward order (their batch norms included)."""
     from cnnbench.archs.trace import trace_model
 
-    names = [r.name for r in trace_model(model, input_shape)]
+    records = trace_model(model, input_shape)
+    weights = [i for i, r in enumerate(records) if r.kind in ("conv", "dense")]
+    if not 1 <= n <= len(weights):
+        raise UsageError(f"'last {n}': the model has {len(weights)} convolution and dense layers")
     paths = param_paths(model)
-    return [n for n in dict.fromkeys(names[names.index(first):]) if any(matches(n, p) for p in paths)]
+    names = dict.fromkeys(r.name for r in records[weights[-n]:])
+    return [name for name in names if any(matches(name, p) for p in paths)]
 
 
 def check_selectors(model: nnx.Module, selectors) -> None:

@@ -108,6 +108,19 @@ def receptive_box(taps: Taps, layer: str, row: int, col: int) -> tuple[int, int,
     return (max(top, 0), max(left, 0), min(top + g.receptive_field, h), min(left + g.receptive_field, w))
 
 
+def _tally(batch: Batch, seen: int, advance) -> int:
+    """``seen`` plus the batch's valid images, reported to ``advance``."""
+    count = int(batch.valid.sum())
+    advance(count)
+    return seen + count
+
+
+def _require_images(seen: int) -> int:
+    if seen == 0:
+        raise UsageError("no image could be read from the dataset")
+    return seen
+
+
 def top_patches(subject: Subject, batches: Iterable[Batch], layer: str, channels: list[int], *,
                 top: int = 9, advance=lambda n: None) -> tuple[list[list[Patch]], int]:
     """For each channel of ``layer``, the ``top`` images whose strongest response in that channel
@@ -143,12 +156,8 @@ def top_patches(subject: Subject, batches: Iterable[Batch], layer: str, channels
                 best[k].append(Patch(float(values[n, k]), int(batch.labels[n]), box,
                                      np.array(batch.images[n, t:b, left:r])))
                 best[k] = sorted(best[k], key=lambda p: -p.value)[:top]
-        count = int(batch.valid.sum())
-        seen += count
-        advance(count)
-    if seen == 0:
-        raise UsageError("no image could be read from the dataset")
-    return best, seen
+        seen = _tally(batch, seen, advance)
+    return best, _require_images(seen)
 
 
 # --------------------------------------------------------------------------- feature space
@@ -229,9 +238,5 @@ def neighbours(subject: Subject, query: np.ndarray, batches: Iterable[Batch], la
             if len(best) < k or d[n] < best[-1].distance:
                 best.append(Neighbour(float(d[n]), int(batch.labels[n]), np.array(batch.images[n])))
                 best = sorted(best, key=lambda b: b.distance)[:k]
-        count = int(batch.valid.sum())
-        seen += count
-        advance(count)
-    if seen == 0:
-        raise UsageError("no image could be read from the dataset")
-    return best, seen
+        seen = _tally(batch, seen, advance)
+    return best, _require_images(seen)
