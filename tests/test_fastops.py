@@ -14,6 +14,7 @@ from cnnbench.archs.layers import Conv, MaxPool
 #: every pass through the matmul formulation, and a mix as :func:`fastops.choose` makes them
 PLANS = [{"forward": "matmul", "input_grad": "matmul", "weight_grad": "matmul"},
          {"forward": "xla", "input_grad": "xla", "weight_grad": "matmul"}]
+WINOGRAD = {"forward": "winograd", "input_grad": "winograd", "weight_grad": "winograd"}
 
 
 def _close(a, b, rtol=2e-5):
@@ -26,6 +27,9 @@ def _close(a, b, rtol=2e-5):
     (2, 15, 3, 4, 5, 2, ((2, 2), (2, 2))),     # strided 5x5
     (2, 9, 4, 6, 1, 2, ((0, 0), (0, 0))),      # ResNet's strided 1x1 projection
     (2, 8, 4, 4, 4, 3, ((2, 2), (2, 2))),      # the last window overhangs the padded edge
+    (3, 9, 6, 5, 3, 1, ((1, 1), (1, 1))),      # Winograd: odd output size (a partial last tile)
+    (4, 8, 3, 2, 3, 1, ((0, 0), (0, 0))),      # Winograd, "valid"
+    (2, 7, 2, 3, 3, 1, ((2, 0), (1, 2))),      # Winograd, lopsided padding
 ])
 def test_conv_every_plan_matches_lax(n, hw, cin, cout, k, s, pads):
     x = jax.random.normal(jax.random.key(0), (n, hw, hw, cin))
@@ -42,10 +46,58 @@ def test_conv_every_plan_matches_lax(n, hw, cin, cout, k, s, pads):
 
     dy = jax.random.normal(jax.random.key(2), jax.eval_shape(ref, x, w).shape)
     expected = value_and_grads(ref)(x, w, dy)
-    for plan in PLANS:
+    plans = PLANS + ([WINOGRAD] if (k, s) == (3, 1) else [])
+    for plan in plans:
         got = value_and_grads(lambda x, w: fastops.conv(x, w, s, pads, plan))(x, w, dy)
         for a, b in zip(got, expected):
             _close(a, b)
+
+
+def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
+    """With a tiny cache budget every Winograd pass loops over the batch 1-2 images at a time;
+    forward, input and weight gradients still equal XLA's, and the chunk sizes follow the budget."""
+    from cnnbench.archs import winograd
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", 16 * 16 * 4 * 7 * 2)  # two images of 16 tiles x 7
+    assert winograd.chunk(6, 16, 7) == 2 and winograd.chunk(5, 16, 7) == 1
+    assert winograd.chunk(32, 28 * 28, 64, budget=winograd.A_ ** 2 * 28 * 28 * 64 * 4 * 2) == 2
+    x = jax.random.normal(jax.random.key(7), (6, 7, 8, 5))
+    w = jax.random.normal(jax.random.key(8), (3, 3, 5, 7))
+    pads = ((1, 1), (1, 1))
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    y, vjp = jax.vjp(ref, x, w)
+    dy = jax.random.normal(jax.random.key(9), y.shape)
+    expected = (y, *vjp(dy))
+    got = jax.jit(lambda x, w, dy: (lambda y, f: (y, *f(dy)))(*jax.vjp(
+        lambda x, w: fastops.conv(x, w, 1, pads, WINOGRAD), x, w)))(x, w, dy)
+    for a, b in zip(got, expected):
+        _close(a, b)
+    assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", pads) == WINOGRAD
+    assert fastops.choose(3, 2, 64, 64, (28, 28), "cpu", pads)["forward"] == "xla"
+    assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", pads, jnp.bfloat16)["forward"] == "xla"
+    assert fastops.choose(3, 1, 64, 64, (56, 56), "gpu", pads)["forward"] == "xla"
+
+
+def test_weight_grad_in_chunks_of_the_batch_matches_lax():
+    """The weight gradient loops over the batch a few images at a time: every chunk size (and
+    the size chosen for a map) gives XLA's own weight gradient."""
+    n, k, s, pads = 6, 3, 2, ((1, 1), (1, 1))
+    x = jax.random.normal(jax.random.key(4), (n, 11, 11, 5))
+    w = jax.random.normal(jax.random.key(5), (k, k, 5, 4))
+
+    def ref(w):
+        return lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    y, vjp = jax.vjp(ref, w)
+    dy = jax.random.normal(jax.random.key(6), y.shape)
+    expected = vjp(dy)[0]
+    for chunk in (1, 2, 3, 6, None):
+        _close(jax.jit(lambda x, dy: fastops._matmul_weight_grad(x, dy, k, s, pads, chunk))(x, dy), expected)
+    assert fastops._weight_grad_chunk(32, (56, 56)) == 2
+    assert fastops._weight_grad_chunk(32, (7, 7)) == 8
+    assert fastops._weight_grad_chunk(6, (6, 6)) == 6
 
 
 @pytest.mark.parametrize("hw, k, s, extra", [(13, 3, 2, 0), (14, 3, 2, 1), (9, 2, 2, 0), (8, 3, 1, 0), (12, 3, 2, 2)])

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnnbench.archs import winograd
+
 OPS = ("conv", "pool")
 
 
@@ -158,50 +160,90 @@ def _matmul_input_grad(dy, w, s, pads, x_shape):
     return lax.slice(dxp, (0, t, left, 0), (x_shape[0], t + x_shape[1], left + x_shape[2], c))
 
 
-def _matmul_weight_grad(x, dy, k, s, pads):
-    cols = _patches(_pad(x, pads), k, s, dy.shape[1:3])
-    dw = lax.dot_general(cols, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))  # [kkC, O]
-    return dw.reshape(k, k, x.shape[-1], dy.shape[-1])
+def _weight_grad_chunk(n: int, out_hw: tuple[int, int], rows: int = 600) -> int:
+    """Images per step of the weight gradient's loop: the largest divisor of ``n`` not above
+    ``max(2, rows / (Ho*Wo))``. Small chunks keep each step's patches in the caches (measured
+    2-2.5x faster than one batch-wide matmul on AlexNet/ResNet/VGG layers, BENCHMARKS.md); maps
+    of 14x14 and smaller take more images per step so the matmul stays large enough."""
+    cap = max(2, rows // (out_hw[0] * out_hw[1]))
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
 
-#: Which formulation each pass of a convolution uses: "matmul" (patches and one matrix
-#: multiplication) or "xla" (XLA's convolution), as a function of (kernel, stride, in_ch, out_ch,
-#: out_hw). Chosen from per-layer timings on a 2-core AVX2 CPU (BENCHMARKS.md).
-def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platform: str) -> dict[str, str]:
+def _matmul_weight_grad(x, dy, k, s, pads, chunk: int | None = None):
+    """dL/dw = patches(x)^T dy, accumulated over the batch ``chunk`` images at a time."""
+    n, c, o = x.shape[0], x.shape[-1], dy.shape[-1]
+    chunk = chunk or _weight_grad_chunk(n, dy.shape[1:3])
+
+    dtype = jnp.promote_types(x.dtype, dy.dtype)
+    acc_dtype = jnp.promote_types(dtype, jnp.float32)  # bf16 partial sums add up in float32
+
+    def part(xc, dyc):
+        cols = _patches(_pad(xc, pads), k, s, dyc.shape[1:3])
+        return lax.dot_general(cols, dyc, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                               preferred_element_type=acc_dtype)  # [kkC, O]
+
+    if chunk >= n:
+        dw = part(x, dy)
+    else:
+        xs = x.reshape(n // chunk, chunk, *x.shape[1:])
+        dys = dy.reshape(n // chunk, chunk, *dy.shape[1:])
+        dw = lax.scan(lambda acc, pair: (acc + part(*pair), None),
+                      jnp.zeros((k * k * c, o), acc_dtype), (xs, dys))[0]
+    return dw.astype(dtype).reshape(k, k, c, o)
+
+
+def _xla_input_grad(x, w, dy, s, pads):
+    return jax.vjp(lambda x: _lax_conv(x, w, s, pads), x)[1](dy)[0]
+
+
+def _xla_weight_grad(x, w, dy, s, pads):
+    return jax.vjp(lambda w: _lax_conv(x, w, s, pads), w)[1](dy)[0]
+
+
+#: Each pass of a convolution, by formulation: "xla" (XLA's convolution), "matmul" (patches and a
+#: matrix multiplication) or "winograd" (F(2x2, 3x3), 3x3 stride-1 only: :mod:`.winograd`).
+FORWARD = {"xla": lambda x, w, s, pads: _lax_conv(x, w, s, pads),
+           "matmul": lambda x, w, s, pads: _matmul_forward(x, w, s, pads),
+           "winograd": lambda x, w, s, pads: winograd.conv(x, w, pads)}
+INPUT_GRAD = {"xla": _xla_input_grad,
+              "matmul": lambda x, w, dy, s, pads: _matmul_input_grad(dy, w, s, pads, x.shape),
+              "winograd": lambda x, w, dy, s, pads: winograd.input_grad(dy, w, pads)}
+WEIGHT_GRAD = {"xla": _xla_weight_grad,
+               "matmul": lambda x, w, dy, s, pads: _matmul_weight_grad(x, dy, w.shape[0], s, pads),
+               "winograd": lambda x, w, dy, s, pads: winograd.weight_grad(x, dy, pads)}
+
+
+def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platform: str,
+           pads=((0, 0), (0, 0)), dtype=jnp.float32) -> dict[str, str]:
+    """Which formulation each pass uses, from per-layer timings on a 2-core AVX2 CPU (BENCHMARKS.md).
+    Accelerators keep XLA's convolution throughout."""
     xla = {"forward": "xla", "input_grad": "xla", "weight_grad": "xla"}
     if platform != "cpu":
         return xla
-    # XLA's forward and input-gradient convolutions were as fast as patches + matmul or faster at
-    # every AlexNet, VGG and ResNet shape timed; its weight gradient was 1.3-5x slower, except for
-    # AlexNet's 11x11 stride-4 first layer (121 slices: slower to build, and slow to compile).
+    if winograd.supported(k, s, pads) and jnp.dtype(dtype) == jnp.float32:
+        # 3x3 stride 1 (AlexNet conv3-5, VGG, ResNet's 3x3 layers but the first of a stage):
+        # Winograd in cache-sized chunks was 1.3-2x faster than XLA's convolution in every pass.
+        return {"forward": "winograd", "input_grad": "winograd", "weight_grad": "winograd"}
+    # Elsewhere XLA's forward and input-gradient convolutions were as fast as patches + matmul
+    # or faster; its weight gradient was 1.3-5x slower, except for AlexNet's 11x11 stride-4 first
+    # layer (121 slices: slower to build, and slow to compile).
     return {**xla, "weight_grad": "matmul" if k < 9 else "xla"}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv(x, w, s: int, pads: tuple, plan: tuple):
-    return _conv_forward(x, w, s, pads, plan)
-
-
-def _conv_forward(x, w, s, pads, plan):
-    return _matmul_forward(x, w, s, pads) if dict(plan)["forward"] == "matmul" else _lax_conv(x, w, s, pads)
+    return FORWARD[dict(plan)["forward"]](x, w, s, pads)
 
 
 def _conv_fwd(x, w, s, pads, plan):
-    return _conv_forward(x, w, s, pads, plan), (x, w)
+    return _conv(x, w, s, pads, plan), (x, w)
 
 
 def _conv_bwd(s, pads, plan, res, dy):
     x, w = res
     plan = dict(plan)
-    if plan["input_grad"] == "matmul":
-        dx = _matmul_input_grad(dy, w, s, pads, x.shape)
-    else:
-        dx = jax.vjp(lambda x: _lax_conv(x, w, s, pads), x)[1](dy)[0]
-    if plan["weight_grad"] == "matmul":
-        dw = _matmul_weight_grad(x, dy, w.shape[0], s, pads)
-    else:
-        dw = jax.vjp(lambda w: _lax_conv(x, w, s, pads), w)[1](dy)[0]
-    return dx, dw
+    return (INPUT_GRAD[plan["input_grad"]](x, w, dy, s, pads),
+            WEIGHT_GRAD[plan["weight_grad"]](x, w, dy, s, pads))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -213,7 +255,7 @@ def conv(x, w, stride: int, pads, plan: dict | None = None) -> jax.Array:
     k = w.shape[0]
     if plan is None:
         plan = choose(k, stride, w.shape[2], w.shape[3], _out_hw(x, k, stride, pads),
-                      jax.devices()[0].platform)
+                      jax.devices()[0].platform, pads, x.dtype)
     if set(plan.values()) == {"xla"}:
         return _lax_conv(x, w, stride, pads)
     return _conv(x, w, stride, pads, tuple(sorted(plan.items())))
