@@ -80,9 +80,9 @@ def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
     assert fastops.choose(3, 1, 64, 64, (56, 56), "gpu", pads)["forward"] == "xla"
 
 
-def test_weight_grad_in_chunks_of_the_batch_matches_lax():
-    """The weight gradient loops over the batch a few images at a time: every chunk size (and
-    the size chosen for a map) gives XLA's own weight gradient."""
+def test_patch_gradients_in_chunks_of_the_batch_match_lax():
+    """The patch-based gradients loop over the batch a few images at a time: every chunk size (and
+    the size chosen for a map) gives XLA's own weight and input gradients."""
     n, k, s, pads = 6, 3, 2, ((1, 1), (1, 1))
     x = jax.random.normal(jax.random.key(4), (n, 11, 11, 5))
     w = jax.random.normal(jax.random.key(5), (k, k, 5, 4))
@@ -93,11 +93,14 @@ def test_weight_grad_in_chunks_of_the_batch_matches_lax():
     y, vjp = jax.vjp(ref, w)
     dy = jax.random.normal(jax.random.key(6), y.shape)
     expected = vjp(dy)[0]
+    expected_dx = jax.vjp(lambda x: lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=(
+        "NHWC", "HWIO", "NHWC")), x)[1](dy)[0]
     for chunk in (1, 2, 3, 6, None):
         _close(jax.jit(lambda x, dy: fastops._matmul_weight_grad(x, dy, k, s, pads, chunk))(x, dy), expected)
-    assert fastops._weight_grad_chunk(32, (56, 56)) == 2
-    assert fastops._weight_grad_chunk(32, (7, 7)) == 8
-    assert fastops._weight_grad_chunk(6, (6, 6)) == 6
+        _close(jax.jit(lambda dy: fastops._matmul_input_grad(dy, w, s, pads, x.shape, chunk))(dy), expected_dx)
+    assert fastops._patch_chunk(32, (56, 56)) == 2
+    assert fastops._patch_chunk(32, (7, 7)) == 8
+    assert fastops._patch_chunk(6, (6, 6)) == 6
 
 
 @pytest.mark.parametrize("hw, k, s, extra", [(13, 3, 2, 0), (14, 3, 2, 1), (9, 2, 2, 0), (8, 3, 1, 0), (12, 3, 2, 2)])

@@ -1,14 +1,16 @@
 """Faster formulations of convolution and max pooling, mathematically identical to the lax ones.
 
 On a CPU, XLA lowers a convolution's backward pass and max pooling's backward pass
-(select-and-scatter) to kernels that run 2-3x slower than PyTorch's, while XLA's matrix
-multiplication runs close to the machine's peak. So here:
+(select-and-scatter) to kernels that run 2-3x slower than PyTorch's, and its buffers outgrow the
+caches, while XLA's matrix multiplication runs close to the machine's peak. So here:
 
-- :func:`conv` is a 2-D convolution whose forward pass, input gradient and weight gradient can
-  each be one matrix multiplication over patches built from ``k*k`` strided slices (the input
-  gradient scatters its columns back with ``k*k`` interior-padded adds) or XLA's convolution;
-  :func:`choose` picks per layer shape what measured faster (on a CPU: XLA's forward and input
-  gradient, the matmul weight gradient for kernels smaller than 9x9).
+- :func:`conv` is a 2-D convolution whose forward pass, input gradient and weight gradient each
+  use one of three formulations (:data:`FORWARD`, :data:`INPUT_GRAD`, :data:`WEIGHT_GRAD`): XLA's
+  convolution; patches built from ``k*k`` strided slices and one matrix multiplication (the input
+  gradient scatters its columns back with ``k*k`` interior-padded adds), a few images at a time;
+  or Winograd's F(2x2, 3x3) (:mod:`cnnbench.archs.winograd`). :func:`choose` picks per layer what
+  measured faster on a CPU: Winograd for every pass of a 3x3 stride-1 layer; elsewhere XLA's
+  forward and the patch-based gradients.
 - :func:`max_pool` is max pooling whose gradient goes to the first maximum of each window in
   row-major order, exactly one position per window, as select-and-scatter does, but computed as
   ``k*k`` compare-and-select passes over strided slices (on a CPU).
@@ -149,19 +151,24 @@ def _lax_conv(x, w, s, pads):
     return lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _matmul_input_grad(dy, w, s, pads, x_shape):
-    """dL/dx: each output position's gradient spread over its window (columns), scattered back."""
+def _matmul_input_grad(dy, w, s, pads, x_shape, chunk: int | None = None):
+    """dL/dx: each output position's gradient spread over its window (columns), scattered back;
+    ``chunk`` images at a time (:func:`_patch_chunk`), so the columns stay in the caches."""
     k, c = w.shape[0], w.shape[2]
-    cols = lax.dot_general(dy, w.reshape(-1, w.shape[-1]), (((3,), (1,)), ((), ())))  # [N,Ho,Wo,kkC]
-    parts = ((i, j, cols[..., (i * k + j) * c:(i * k + j + 1) * c]) for i in range(k) for j in range(k))
     hp, wp = x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1])
-    dxp = _scatter_back(parts, k, s, (hp, wp))
     t, left = pads[0][0], pads[1][0]
-    return lax.slice(dxp, (0, t, left, 0), (x_shape[0], t + x_shape[1], left + x_shape[2], c))
+
+    def part(dyc):
+        cols = lax.dot_general(dyc, w.reshape(-1, w.shape[-1]), (((3,), (1,)), ((), ())))  # [n,Ho,Wo,kkC]
+        parts = ((i, j, cols[..., (i * k + j) * c:(i * k + j + 1) * c]) for i in range(k) for j in range(k))
+        dxp = _scatter_back(parts, k, s, (hp, wp))
+        return lax.slice(dxp, (0, t, left, 0), (dyc.shape[0], t + x_shape[1], left + x_shape[2], c))
+
+    return winograd.batched(part, dy, chunk or _patch_chunk(dy.shape[0], dy.shape[1:3]))
 
 
-def _weight_grad_chunk(n: int, out_hw: tuple[int, int], rows: int = 600) -> int:
-    """Images per step of the weight gradient's loop: the largest divisor of ``n`` not above
+def _patch_chunk(n: int, out_hw: tuple[int, int], rows: int = 600) -> int:
+    """Images per step of the patch-based gradients' loops: the largest divisor of ``n`` not above
     ``max(2, rows / (Ho*Wo))``. Small chunks keep each step's patches in the caches (measured
     2-2.5x faster than one batch-wide matmul on AlexNet/ResNet/VGG layers, BENCHMARKS.md); maps
     of 14x14 and smaller take more images per step so the matmul stays large enough."""
@@ -172,7 +179,7 @@ def _weight_grad_chunk(n: int, out_hw: tuple[int, int], rows: int = 600) -> int:
 def _matmul_weight_grad(x, dy, k, s, pads, chunk: int | None = None):
     """dL/dw = patches(x)^T dy, accumulated over the batch ``chunk`` images at a time."""
     n, c, o = x.shape[0], x.shape[-1], dy.shape[-1]
-    chunk = chunk or _weight_grad_chunk(n, dy.shape[1:3])
+    chunk = chunk or _patch_chunk(n, dy.shape[1:3])
 
     dtype = jnp.promote_types(x.dtype, dy.dtype)
     acc_dtype = jnp.promote_types(dtype, jnp.float32)  # bf16 partial sums add up in float32
@@ -224,10 +231,11 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
         # 3x3 stride 1 (AlexNet conv3-5, VGG, ResNet's 3x3 layers but the first of a stage):
         # Winograd in cache-sized chunks was 1.3-2x faster than XLA's convolution in every pass.
         return {"forward": "winograd", "input_grad": "winograd", "weight_grad": "winograd"}
-    # Elsewhere XLA's forward and input-gradient convolutions were as fast as patches + matmul
-    # or faster; its weight gradient was 1.3-5x slower, except for AlexNet's 11x11 stride-4 first
-    # layer (121 slices: slower to build, and slow to compile).
-    return {**xla, "weight_grad": "matmul" if k < 9 else "xla"}
+    # Elsewhere XLA's forward convolution is kept (patches + matmul, chunked or not, was no
+    # faster); both gradients are patches x matmul over cache-sized batch chunks: the weight
+    # gradient 2.5-6x faster than XLA's (AlexNet's 11x11 conv1 included), the input gradient
+    # 1.9-2.3x for 5x5 and strided 3x3 layers. A 1x1 input gradient is a plain matmul in XLA.
+    return {**xla, "input_grad": "xla" if k == 1 else "matmul", "weight_grad": "matmul"}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

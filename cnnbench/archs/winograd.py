@@ -111,7 +111,7 @@ def _forward(x, w, pads):
     return y[:, :ho, :wo, :]
 
 
-def _batched(f, x, size: int):
+def batched(f, x, size: int):
     """``f`` over ``x`` ``size`` images at a time (a loop XLA keeps as one)."""
     n = x.shape[0]
     if size >= n:
@@ -124,7 +124,7 @@ def conv(x, w, pads):
     """NHWC x HWIO 3x3 stride-1 convolution with ``pads`` ((top, bottom), (left, right))."""
     _, (th, tw), _ = _tiling(x.shape[1], x.shape[2], pads)
     size = chunk(x.shape[0], th * tw, max(w.shape[2], w.shape[3]))
-    return _batched(lambda xc: _forward(xc, w, pads), x, size)
+    return batched(lambda xc: _forward(xc, w, pads), x, size)
 
 
 def input_grad(dy, w, pads):
