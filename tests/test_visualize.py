@@ -164,6 +164,28 @@ def test_occlusion_by_a_patch_covering_nothing_is_the_unoccluded_score():
     np.testing.assert_allclose(some.probs[0, 0], expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("arch, size, patch, stride", [
+    ("lenet5", 32, 9, 3),            # no padding anywhere; squares hang over every edge
+    ("alexnet-owt", 95, 24, 12),     # strided 11x11 conv1, overlapping pooling, 3x3 convs, FC head
+    ("vgg11", 32, 6, 5),             # five 2x2 poolings, Winograd 3x3 convolutions on the windows
+    ("resnet20", 32, 8, 6),          # the window stops at the first residual block and is pasted
+])
+def test_incremental_occlusion_equals_full_forward_passes(arch, size, patch, stride):
+    """Recomputing only what the square can reach gives the same probabilities as full passes."""
+    model, subject = _subject(arch, size)
+    from cnnbench.viz import incremental
+    assert incremental.supported(model)
+    image = np.random.default_rng(1).integers(0, 256, (size, size, model.in_channels)).astype(np.uint8)
+    shift = np.zeros(model.in_channels, np.float32)
+    fast = maps.occlusion(subject, image, shift, patch=patch, stride=stride, chunk=16)
+    full = maps.occlusion(subject, image, shift, patch=patch, stride=stride, chunk=16, incremental=False)
+    assert fast.probs.shape == full.probs.shape
+    scale = float(full.probs.max())
+    np.testing.assert_allclose(fast.probs, full.probs, atol=2e-5 * scale)
+    np.testing.assert_allclose(fast.clean, full.clean, atol=2e-5 * scale)
+    assert not np.allclose(full.probs, full.clean, atol=1e-4 * scale)  # the squares do change things
+
+
 def _softmax(z):
     e = np.exp(z - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)

@@ -15,11 +15,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax import lax
 
 from cnnbench.archs.layers import (AdaptiveAvgPool, Act, AvgPool, BatchNorm, Conv, Dense, Dropout,
                                    Flatten, GlobalAvgPool, LRN, MaxPool)
 from cnnbench.errors import UsageError
+from cnnbench.viz import incremental as incremental_forward
 from cnnbench.viz.inputs import Subject
 from cnnbench.viz.taps import Taps
 
@@ -39,11 +41,14 @@ class Occlusion:
 
 
 def occlusion(subject: Subject, image: np.ndarray, shift: np.ndarray, *, patch: int = 32, stride: int = 8,
-              chunk: int = 32, advance: Callable[[int], None] = lambda n: None) -> Occlusion:
+              chunk: int = 64, advance: Callable[[int], None] = lambda n: None,
+              incremental: bool = True) -> Occlusion:
     """Softmax outputs while a ``patch`` x ``patch`` square of the mean colour covers the image,
     centred on every ``stride``-th pixel (cell (i, j) of the map is the square centred in the
     ``stride`` x ``stride`` block at row i, column j). ``image`` is on the display scale (0-255).
-    Positions go through the network ``chunk`` at a time, every chunk the same compiled function."""
+    Positions go through the network ``chunk`` at a time, every chunk the same compiled function;
+    with ``incremental`` (default) only what the square can change is recomputed, where the network
+    allows (:mod:`cnnbench.viz.incremental`: exact, the same probabilities as full passes)."""
     if patch < 0 or stride < 1:
         raise UsageError("--patch must be at least 0 and --stride at least 1")
     h, w, c = image.shape
@@ -52,29 +57,46 @@ def occlusion(subject: Subject, image: np.ndarray, shift: np.ndarray, *, patch: 
                          indexing="ij")
     tops = np.stack([ys.ravel(), xs.ravel()], axis=1) - patch // 2   # (P, 2) top-left corners
     positions = len(tops)
-    chunk = max(1, min(chunk, positions))
-    padded = np.concatenate([tops, np.repeat(tops[-1:], -positions % chunk, axis=0)]).astype(np.int32)
+    # One more position whose square lies outside the image: the unoccluded probabilities, from
+    # the same compiled function as the others.
+    tops = np.concatenate([tops, np.full((1, 2), -patch - 1)])
+    chunk = max(1, min(chunk, len(tops)))
+    padded = np.concatenate([tops, np.repeat(tops[-1:], -len(tops) % chunk, axis=0)]).astype(np.int32)
     grey = jnp.asarray(subject.grey())
     taps = subject.taps
+    # Only the square's surroundings are recomputed where the network allows it (exact).
+    win = (min(patch, h), min(patch, w))
+    windowed = incremental and patch > 0 and incremental_forward.supported(nnx.merge(taps.graphdef, taps.state))
+
+    def cover(pixels, corners, origin):
+        """``pixels`` (from image row/column ``origin``) with the squares at ``corners`` greyed."""
+        r = origin[:, :1] + jnp.arange(pixels.shape[-3])[None]
+        q = origin[:, 1:] + jnp.arange(pixels.shape[-2])[None]
+        inside_r = (r >= corners[:, :1]) & (r < corners[:, :1] + patch)   # (B, rows)
+        inside_q = (q >= corners[:, 1:]) & (q < corners[:, 1:] + patch)   # (B, cols)
+        mask = inside_r[:, :, None, None] & inside_q[:, None, :, None]
+        return jnp.where(mask, grey, pixels.astype(jnp.float32))
 
     @jax.jit
     def run(state, image, shift, corners):
-        r, q = jnp.arange(h), jnp.arange(w)
-        inside_r = (r[None] >= corners[:, :1]) & (r[None] < corners[:, :1] + patch)   # (B, H)
-        inside_q = (q[None] >= corners[:, 1:]) & (q[None] < corners[:, 1:] + patch)   # (B, W)
-        mask = inside_r[:, :, None, None] & inside_q[:, None, :, None]
-        covered = jnp.where(mask, grey, image.astype(jnp.float32)[None])
-        x = subject.model_input(covered, jnp.broadcast_to(shift, (len(corners), c)))
-        return jax.nn.softmax(taps.apply(state, x)[0].astype(jnp.float32))
+        shifts = jnp.broadcast_to(shift, (len(corners), c))
+        if not windowed:
+            covered = cover(image[None], corners, jnp.zeros_like(corners))
+            return jax.nn.softmax(taps.apply(state, subject.model_input(covered, shifts))[0].astype(jnp.float32))
+        starts = jnp.clip(corners, 0, jnp.asarray([h - win[0], w - win[1]]))
+        crops = jax.vmap(lambda o: lax.dynamic_slice(image, (o[0], o[1], 0), (*win, c)))(starts)
+        window = subject.model_input(cover(crops, corners, starts), shifts)
+        clean = subject.model_input(image[None].astype(jnp.float32), shifts[:1])
+        model = nnx.merge(taps.graphdef, state)
+        return jax.nn.softmax(incremental_forward.occluded_logits(model, clean, window, starts).astype(jnp.float32))
 
     image, shift = jnp.asarray(image), jnp.asarray(shift, jnp.float32)
     out = []
     for start in range(0, len(padded), chunk):
         out.append(np.asarray(run(taps.state, image, shift, padded[start:start + chunk])))
-        advance(min(chunk, positions - start))
-    probs = np.concatenate(out)[:positions].reshape(rows, cols, -1)
-    clean = np.asarray(run(taps.state, image, shift, np.full((1, 2), -patch - 1, np.int32)))[0]
-    return Occlusion(probs, clean, patch, stride)
+        advance(max(0, min(chunk, positions - start)))
+    out = np.concatenate(out)
+    return Occlusion(out[:positions].reshape(rows, cols, -1), out[positions], patch, stride)
 
 
 # --------------------------------------------------------------------------- gradients

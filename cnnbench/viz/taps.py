@@ -71,7 +71,10 @@ class Taps:
     """
 
     def __init__(self, model: nnx.Module, input_shape: tuple[int, int, int], arch: str = "the model"):
-        self.graphdef, self.state = nnx.split(model)
+        self.graphdef, state = nnx.split(model)
+        # On the device once: restored weights are host arrays, and every jitted visualisation
+        # call would otherwise copy them again (244 MB for AlexNet, per chunk of occlusion).
+        self.state = jax.device_put(state)
         self.input_shape, self.arch = tuple(input_shape), arch
         self._all = [".".join(map(str, path)) for path, _ in nnx.iter_modules(model) if path]
         self.layers = self._trace()
