@@ -1017,6 +1017,7 @@ def main(argv=None):
     from cnnbench.perf import flags
 
     flags.apply()  # XLA reads its options once, before JAX's first use: set ours now
+    flags.use_compile_cache()
     cli.main(args=argv, prog_name="cnnbench")
 
 

@@ -94,6 +94,24 @@ def test_xla_defaults_never_override_the_users_flags():
     assert flags.apply(env) == "--xla_c"
 
 
+def test_compile_cache_folder_and_switch(tmp_path):
+    """The command keeps compiled programs in ~/.cache/cnnbench/jax (or $CNNBENCH_COMPILE_CACHE,
+    0 for none), and a program compiled there is stored on disk."""
+    assert flags.cache_dir({"XDG_CACHE_HOME": "/x"}) == "/x/cnnbench/jax"
+    assert flags.cache_dir({"CNNBENCH_COMPILE_CACHE": "0"}) is None
+    assert flags.use_compile_cache({"CNNBENCH_COMPILE_CACHE": "0"}) is None
+    assert flags.cache_dir({"CNNBENCH_COMPILE_CACHE": str(tmp_path)}) == str(tmp_path)
+    script = ("import os, sys\nfrom cnnbench.perf import flags\nimport jax\n"
+              "path = flags.use_compile_cache({'CNNBENCH_COMPILE_CACHE': sys.argv[1]})\n"
+              "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+              "jax.jit(lambda x: x * 2 + 1)(jax.numpy.ones(3)).block_until_ready()\n"
+              "print(len(os.listdir(path)))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cache")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) >= 1
+
+
 def test_bench_never_imports_tensorflow():
     script = ("import sys\nfrom cnnbench.cli import main\n"
               "try:\n    main(['bench', 'lenet5', '--batch-size', '8', '--steps', '1', '--warmup', '0', '--devices', '1'])\n"
