@@ -80,6 +80,28 @@ def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
     assert fastops.choose(3, 1, 64, 64, (56, 56), "gpu", pads)["forward"] == "xla"
 
 
+@pytest.mark.parametrize("hw, k, s, pad", [(35, 11, 4, 2), (31, 11, 4, 0), (17, 5, 2, 1), (16, 6, 2, 2)])
+def test_space_to_depth_stem_matches_lax(hw, k, s, pad):
+    """A strided RGB stem (AlexNet's 11x11 stride-4 conv1) computed as a 3x3 stride-1 convolution
+    of 4x4 (or 2x2) pixel blocks: same outputs, input and weight gradients as lax."""
+    assert fastops._space_to_depth_blocks(k, s, 3, "cpu", jnp.float32) == 3
+    assert fastops._space_to_depth_blocks(k, s, 3, "gpu", jnp.float32) is None
+    x = jax.random.normal(jax.random.key(10), (2, hw, hw + 3, 3))
+    w = jax.random.normal(jax.random.key(11), (k, k, 3, 4))
+    pads = ((pad, pad), (pad, pad))
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    y, vjp = jax.vjp(ref, x, w)
+    dy = jax.random.normal(jax.random.key(12), y.shape)
+    got = jax.jit(lambda x, w, dy: (lambda y, f: (y, *f(dy)))(*jax.vjp(
+        lambda x, w: fastops._space_to_depth_conv(x, w, s, pads, 3), x, w)))(x, w, dy)
+    for a, b in zip(got, (y, *vjp(dy))):
+        assert a.shape == b.shape
+        _close(a, b)
+
+
 def test_patch_gradients_in_chunks_of_the_batch_match_lax():
     """The patch-based gradients loop over the batch a few images at a time: every chunk size (and
     the size chosen for a map) gives XLA's own weight and input gradients."""

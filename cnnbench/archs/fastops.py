@@ -225,7 +225,7 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
     """Which formulation each pass uses, from per-layer timings on a 2-core AVX2 CPU (BENCHMARKS.md).
     Accelerators keep XLA's convolution throughout."""
     xla = {"forward": "xla", "input_grad": "xla", "weight_grad": "xla"}
-    if platform != "cpu":
+    if platform != "cpu" or min(out_hw) < 1:  # too small an input: lax says so
         return xla
     if winograd.supported(k, s, pads) and jnp.dtype(dtype) == jnp.float32:
         # 3x3 stride 1 (AlexNet conv3-5, VGG, ResNet's 3x3 layers but the first of a stage):
@@ -257,11 +257,41 @@ def _conv_bwd(s, pads, plan, res, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _space_to_depth_blocks(k: int, s: int, cin: int, platform: str, dtype) -> int | None:
+    """Kernel side after :func:`_space_to_depth_conv`, where that is worth doing: a strided layer on
+    few channels (an RGB stem) whose kernel becomes 3x3 blocks, so Winograd applies (AlexNet's
+    11x11 stride-4 conv1: 3x3 on 48 channels, measured 1.3-2x faster; BENCHMARKS.md)."""
+    blocks = -(-k // s)
+    ok = platform == "cpu" and s > 1 and blocks == winograd.R and s * s * cin <= 64 \
+        and jnp.dtype(dtype) == jnp.float32
+    return blocks if ok else None
+
+
+def _space_to_depth_conv(x, w, s: int, pads, blocks: int):
+    """A stride-``s`` convolution as a stride-1 one: ``s x s`` pixel blocks of the (padded) input
+    become channels, and the kernel, zero-padded to ``blocks * s``, is cut the same way. The same
+    sums in another order; gradients flow through the reshapes."""
+    n, h, wd, c = x.shape
+    k, o = w.shape[0], w.shape[-1]
+    out = [(size + lo + hi - k) // s + 1 for size, (lo, hi) in zip((h, wd), pads)]
+    side = [(m + blocks - 1) * s for m in out]                 # padded size the blocks tile
+    xp = jnp.pad(x, [(0, 0), (pads[0][0], max(side[0] - h - pads[0][0], 0)),
+                     (pads[1][0], max(side[1] - wd - pads[1][0], 0)), (0, 0)])[:, :side[0], :side[1]]
+    hs, ws = side[0] // s, side[1] // s
+    xs = xp.reshape(n, hs, s, ws, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hs, ws, s * s * c)
+    wp = jnp.pad(w, [(0, blocks * s - k), (0, blocks * s - k), (0, 0), (0, 0)])
+    kernel = wp.reshape(blocks, s, blocks, s, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(blocks, blocks, s * s * c, o)
+    return conv(xs, kernel, 1, ((0, 0), (0, 0)))
+
+
 def conv(x, w, stride: int, pads, plan: dict | None = None) -> jax.Array:
     """NHWC x HWIO 2-D convolution (square kernel, no groups, no dilation) via :func:`choose`."""
     pads = tuple(tuple(int(v) for v in p) for p in pads)
     k = w.shape[0]
     if plan is None:
+        blocks = _space_to_depth_blocks(k, stride, w.shape[2], jax.devices()[0].platform, x.dtype)
+        if blocks and min(_out_hw(x, k, stride, pads)) >= 1:
+            return _space_to_depth_conv(x, w, stride, pads, blocks)
         plan = choose(k, stride, w.shape[2], w.shape[3], _out_hw(x, k, stride, pads),
                       jax.devices()[0].platform, pads, x.dtype)
     if set(plan.values()) == {"xla"}:
