@@ -302,8 +302,10 @@ def conv(x, w, stride: int, pads, plan: dict | None = None) -> jax.Array:
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """Drop-in for ``lax.conv_general_dilated`` (what ``nnx.Conv`` calls): the fast path for the
-    plain case (NHWC, square kernel, equal strides, no dilation or groups), lax for the rest."""
-    plain = (enabled("conv") and lhs.ndim == 4 and feature_group_count == 1 and precision is None
+    plain case (NHWC, square kernel, equal strides, no dilation or groups) inside compiled
+    functions, lax for the rest and for eager op-by-op calls (where the many small operations of
+    the fast formulations would each be dispatched on their own)."""
+    plain = (enabled("conv") and isinstance(lhs, jax.core.Tracer) and lhs.ndim == 4 and feature_group_count == 1 and precision is None
              and not kwargs.get("preferred_element_type") and kwargs.get("out_sharding") is None
              and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
              and not isinstance(padding, str) and rhs.shape[0] == rhs.shape[1]

@@ -35,9 +35,12 @@ class Net(nnx.Module):
 
 def infer_shape(module: nnx.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
     """Output shape of ``module`` for an input of ``shape``, traced abstractly (no FLOPs spent)."""
+    from cnnbench.archs import fastops
+
     graphdef, state = nnx.split(module)
-    out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x),
-                         state, jax.ShapeDtypeStruct(shape, jnp.float32))
+    with fastops.use(False):  # shapes only: the plain lax ops trace fastest
+        out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x),
+                             state, jax.ShapeDtypeStruct(shape, jnp.float32))
     if any(d <= 0 for d in out.shape):
         raise UsageError(f"input {shape[1]}x{shape[2]} is too small: the feature map shrinks to "
                          f"{tuple(out.shape[1:])}; use a larger --input-size")

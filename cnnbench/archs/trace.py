@@ -83,10 +83,13 @@ class Recorder:
 
 @contextlib.contextmanager
 def recording(names: dict[int, str]) -> Iterator[Recorder]:
+    from cnnbench.archs import fastops  # shapes only: the plain lax ops trace fastest
+
     recorder = Recorder(names)
     token = _ACTIVE.set(recorder)
     try:
-        yield recorder
+        with fastops.use(False):
+            yield recorder
     finally:
         _ACTIVE.reset(token)
 
