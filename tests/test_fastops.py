@@ -80,7 +80,7 @@ def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
     assert fastops.choose(3, 1, 64, 64, (56, 56), "gpu", pads)["forward"] == "xla"
 
 
-@pytest.mark.parametrize("hw, k, s, pad", [(35, 11, 4, 2), (31, 11, 4, 0), (17, 5, 2, 1), (16, 6, 2, 2)])
+@pytest.mark.parametrize("hw, k, s, pad", [(35, 11, 4, 2), (16, 6, 2, 1)])
 def test_space_to_depth_stem_matches_lax(hw, k, s, pad):
     """A strided RGB stem (AlexNet's 11x11 stride-4 conv1) computed as a 3x3 stride-1 convolution
     of 4x4 (or 2x2) pixel blocks: same outputs, input and weight gradients as lax."""

@@ -24,10 +24,8 @@ ResNet-18/34 3x3 layer and VGG's (BENCHMARKS.md).
 
 from __future__ import annotations
 
-import numpy as np
-
-import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 M, R = 2, 3           # outputs per tile side, kernel side
