@@ -180,7 +180,6 @@ def _matmul_weight_grad(x, dy, k, s, pads, chunk: int | None = None):
     """dL/dw = patches(x)^T dy, accumulated over the batch ``chunk`` images at a time."""
     n, c, o = x.shape[0], x.shape[-1], dy.shape[-1]
     chunk = chunk or _patch_chunk(n, dy.shape[1:3])
-
     dtype = jnp.promote_types(x.dtype, dy.dtype)
     acc_dtype = jnp.promote_types(dtype, jnp.float32)  # bf16 partial sums add up in float32
 
@@ -209,8 +208,7 @@ def _xla_weight_grad(x, w, dy, s, pads):
 
 #: Each pass of a convolution, by formulation: "xla" (XLA's convolution), "matmul" (patches and a
 #: matrix multiplication) or "winograd" (F(2x2, 3x3), 3x3 stride-1 only: :mod:`.winograd`).
-FORWARD = {"xla": lambda x, w, s, pads: _lax_conv(x, w, s, pads),
-           "matmul": lambda x, w, s, pads: _matmul_forward(x, w, s, pads),
+FORWARD = {"xla": _lax_conv, "matmul": _matmul_forward,
            "winograd": lambda x, w, s, pads: winograd.conv(x, w, pads)}
 INPUT_GRAD = {"xla": _xla_input_grad,
               "matmul": lambda x, w, dy, s, pads: _matmul_input_grad(dy, w, s, pads, x.shape),
