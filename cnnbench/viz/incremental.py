@@ -69,24 +69,10 @@ def supported(model) -> bool:
     return any(isinstance(layer, L.Conv) for layer in chain)
 
 
-def _paste(full, window, starts):
-    """``full`` [1, H, W, C] with ``window`` [B, h, w, C] placed at ``starts`` [B, 2] (each may hang
-    over an edge: only the part inside ``full`` is placed) -> [B, H, W, C]."""
-    h, w = window.shape[1:3]
-
-    def one(win, start):
-        rows = jnp.arange(full.shape[1]) - start[0]
-        cols = jnp.arange(full.shape[2]) - start[1]
-        inside = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
-        picked = jnp.take(jnp.take(win, jnp.clip(rows, 0, h - 1), axis=0), jnp.clip(cols, 0, w - 1), axis=1)
-        return jnp.where(inside[:, :, None], picked, full[0])
-
-    return jax.vmap(one)(window, starts)
-
-
 def _crop(padded, window, starts, origin, size):
     """For each b: ``padded`` [1, Hp, Wp, C] cut to ``size`` from ``origin[b]``, with ``window[b]``
-    (whose top-left is at ``starts[b]`` in ``padded``'s coordinates) written over it."""
+    (whose top-left is at ``starts[b]`` in ``padded``'s coordinates; it may hang over the cut's
+    edges, only the part inside is placed) written over it -> [B, *size, C]."""
     h, w = window.shape[1:3]
 
     def one(win, start, o):
@@ -132,7 +118,7 @@ def occluded_logits(model, clean, window, starts):
         crop = _crop(padded, window, starts + jnp.asarray([pads[0][0], pads[1][0]]), origin * s, tuple(size_in))
         window, full, starts = _window_op(layer, crop), out_full, origin
         done += 1
-    x = _paste(full, window, starts)
+    x = _crop(full, window, starts, jnp.zeros_like(starts), tuple(full.shape[1:3]))  # pasted back
     for name in features.names[done:]:
         x = features[name](x, train=False)
     return model.head(x, train=False)
