@@ -190,7 +190,9 @@ def test_tfds_names_with_mock_data(tmp_path):
                                   "resize_shorter(60, 90)|random_crop(48)|flip",
                                   "resize_shorter(64, antialias=False)|random_crop(56)",
                                   "resize_shorter(60, 90, antialias=False)|random_crop(48)|flip",
-                                  "resize_shorter(120, antialias=False)|random_crop(118)"])  # enlarging, edges
+                                  "resize_shorter(120, antialias=False)|random_crop(118)",  # enlarging, edges
+                                  "resize_shorter(75, antialias=False)|random_crop(74)",  # scale 1, edges
+                                  "resize_shorter(50, antialias=False)|random_crop(50)"])  # shrinking, edges
 def test_fused_resize_and_crop_equals_the_ops_as_written(spec):
     image = tf().constant(np.random.default_rng(1).uniform(0, 255, (75, 100, 3)), "float32")
     for s in range(5):

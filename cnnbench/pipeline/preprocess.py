@@ -335,15 +335,25 @@ def _shorter_side_crop(crop, random, size, max_size=None, antialias=True):
         def bilinear():
             # Plain bilinear resampling through crop_and_resize's fast kernel on the uint8 window:
             # the box puts crop pixel i at source (top + i + 0.5) * h / new_h - 0.5, where
-            # half-pixel bilinear resizing samples it. A one-pixel edge copy around the window
-            # stands for the resize kernels' clamping at the image border (only reached when
-            # enlarging).
-            padded = lib.pad(window, [[1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
-            size_hw = lib.cast(lib.shape(padded)[:2], "float32")
-            start = (offset + 0.5) * inverse - 0.5 - lib.cast(first, "float32") + 1.0
+            # half-pixel bilinear resizing samples it. Samples within half a pixel of the photo's
+            # border (enlarging, or a crop flush with the edge) must read the border pixel, as the
+            # resize kernels clamp there; crop_and_resize would read zeros instead. Only those
+            # crops get a one-pixel edge copy around the window (with a small safety margin against
+            # float rounding): copying every window took longer than the resampling itself.
+            start = (offset + 0.5) * inverse - 0.5 - lib.cast(first, "float32")
             end = start + (crop - 1) * inverse
-            box = lib.concat([start, end], 0) / lib.tile(size_hw - 1, [2])
-            return lib.image.crop_and_resize(padded[None], box[None], [0], [crop, crop])[0]
+            size_hw = lib.cast(lib.shape(window)[:2], "float32")
+
+            def sample(image, border):
+                box = lib.concat([start + border, end + border], 0) / lib.tile(size_hw + 2 * border - 1, [2])
+                return lib.image.crop_and_resize(image[None], box[None], [0], [crop, crop])[0]
+
+            def edged():
+                rows = lib.concat([window[:1], window, window[-1:]], 0)
+                return sample(lib.concat([rows[:, :1], rows, rows[:, -1:]], 1), 1.0)
+
+            outside = lib.reduce_any(start < 1e-3) | lib.reduce_any(end > size_hw - 1 - 1e-3)
+            return lib.cond(outside, edged, lambda: sample(window, 0.0))
 
         out = general() if antialias else bilinear()
         out.set_shape([crop, crop, channels])
