@@ -63,9 +63,11 @@ def sample_grid(pipeline: Pipeline, out: Path, *, count: int = 16, title: str = 
     return out
 
 
-def decode_throughput(pipeline: Pipeline, *, images: int, rounds: int = 1) -> dict:
+def decode_throughput(pipeline: Pipeline, *, images: int) -> dict:
     """The limit any preprocessing can reach: JPEG/PNG decoding of the same files, on all cores,
-    with nothing batched or copied back (each decoded image is reduced to one number)."""
+    with nothing copied back (each decoded image is reduced to one number). The numbers arrive in
+    batches of the pipeline's size, as the pipelines' images do: one Python step per decoded image
+    held the rate to half on this machine, and made it swing 2x between runs."""
     from cnnbench.pipeline.preprocess import decode
     from cnnbench.pipeline.tfenv import tf
 
@@ -75,11 +77,11 @@ def decode_throughput(pipeline: Pipeline, *, images: int, rounds: int = 1) -> di
         return lib.reduce_max(decode(example["image"], encoded=source.encoded, channels=pipeline.channels))
 
     ds = source.read(pipeline.ranges).map(decoded, num_parallel_calls=lib.data.AUTOTUNE)
-    ds = ds.ignore_errors().repeat().take(images).prefetch(lib.data.AUTOTUNE)
-    for _ in ds.take(min(64, images)):  # warm-up: thread pools, file cache
+    ds = ds.ignore_errors().repeat().take(images).batch(pipeline.local_batch).prefetch(lib.data.AUTOTUNE)
+    for _ in ds.take(2):  # warm-up: thread pools, file cache
         pass
     started = time.perf_counter()
-    count = sum(1 for _ in ds)
+    count = sum(int(batch.shape[0]) for batch in ds)
     seconds = time.perf_counter() - started
     return {"images": count, "seconds": seconds, "images_per_sec": count / seconds}
 
