@@ -7,6 +7,10 @@ Each measurement times batches inside one epoch (after 2 warm-up batches), as in
 tf.data's start-up is amortised. Every recipe is timed twice: float32 images finished on the host,
 and uint8 images with lighting/normalize deferred to the device (``device_finish``).
 
+Then the same per-image functions once more on one thread (tf.data with a one-thread pool, no
+batching), as microseconds per image: on this machine the multi-threaded rates above swung 2x from
+run to run (TensorFlow's thread pools), the one-thread costs stayed within a few percent.
+
 Writes nothing but a temporary image folder; prints a table (and --json).
 """
 
@@ -45,6 +49,35 @@ def pipeline_rate(pipeline, batches):
     from cnnbench.pipeline.tools import throughput
 
     return throughput(pipeline, batches=batches, warmup=2)["images_per_sec"]
+
+
+def per_image_us(source, spec, rounds=3):
+    """Best-of-``rounds`` microseconds per image of ``spec``'s host part (``None``: plain decoding)
+    on one thread: tf.data with a one-thread pool and one call at a time, no batching."""
+    from cnnbench.pipeline.preprocess import compile_host, decode
+    from cnnbench.pipeline.tfenv import tf
+
+    lib = tf()
+    if spec is None:
+        fn = lambda data, seed: decode(data, encoded=True, channels=3)  # noqa: E731
+    else:
+        host, _ = compile_host(spec, encoded=True)
+        fn = lambda data, seed: host(data, seed)[0]  # noqa: E731
+    ds = source.read(source.ranges("train")).enumerate().map(
+        lambda i, ex: lib.reduce_max(fn(ex["image"], lib.stack([lib.constant(0, "int64"), i]))), num_parallel_calls=1)
+    options = lib.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    ds = ds.with_options(options).prefetch(8)
+    for _ in ds:  # warm-up pass
+        pass
+    best = float("inf")
+    for _ in range(rounds):
+        started, n = time.perf_counter(), 0
+        for _ in ds:
+            n += 1
+        best = min(best, (time.perf_counter() - started) / n * 1e6)
+    return best
 
 
 def alexnet_step_rate(batch_size, steps=5):
@@ -116,6 +149,9 @@ def main():
                                    ["images_per_sec"])
             for name, p in recipes.items():
                 rates[name].append(pipeline_rate(p, batches))
+        specs = {"decode": None, **{name: expand(name, size=227 if name == "alexnet" else 224)
+                                    for name in ("alexnet", "vgg", "inception")}}
+        one_thread = {name: per_image_us(source, spec) for name, spec in specs.items()}
     medians = {k: statistics.median(v) for k, v in rates.items()}
     step = alexnet_step_rate(args.step_batch)
     result = {
@@ -125,6 +161,7 @@ def main():
         "recipes": {k: {"images_per_sec": medians[k], "vs_decode": medians[k] / medians["decode"],
                         "vs_alexnet_step": medians[k] / step} for k in recipes},
         "alexnet_train_step_images_per_sec": step,
+        "one_thread_us_per_image": one_thread,
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -137,6 +174,9 @@ def main():
     for name, r in result["recipes"].items():
         print(f"{name:<16}{r['images_per_sec']:>10.0f}{r['vs_decode']:>11.0%}{r['vs_alexnet_step']:>16.1f}x")
     print(f"alexnet train step (batch {args.step_batch}, 227x227, fp32): {step:.1f} images/s")
+    print("one thread, host part (uint8 out), best of 3 passes:")
+    for name, us in one_thread.items():
+        print(f"{name:<16}{us:>8.0f} us/image{one_thread['decode'] / us:>8.0%} of the decode rate")
 
 
 if __name__ == "__main__":
