@@ -163,7 +163,11 @@ def main():
         parser.error(f"no torchvision peer for {', '.join(unknown)}; choose from {', '.join(TORCHVISION)}")
     from cnnbench.perf import flags
 
-    xla_flags = flags.apply()  # what the `cnnbench` command runs with; before JAX starts
+    # What the `cnnbench` command runs with: huge pages for large buffers (a re-run of this script;
+    # the PyTorch worker inherits the environment, so both sides get them; CNNBENCH_HUGEPAGES=0
+    # for neither), then the XLA options, before JAX starts.
+    flags.use_hugepages()
+    xla_flags = flags.apply()
     import jax
 
     from cnnbench.perf.bench import Prepared, _mesh, matmul_peak
@@ -173,7 +177,8 @@ def main():
     variants = ["eager"] + ([] if args.no_compile else ["compile"])
     peaks, results = [], []
     print(f"# {machine()}; jax {jax.__version__}, torch {torch.versions['torch']} "
-          f"({torch.versions['threads']} threads); XLA_FLAGS={xla_flags or '(none)'}", file=sys.stderr)
+          f"({torch.versions['threads']} threads); XLA_FLAGS={xla_flags or '(none)'}; "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES') or '(none)'}", file=sys.stderr)
     for arch in args.archs.split(","):
         for mode in args.modes.split(","):
             label = f"{arch} {mode} b{args.batch_size} {args.input_size}px"
@@ -232,7 +237,8 @@ def main():
         print(json.dumps(doc, indent=2))
         return
     print(f"machine: {doc['machine']}; jax {doc['jax']}, torch {doc['torch']}, torchvision "
-          f"{doc['torchvision']}, {args.threads} threads; XLA_FLAGS={xla_flags or '(none)'}")
+          f"{doc['torchvision']}, {args.threads} threads; XLA_FLAGS={xla_flags or '(none)'}; "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES') or '(none)'}")
     print(f"{args.rounds} interleaved rounds x {args.steps} steps; matmul peak {peak / 1e9:.0f} GFLOP/s (best); "
           f"ratios: of medians / median per round / of fastest steps")
     head = ["workload", "cnnbench img/s", "torch eager img/s", "ratio", "torch.compile img/s", "ratio",

@@ -1016,6 +1016,8 @@ def bench_command(archs, mode, fmt, **options):
 def main(argv=None):
     from cnnbench.perf import flags
 
+    if argv is None:  # the command itself, not a call from Python code
+        flags.use_hugepages()  # re-runs the command once, with huge pages for large buffers
     flags.apply()  # XLA reads its options once, before JAX's first use: set ours now
     flags.use_compile_cache()
     cli.main(args=argv, prog_name="cnnbench")

@@ -1,6 +1,7 @@
 """`cnnbench bench` as a user runs it (tiny architecture, one or two steps) and its failure modes."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -110,6 +111,27 @@ def test_compile_cache_folder_and_switch(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.split()[-1]) >= 1
+
+
+def test_huge_pages_only_where_they_change_something():
+    """The command re-runs itself once with glibc's huge-page tunable: never when switched off, on
+    an old or non-glibc C library, with THP off in the kernel, or when the tunable is set already;
+    other tunables are kept."""
+    on = flags.hugepage_environ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, (2, 36), "madvise")
+    assert on["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert flags.hugepage_environ({}, (2, 35), "always")["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    for environ, glibc, thp in (({"CNNBENCH_HUGEPAGES": "0"}, (2, 36), "madvise"), ({}, (2, 34), "always"),
+                                ({}, (2, 36), "never"), ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, (2, 36), "always")):
+        assert flags.hugepage_environ(environ, glibc, thp) is None
+    # In a real process: the command line runs again, arguments intact, with the tunable set.
+    script = ("import os, sys\nfrom cnnbench.perf import flags\nflags.use_hugepages()\n"
+              "print(sys.argv[1:], os.environ.get('GLIBC_TUNABLES'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "CNNBENCH_HUGEPAGES")}
+    proc = subprocess.run([sys.executable, "-c", script, "a b", "c"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = "glibc.malloc.hugetlb=1" if flags.hugepage_environ(env) else None
+    assert proc.stdout.strip() == f"['a b', 'c'] {expected}"
 
 
 def test_bench_never_imports_tensorflow():
