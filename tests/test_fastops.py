@@ -30,6 +30,8 @@ def _close(a, b, rtol=2e-5):
     (3, 9, 6, 5, 3, 1, ((1, 1), (1, 1))),      # Winograd: odd output size (a partial last tile)
     (4, 8, 3, 2, 3, 1, ((0, 0), (0, 0))),      # Winograd, "valid"
     (2, 7, 2, 3, 3, 1, ((2, 0), (1, 2))),      # Winograd, lopsided padding
+    (3, 11, 4, 6, 5, 1, ((2, 2), (2, 2))),     # Winograd F(2x2, 5x5): AlexNet conv2's "same" (odd size)
+    (2, 8, 3, 2, 5, 1, ((0, 3), (4, 1))),      # 5x5, lopsided padding up to k - 1
 ])
 def test_conv_every_plan_matches_lax(n, hw, cin, cout, k, s, pads):
     x = jax.random.normal(jax.random.key(0), (n, hw, hw, cin))
@@ -46,7 +48,7 @@ def test_conv_every_plan_matches_lax(n, hw, cin, cout, k, s, pads):
 
     dy = jax.random.normal(jax.random.key(2), jax.eval_shape(ref, x, w).shape)
     expected = value_and_grads(ref)(x, w, dy)
-    plans = PLANS + ([WINOGRAD] if (k, s) == (3, 1) else [])
+    plans = PLANS + ([WINOGRAD] if (k, s) in ((3, 1), (5, 1)) else [])
     for plan in plans:
         got = value_and_grads(lambda x, w: fastops.conv(x, w, s, pads, plan))(x, w, dy)
         for a, b in zip(got, expected):
@@ -59,21 +61,24 @@ def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
     from cnnbench.archs import winograd
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 16 * 16 * 4 * 7 * 2)  # two images of 16 tiles x 7
     assert winograd.chunk(6, 16, 7) == 2 and winograd.chunk(5, 16, 7) == 1
-    assert winograd.chunk(32, 28 * 28, 64, budget=winograd.A_ ** 2 * 28 * 28 * 64 * 4 * 2) == 2
+    assert winograd.chunk(32, 28 * 28, 64, budget=4 ** 2 * 28 * 28 * 64 * 4 * 2) == 2
     x = jax.random.normal(jax.random.key(7), (6, 7, 8, 5))
-    w = jax.random.normal(jax.random.key(8), (3, 3, 5, 7))
+    for k in (3, 5):  # F(2x2, 3x3) and F(2x2, 5x5)
+        w = jax.random.normal(jax.random.key(8), (k, k, 5, 7))
+        pads = ((k // 2, k // 2), (k // 2, k // 2))
+
+        def ref(x, w):
+            return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+        y, vjp = jax.vjp(ref, x, w)
+        dy = jax.random.normal(jax.random.key(9), y.shape)
+        expected = (y, *vjp(dy))
+        got = jax.jit(lambda x, w, dy: (lambda y, f: (y, *f(dy)))(*jax.vjp(
+            lambda x, w: fastops.conv(x, w, 1, pads, WINOGRAD), x, w)))(x, w, dy)
+        for a, b in zip(got, expected):
+            _close(a, b)
+    assert fastops.choose(5, 1, 64, 192, (27, 27), "cpu", pads) == {**WINOGRAD, "input_grad": "matmul"}
     pads = ((1, 1), (1, 1))
-
-    def ref(x, w):
-        return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    y, vjp = jax.vjp(ref, x, w)
-    dy = jax.random.normal(jax.random.key(9), y.shape)
-    expected = (y, *vjp(dy))
-    got = jax.jit(lambda x, w, dy: (lambda y, f: (y, *f(dy)))(*jax.vjp(
-        lambda x, w: fastops.conv(x, w, 1, pads, WINOGRAD), x, w)))(x, w, dy)
-    for a, b in zip(got, expected):
-        _close(a, b)
     assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", pads) == WINOGRAD
     assert fastops.choose(3, 2, 64, 64, (28, 28), "cpu", pads)["forward"] == "xla"
     assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", pads, jnp.bfloat16)["forward"] == "xla"

@@ -8,9 +8,9 @@ caches, while XLA's matrix multiplication runs close to the machine's peak. So h
   use one of three formulations (:data:`FORWARD`, :data:`INPUT_GRAD`, :data:`WEIGHT_GRAD`): XLA's
   convolution; patches built from ``k*k`` strided slices and one matrix multiplication (the input
   gradient scatters its columns back with ``k*k`` interior-padded adds), a few images at a time;
-  or Winograd's F(2x2, 3x3) (:mod:`cnnbench.archs.winograd`). :func:`choose` picks per layer what
-  measured faster on a CPU: Winograd for every pass of a 3x3 stride-1 layer; elsewhere XLA's
-  forward and the patch-based gradients.
+  or Winograd's F(2x2, 3x3) / F(2x2, 5x5) (:mod:`cnnbench.archs.winograd`). :func:`choose` picks per
+  layer what measured faster on a CPU: Winograd for every pass of a 3x3 stride-1 layer and for a
+  5x5 one's forward pass and weight gradient; elsewhere XLA's forward and the patch-based gradients.
 - :func:`max_pool` is max pooling whose gradient goes to the first maximum of each window in
   row-major order, exactly one position per window, as select-and-scatter does, but computed as
   ``k*k`` compare-and-select passes over strided slices (on a CPU).
@@ -207,7 +207,7 @@ def _xla_weight_grad(x, w, dy, s, pads):
 
 
 #: Each pass of a convolution, by formulation: "xla" (XLA's convolution), "matmul" (patches and a
-#: matrix multiplication) or "winograd" (F(2x2, 3x3), 3x3 stride-1 only: :mod:`.winograd`).
+#: matrix multiplication) or "winograd" (F(2x2, 3x3) / F(2x2, 5x5), stride 1 only: :mod:`.winograd`).
 FORWARD = {"xla": _lax_conv, "matmul": _matmul_forward,
            "winograd": lambda x, w, s, pads: winograd.conv(x, w, pads)}
 INPUT_GRAD = {"xla": _xla_input_grad,
@@ -215,7 +215,7 @@ INPUT_GRAD = {"xla": _xla_input_grad,
               "winograd": lambda x, w, dy, s, pads: winograd.input_grad(dy, w, pads)}
 WEIGHT_GRAD = {"xla": _xla_weight_grad,
                "matmul": lambda x, w, dy, s, pads: _matmul_weight_grad(x, dy, w.shape[0], s, pads),
-               "winograd": lambda x, w, dy, s, pads: winograd.weight_grad(x, dy, pads)}
+               "winograd": lambda x, w, dy, s, pads: winograd.weight_grad(x, dy, pads, w.shape[0])}
 
 
 def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platform: str,
@@ -226,9 +226,13 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
     if platform != "cpu" or min(out_hw) < 1:  # too small an input: lax says so
         return xla
     if winograd.supported(k, s, pads) and jnp.dtype(dtype) == jnp.float32:
-        # 3x3 stride 1 (AlexNet conv3-5, VGG, ResNet's 3x3 layers but the first of a stage):
-        # Winograd in cache-sized chunks was 1.3-2x faster than XLA's convolution in every pass.
-        return {"forward": "winograd", "input_grad": "winograd", "weight_grad": "winograd"}
+        if k == 3:
+            # 3x3 stride 1 (AlexNet conv3-5, VGG, ResNet's 3x3 layers but the first of a stage):
+            # Winograd in cache-sized chunks was 1.3-2x faster than XLA's convolution in every pass.
+            return {"forward": "winograd", "input_grad": "winograd", "weight_grad": "winograd"}
+        # 5x5 stride 1 (AlexNet conv2): F(2x2, 5x5) beat XLA's forward (114 -> 95 ms) and the
+        # chunked patches' weight gradient (102 -> 62-85 ms), not their input gradient (93 -> 104).
+        return {"forward": "winograd", "input_grad": "matmul", "weight_grad": "winograd"}
     # Elsewhere XLA's forward convolution is kept (patches + matmul, chunked or not, was no
     # faster); both gradients are patches x matmul over cache-sized batch chunks: the weight
     # gradient 2.5-6x faster than XLA's (AlexNet's 11x11 conv1 included), the input gradient

@@ -1,18 +1,19 @@
-"""3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, 2016).
+"""Stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3) and F(2x2, 5x5) (Lavin & Gray, 2016).
 
-Each 2x2 block of outputs comes from a 4x4 tile of the input: the tile and the kernel are
-carried into a 16-point transform domain (``B^T d B`` and ``G g G^T``, entries 0, +-1, 1/2), where
-the convolution becomes 16 independent matrix multiplications over the channels, and back
-(``A^T m A``). That is 16 multiply-adds per 4 outputs per channel pair instead of 36: 2.25x fewer.
-In exact arithmetic the result is the convolution itself; in float32 it differs from XLA's by
-about 1e-6 of the output's scale (``tests/test_fastops.py`` holds it to the same tolerance as the
-other fast paths).
+Each 2x2 block of outputs comes from an a x a tile of the input (a = 4 for 3x3 kernels, 6 for
+5x5): the tile and the kernel are carried into an a*a-point transform domain (``B^T d B`` and
+``G g G^T``), where the convolution becomes a*a independent matrix multiplications over the
+channels, and back (``A^T m A``). For 3x3 kernels that is 16 multiply-adds per 4 outputs per
+channel pair instead of 36 (2.25x fewer); for 5x5, 36 instead of 100 (2.8x fewer). In exact
+arithmetic the result is the convolution itself; in float32 it differs from XLA's by about 1e-6
+(3x3) and 5e-6 (5x5) of the output's scale (``tests/test_fastops.py`` holds it to the same
+tolerance as the other fast paths).
 
-The three passes of a training step are all Winograd here:
+The three passes of a training step:
 
 - forward: ``Y = A^T [ (B^T d B) x (G g G^T) ] A`` per tile;
 - input gradient: the same convolution of ``dy`` with the kernel turned 180 degrees and its
-  channel axes swapped, padded by ``2 - pad``;
+  channel axes swapped, padded by ``r - 1 - pad``;
 - weight gradient: ``dW = G^T [ sum over tiles (B^T d B)^T x (A dY A^T) ] G``, the transpose of
   the forward's transforms, accumulated over the batch.
 
@@ -24,15 +25,59 @@ ResNet-18/34 3x3 layer and VGG's (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-M, R = 2, 3           # outputs per tile side, kernel side
-A_ = M + R - 1        # tile side: 4
-BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
-G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
-AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Minimal:
+    """F(m x m, r x r): ``AT`` (m x a), ``G`` (a x r), ``BT`` (a x a), a = m + r - 1."""
+
+    m: int
+    r: int
+    AT: np.ndarray
+    G: np.ndarray
+    BT: np.ndarray
+
+    @property
+    def a(self) -> int:
+        return self.m + self.r - 1
+
+
+def toom_cook(m: int, r: int, points) -> Minimal:
+    """F(m, r) from the Toom-Cook construction at ``m + r - 2`` finite points and infinity:
+    ``A^T`` and ``G`` from the points (Lavin & Gray, eq. 8-10), ``B^T`` solved from the identity
+    ``y_i = sum_k d_(i+k) g_k = A^T [(G g) * (B^T d)]`` for every i, k and input position."""
+    a = m + r - 1
+    p = [float(v) for v in points][:a - 1]
+    at = np.array([[pj ** i for pj in p] + [1.0 if i == m - 1 else 0.0] for i in range(m)])
+    f = [np.prod([pj - pl for pl in p if pl != pj]) for pj in p]
+    g = np.array([[pj ** k / fj for k in range(r)] for pj, fj in zip(p, f)] + [[0.0] * (r - 1) + [1.0]])
+    rows, rhs = [], []
+    for i in range(m):
+        for k in range(r):
+            for col in range(a):
+                coef = np.zeros((a, a))
+                coef[:, col] = at[i] * g[:, k]
+                rows.append(coef.ravel())
+                rhs.append(1.0 if col == i + k else 0.0)
+    bt = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0].reshape(a, a)
+    bt = np.round(bt, 9) + 0.0  # exact small integers for these points (no -0.0)
+    return Minimal(m, r, at, g, bt)
+
+
+#: by kernel side: F(2x2, 3x3) with the transforms of Lavin & Gray (entries 0, +-1, 1/2) and
+#: F(2x2, 5x5) at the points 0, +-1, +-2 and infinity.
+FORMS = {
+    3: Minimal(2, 3, np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
+               np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
+               np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)),
+    5: toom_cook(2, 5, (0, 1, -1, 2, -2)),
+}
+R = 3  # the kernel side of F(2x2, 3x3), which the space-to-depth stem aims at
 
 #: bytes of one chunk's transformed tiles (16 x tiles x channels x 4) the chunk size aims at: the
 #: measured optimum on a 2-core AVX2 EPYC with 1 MiB L2 per core and 32 MiB L3 was 6-10 MB.
@@ -40,15 +85,15 @@ CHUNK_BYTES = 8 << 20
 
 
 def supported(k: int, s: int, pads) -> bool:
-    """What this module computes: 3x3 kernels, stride 1, at most 2 pixels of padding per side
-    (the input gradient pads by ``2 - pad``)."""
-    return k == R and s == 1 and all(0 <= p <= R - 1 for side in pads for p in side)
+    """What this module computes: 3x3 and 5x5 kernels, stride 1, at most ``k - 1`` pixels of
+    padding per side (the input gradient pads by ``k - 1 - pad``)."""
+    return k in FORMS and s == 1 and all(0 <= p <= k - 1 for side in pads for p in side)
 
 
-def chunk(n: int, tiles: int, channels: int, budget: int | None = None) -> int:
-    """Images per step: the largest divisor of ``n`` whose transformed tiles fit ``budget``
-    (default :data:`CHUNK_BYTES`)."""
-    per_image = A_ * A_ * tiles * channels * 4
+def chunk(n: int, tiles: int, channels: int, budget: int | None = None, a: int = 4) -> int:
+    """Images per step: the largest divisor of ``n`` whose transformed tiles (``a*a`` per tile)
+    fit ``budget`` (default :data:`CHUNK_BYTES`)."""
+    per_image = a * a * tiles * channels * 4
     cap = max(1, (budget or CHUNK_BYTES) // max(per_image, 1))
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
@@ -73,39 +118,40 @@ def _transform_2d(matrix, grid):
     return [_combine(matrix, [cols[j][k] for j in range(len(cols))]) for k in range(len(matrix))]
 
 
-def _tiling(h: int, w: int, pads):
+def _tiling(f: Minimal, h: int, w: int, pads):
     """Output size, tile counts and the padded input size the tiles need."""
-    ho, wo = h + sum(pads[0]) - R + 1, w + sum(pads[1]) - R + 1
-    th, tw = -(-ho // M), -(-wo // M)
-    return (ho, wo), (th, tw), (th * M + R - 1, tw * M + R - 1)
+    ho, wo = h + sum(pads[0]) - f.r + 1, w + sum(pads[1]) - f.r + 1
+    th, tw = -(-ho // f.m), -(-wo // f.m)
+    return (ho, wo), (th, tw), (th * f.m + f.r - 1, tw * f.m + f.r - 1)
 
 
-def _input_tiles(x, pads):
-    """``B^T d B`` for every 4x4 input tile: [16, N * th * tw, C]."""
+def _input_tiles(f: Minimal, x, pads):
+    """``B^T d B`` for every a x a input tile: [a*a, N * th * tw, C]."""
     n, h, w, c = x.shape
-    _, (th, tw), (hp, wp) = _tiling(h, w, pads)
+    _, (th, tw), (hp, wp) = _tiling(f, h, w, pads)
+    m, a = f.m, f.a
     xp = jnp.pad(x, [(0, 0), (pads[0][0], hp - h - pads[0][0]), (pads[1][0], wp - w - pads[1][0]), (0, 0)])
-    grid = [[lax.slice(xp, (0, i, j, 0), (n, i + M * (th - 1) + 1, j + M * (tw - 1) + 1, c), (1, M, M, 1))
-             for j in range(A_)] for i in range(A_)]
-    v = _transform_2d(BT, grid)
-    return jnp.stack([v[k][l] for k in range(A_) for l in range(A_)]).reshape(A_ * A_, n * th * tw, c)
+    grid = [[lax.slice(xp, (0, i, j, 0), (n, i + m * (th - 1) + 1, j + m * (tw - 1) + 1, c), (1, m, m, 1))
+             for j in range(a)] for i in range(a)]
+    v = _transform_2d(f.BT, grid)
+    return jnp.stack([v[k][l] for k in range(a) for l in range(a)]).reshape(a * a, n * th * tw, c)
 
 
-def _kernel(w):
-    """``G g G^T``: [16, C, O]."""
-    g = jnp.asarray(G, w.dtype)
-    return jnp.einsum("ki,ijco,lj->klco", g, w, g).reshape(A_ * A_, w.shape[2], w.shape[3])
+def _kernel(f: Minimal, w):
+    """``G g G^T``: [a*a, C, O]."""
+    g = jnp.asarray(f.G, w.dtype)
+    return jnp.einsum("ki,ijco,lj->klco", g, w, g).reshape(f.a * f.a, w.shape[2], w.shape[3])
 
 
-def _forward(x, w, pads):
+def _forward(f: Minimal, x, w, pads):
     n, h, wd, _ = x.shape
-    (ho, wo), (th, tw), _ = _tiling(h, wd, pads)
-    o = w.shape[-1]
-    m = lax.dot_general(_input_tiles(x, pads), _kernel(w), (((2,), (1,)), ((0,), (0,))))  # [16, P, O]
-    m = m.reshape(A_, A_, n, th, tw, o)
-    y = _transform_2d(AT, [[m[k, l] for l in range(A_)] for k in range(A_)])  # y[u][v]: [n, th, tw, o]
+    (ho, wo), (th, tw), _ = _tiling(f, h, wd, pads)
+    o, a = w.shape[-1], f.a
+    m = lax.dot_general(_input_tiles(f, x, pads), _kernel(f, w), (((2,), (1,)), ((0,), (0,))))  # [a*a, P, O]
+    m = m.reshape(a, a, n, th, tw, o)
+    y = _transform_2d(f.AT, [[m[k, l] for l in range(a)] for k in range(a)])  # y[u][v]: [n, th, tw, o]
     y = jnp.stack([jnp.stack(row) for row in y])                                # [u, v, n, th, tw, o]
-    y = jnp.transpose(y, (2, 3, 0, 4, 1, 5)).reshape(n, th * M, tw * M, o)
+    y = jnp.transpose(y, (2, 3, 0, 4, 1, 5)).reshape(n, th * f.m, tw * f.m, o)
     return y[:, :ho, :wo, :]
 
 
@@ -119,43 +165,47 @@ def batched(f, x, size: int):
 
 
 def conv(x, w, pads):
-    """NHWC x HWIO 3x3 stride-1 convolution with ``pads`` ((top, bottom), (left, right))."""
-    _, (th, tw), _ = _tiling(x.shape[1], x.shape[2], pads)
-    size = chunk(x.shape[0], th * tw, max(w.shape[2], w.shape[3]))
-    return batched(lambda xc: _forward(xc, w, pads), x, size)
+    """NHWC x HWIO stride-1 convolution (3x3 or 5x5 kernel) with ``pads`` ((top, bottom), (left, right))."""
+    f = FORMS[w.shape[0]]
+    _, (th, tw), _ = _tiling(f, x.shape[1], x.shape[2], pads)
+    size = chunk(x.shape[0], th * tw, max(w.shape[2], w.shape[3]), a=f.a)
+    return batched(lambda xc: _forward(f, xc, w, pads), x, size)
 
 
 def input_grad(dy, w, pads):
     """dL/dx of :func:`conv`: a convolution of ``dy`` with the kernel turned 180 degrees."""
+    k = w.shape[0]
     flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
-    return conv(dy, flipped, tuple((R - 1 - lo, R - 1 - hi) for lo, hi in pads))
+    return conv(dy, flipped, tuple((k - 1 - lo, k - 1 - hi) for lo, hi in pads))
 
 
-def weight_grad(x, dy, pads):
-    """dL/dw of :func:`conv`, accumulated in float32 over chunks of the batch."""
+def weight_grad(x, dy, pads, k: int = 3):
+    """dL/dw of :func:`conv` (a ``k x k`` kernel), accumulated in float32 over chunks of the batch."""
+    f = FORMS[k]
+    m, a = f.m, f.a
     n, h, w, c = x.shape
     o = dy.shape[-1]
-    (ho, wo), (th, tw), _ = _tiling(h, w, pads)
+    (ho, wo), (th, tw), _ = _tiling(f, h, w, pads)
     dtype = jnp.promote_types(x.dtype, dy.dtype)
     acc = jnp.promote_types(dtype, jnp.float32)
 
     def part(xc, dyc):
         b = xc.shape[0]
-        v = _input_tiles(xc, pads)                                                # [16, P, C]
-        d = jnp.pad(dyc, [(0, 0), (0, th * M - ho), (0, tw * M - wo), (0, 0)])
-        d = d.reshape(b, th, M, tw, M, o)
-        grid = [[d[:, :, u, :, v, :] for v in range(M)] for u in range(M)]      # dY tiles [b, th, tw, o]
-        dm = _transform_2d(AT.T, grid)                                             # A dY A^T: 4x4
-        dm = jnp.stack([dm[k][l] for k in range(A_) for l in range(A_)]).reshape(A_ * A_, b * th * tw, o)
-        return lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))), preferred_element_type=acc)  # [16, C, O]
+        v = _input_tiles(f, xc, pads)                                             # [a*a, P, C]
+        d = jnp.pad(dyc, [(0, 0), (0, th * m - ho), (0, tw * m - wo), (0, 0)])
+        d = d.reshape(b, th, m, tw, m, o)
+        grid = [[d[:, :, u, :, v, :] for v in range(m)] for u in range(m)]      # dY tiles [b, th, tw, o]
+        dm = _transform_2d(f.AT.T, grid)                                           # A dY A^T: a x a
+        dm = jnp.stack([dm[i][j] for i in range(a) for j in range(a)]).reshape(a * a, b * th * tw, o)
+        return lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))), preferred_element_type=acc)  # [a*a, C, O]
 
-    size = chunk(n, th * tw, max(c, o))
+    size = chunk(n, th * tw, max(c, o), a=a)
     if size >= n:
         du = part(x, dy)
     else:
         xs, dys = (a.reshape(n // size, size, *a.shape[1:]) for a in (x, dy))
         du = lax.scan(lambda total, pair: (total + part(*pair), None),
-                      jnp.zeros((A_ * A_, c, o), acc), (xs, dys))[0]
-    g = jnp.asarray(G, acc)
-    dw = jnp.einsum("ki,klco,lj->ijco", g, du.reshape(A_, A_, c, o), g)
+                      jnp.zeros((a * a, c, o), acc), (xs, dys))[0]
+    g = jnp.asarray(f.G, acc)
+    dw = jnp.einsum("ki,klco,lj->ijco", g, du.reshape(a, a, c, o), g)
     return dw.astype(dtype)
