@@ -2,7 +2,7 @@
 
     python benchmarks/torch_peer.py --torch-python /work/torchvenv/bin/python \\
         [--archs alexnet-owt,resnet18,vgg11] [--modes train,infer] [--batch-size 32] \\
-        [--input-size 224] [--rounds 3] [--steps 3] [--no-compile] [--json]
+        [--input-size 224] [--rounds 3] [--steps 3] [--no-compile] [--peer-malloc same|default] [--json]
 
 PyTorch is not a dependency of cnnbench, so the two halves run in two interpreters: this script
 runs under cnnbench's environment (JAX) and starts itself again under ``--torch-python`` (any
@@ -17,8 +17,9 @@ sides back to back), and of the fastest steps (the least disturbed on a shared m
 Training is one optimiser step of SGD with momentum 0.9 and weight decay 5e-4 on a cross-entropy
 loss (GoogLeNet adds its auxiliary losses with weight 0.3 on both sides); inference is the forward
 pass in eval mode (``torch.inference_mode``). cnnbench runs with the XLA options its command line
-sets (:mod:`cnnbench.perf.flags`); PyTorch with ``torch.set_num_threads`` equal to the cores JAX
-uses. Synthetic data, float32, NCHW for PyTorch (its default), NHWC for cnnbench (its layout).
+sets (:mod:`cnnbench.perf.flags`, huge pages for large buffers included); PyTorch with
+``torch.set_num_threads`` equal to the cores JAX uses and, by default, the same C-library settings
+(``--peer-malloc default``: PyTorch as a plain script runs it). Synthetic data, float32, NCHW for PyTorch (its default), NHWC for cnnbench (its layout).
 """
 
 from __future__ import annotations
@@ -111,9 +112,9 @@ def torch_worker(threads: int) -> None:
 
 
 class TorchWorker:
-    def __init__(self, python: str, threads: int):
+    def __init__(self, python: str, threads: int, env: dict | None = None):
         self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", "--threads", str(threads)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
         self.versions = json.loads(self.proc.stdout.readline())
 
     def ask(self, **cmd) -> dict:
@@ -153,6 +154,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="Timed steps per side per round.")
     parser.add_argument("--no-compile", action="store_true", help="Skip torch.compile.")
+    parser.add_argument("--peer-malloc", choices=("same", "default"), default="same",
+                        help="same: the PyTorch worker gets cnnbench's C-library settings (huge pages); "
+                             "default: it runs with the library's defaults, as a plain PyTorch script does.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.worker:
@@ -173,7 +177,10 @@ def main():
     from cnnbench.perf.bench import Prepared, _mesh, matmul_peak
 
     mesh = _mesh(1)
-    torch = TorchWorker(args.torch_python, args.threads)
+    peer_env = dict(os.environ)
+    if args.peer_malloc == "default":
+        peer_env.pop("GLIBC_TUNABLES", None)
+    torch = TorchWorker(args.torch_python, args.threads, peer_env)
     variants = ["eager"] + ([] if args.no_compile else ["compile"])
     peaks, results = [], []
     print(f"# {machine()}; jax {jax.__version__}, torch {torch.versions['torch']} "
@@ -232,13 +239,14 @@ def main():
         row["best_utilization"] = row["cnnbench_best_flops_per_sec"] / peak
     doc = {"machine": machine(), "jax": jax.__version__, "torch": torch.versions["torch"],
            "torchvision": torch.versions["torchvision"], "threads": args.threads, "xla_flags": xla_flags,
+           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "peer_malloc": args.peer_malloc,
            "rounds": args.rounds, "steps": args.steps, "matmul_peak_flops": peak, "results": results}
     if args.json:
         print(json.dumps(doc, indent=2))
         return
     print(f"machine: {doc['machine']}; jax {doc['jax']}, torch {doc['torch']}, torchvision "
           f"{doc['torchvision']}, {args.threads} threads; XLA_FLAGS={xla_flags or '(none)'}; "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES') or '(none)'}")
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES') or '(none)'} (PyTorch worker: {args.peer_malloc})")
     print(f"{args.rounds} interleaved rounds x {args.steps} steps; matmul peak {peak / 1e9:.0f} GFLOP/s (best); "
           f"ratios: of medians / median per round / of fastest steps")
     head = ["workload", "cnnbench img/s", "torch eager img/s", "ratio", "torch.compile img/s", "ratio",
