@@ -79,7 +79,7 @@ FORMS = {
 }
 R = 3  # the kernel side of F(2x2, 3x3), which the space-to-depth stem aims at
 
-#: bytes of one chunk's transformed tiles (16 x tiles x channels x 4) the chunk size aims at: the
+#: bytes of one chunk's transformed tiles (a*a x tiles x channels x 4) the chunk size aims at: the
 #: measured optimum on a 2-core AVX2 EPYC with 1 MiB L2 per core and 32 MiB L3 was 6-10 MB.
 CHUNK_BYTES = 8 << 20
 
@@ -206,7 +206,7 @@ def weight_grad(x, dy, pads, k: int = 3):
     if size >= n:
         du = part(x, dy)
     else:
-        xs, dys = (a.reshape(n // size, size, *a.shape[1:]) for a in (x, dy))
+        xs, dys = (arr.reshape(n // size, size, *arr.shape[1:]) for arr in (x, dy))
         du = lax.scan(lambda total, pair: (total + part(*pair), None),
                       jnp.zeros((a * a, c, o), acc), (xs, dys))[0]
     g = jnp.asarray(f.G, acc)

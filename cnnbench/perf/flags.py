@@ -82,7 +82,8 @@ def _glibc_version() -> tuple[int, ...] | None:
 def _thp_mode(path="/sys/kernel/mm/transparent_hugepage/enabled") -> str | None:
     """The selected transparent-huge-page mode (``always``, ``madvise`` or ``never``)."""
     try:
-        text = open(path).read()
+        with open(path) as f:
+            text = f.read()
     except OSError:
         return None
     return text[text.index("[") + 1:text.index("]")] if "[" in text else None
@@ -114,7 +115,7 @@ def use_hugepages() -> None:
 
     env = hugepage_environ()
     argv = getattr(sys, "orig_argv", None)
-    if env is None or not argv or "-" in argv[1:2] or (len(argv) == 1):
+    if env is None or not argv or sys.argv[0] in ("", "-"):  # interactive, or a script from stdin
         return
     sys.stdout.flush()
     sys.stderr.flush()
