@@ -119,4 +119,7 @@ def use_hugepages() -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    try:
+        os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    except OSError:  # no interpreter path to re-run: carry on with the default pages
+        return
