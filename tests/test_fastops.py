@@ -78,6 +78,7 @@ def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
         for a, b in zip(got, expected):
             _close(a, b)
     assert fastops.choose(5, 1, 64, 192, (27, 27), "cpu", pads) == {**WINOGRAD, "input_grad": "matmul"}
+    assert fastops.choose(5, 1, 6, 16, (10, 10), "cpu", pads)["forward"] == "xla"  # LeNet-5's conv2
     pads = ((1, 1), (1, 1))
     assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", pads) == WINOGRAD
     assert fastops.choose(3, 2, 64, 64, (28, 28), "cpu", pads)["forward"] == "xla"

@@ -237,7 +237,9 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
     xla = {"forward": "xla", "input_grad": "xla", "weight_grad": "xla"}
     if platform != "cpu" or min(out_hw) < 1:  # too small an input: lax says so
         return xla
-    if winograd.supported(k, s, pads) and jnp.dtype(dtype) == jnp.float32:
+    # 5x5 only as measured (AlexNet's conv2, 64 input channels): on LeNet's or GoogLeNet's few
+    # channels the 36-point transforms cost more (compiling included) than they save.
+    if winograd.supported(k, s, pads) and jnp.dtype(dtype) == jnp.float32 and (k == 3 or cin >= 64):
         if k == 3:
             # 3x3 stride 1 (AlexNet conv3-5, VGG, ResNet's 3x3 layers but the first of a stage):
             # Winograd in cache-sized chunks was 1.3-2x faster than XLA's convolution in every pass.
