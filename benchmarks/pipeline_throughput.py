@@ -137,9 +137,9 @@ def main():
         write_jpegs(root, args.images)
         source = resolve(f"folder:{root}")
         batches = args.images // args.batch_size - 3  # stay inside one epoch after the warm-up
+        specs = {name: expand(name, size=227 if name == "alexnet" else 224) for name in ("alexnet", "vgg", "inception")}
         recipes = {}
-        for name in ("alexnet", "vgg", "inception"):
-            spec = expand(name, size=227 if name == "alexnet" else 224)
+        for name, spec in specs.items():
             recipes[f"{name} f32"] = Pipeline(source, "train", args.batch_size, spec, train=True)
             recipes[f"{name} u8"] = Pipeline(source, "train", args.batch_size, spec, train=True,
                                              device_finish=True)
@@ -149,9 +149,7 @@ def main():
                                    ["images_per_sec"])
             for name, p in recipes.items():
                 rates[name].append(pipeline_rate(p, batches))
-        specs = {"decode": None, **{name: expand(name, size=227 if name == "alexnet" else 224)
-                                    for name in ("alexnet", "vgg", "inception")}}
-        one_thread = {name: per_image_us(source, spec) for name, spec in specs.items()}
+        one_thread = {name: per_image_us(source, spec) for name, spec in {"decode": None, **specs}.items()}
     medians = {k: statistics.median(v) for k, v in rates.items()}
     step = alexnet_step_rate(args.step_batch)
     result = {
