@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cnnbench.archs import initializers
 from cnnbench.archs.layers import (LRN, AdaptiveAvgPool, AvgPool, Conv, MaxPool, ShortcutA,
                                    _window_bounds)
 
@@ -102,3 +103,39 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
     assert y.shape == (1, 4, 4, 32)
     np.testing.assert_array_equal(y[..., 8:24], x[:, ::2, ::2, :])
     assert float(jnp.abs(y[..., :8]).sum()) == 0 and float(jnp.abs(y[..., 24:]).sum()) == 0
+
+
+@pytest.mark.parametrize("name, ours, theirs", [
+    ("normal", lambda: initializers.normal(0.01), lambda: jax.nn.initializers.normal(0.01)),
+    ("lecun", initializers.lecun_normal, jax.nn.initializers.lecun_normal),
+    ("glorot", initializers.glorot_uniform, jax.nn.initializers.glorot_uniform),
+    ("he_fan_out", lambda: initializers.variance_scaling(2.0, "fan_out", "normal"),
+     lambda: jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")),
+    ("constant", lambda: initializers.constant(0.2), lambda: jax.nn.initializers.constant(0.2)),
+])
+@pytest.mark.parametrize("shape", [(3, 3, 5, 7), (11, 11, 3, 64), (64, 64), (64,)])
+def test_initializers_give_jaxs_values_bit_for_bit(name, ours, theirs, shape, monkeypatch):
+    """Bucketed draws sliced to shape are the numbers JAX's initializers give, exactly (the
+    (64, 64) kernel fills its bucket; (11, 11, 3, 64) is drawn at its own size here)."""
+    monkeypatch.setattr(initializers, "_BUCKETED_UP_TO", 16_384)
+    key = jax.random.key(7)
+    if len(shape) == 1 and name in ("lecun", "glorot", "he_fan_out"):
+        for init in (ours(), theirs()):  # fans need a 2-D (or larger) kernel, in both
+            with pytest.raises(ValueError):
+                init(key, shape, jnp.float32)
+        return
+    expected = theirs()(key, shape, jnp.float32)
+    got = ours()(key, shape, jnp.float32)
+    assert isinstance(got, jax.Array) and got.dtype == jnp.float32 and got.shape == shape
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    if shape == (3, 3, 5, 7) and name == "lecun":  # traced (nnx.eval_shape, jit), ours hands over to JAX's own
+        np.testing.assert_array_equal(jax.jit(lambda k: ours()(k, shape, jnp.float32))(key),
+                                      jax.jit(lambda k: theirs()(k, shape, jnp.float32))(key))
+
+
+def test_initializers_share_one_compiled_draw_per_bucket():
+    initializers._draw_fn.cache_clear()
+    key = jax.random.key(0)
+    for cout in range(26, 36):  # ten shapes of 2,106-2,835 weights: one bucket of 4,096
+        initializers.glorot_uniform()(key, (3, 3, 9, cout))
+    assert initializers._draw_fn.cache_info().currsize == 1

@@ -18,8 +18,7 @@ from flax import nnx
 from jax import lax
 
 from cnnbench.archs import fastops, trace
-
-init = nnx.initializers
+from cnnbench.archs import initializers as init
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
