@@ -1,5 +1,6 @@
 """`summary` numbers derived from the models: receptive fields, multiply-adds, observations."""
 
+import jax
 import pytest
 
 from cnnbench.analysis.summary import summarize
@@ -91,3 +92,15 @@ def test_depth_is_the_papers_layer_count(name, depth):
     """Weight layers on the longest path: Inception's parallel branches and ResNet's shortcut
     projections do not add to it, so the papers' "8", "22", "152 layers" come out."""
     assert summarize(name).depth == depth
+
+
+def test_abstract_models_leave_jaxs_tracer_messages_as_they_were():
+    """abstract_model drops the costly "origin" part of tracer errors only while it builds."""
+    from jax._src.interpreters import partial_eval
+
+    from cnnbench.archs.state import abstract_model
+
+    before = partial_eval.DynamicJaxprTracer.__dict__["_origin_msg"]
+    model = abstract_model("lenet5")
+    assert isinstance(model.features.c1.kernel.get_value(), jax.ShapeDtypeStruct)
+    assert partial_eval.DynamicJaxprTracer.__dict__["_origin_msg"] is before
