@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cnnbench.errors import UsageError
+from cnnbench.pipeline import preprocess
 from cnnbench.pipeline.loader import Pipeline
 from cnnbench.pipeline.preprocess import compile_ops, expand
 from cnnbench.pipeline.sources import resolve, tfds_source
@@ -193,7 +194,9 @@ def test_tfds_names_with_mock_data(tmp_path):
                                   "resize_shorter(120, antialias=False)|random_crop(118)",  # enlarging, edges
                                   "resize_shorter(75, antialias=False)|random_crop(74)",  # scale 1, edges
                                   "resize_shorter(50, antialias=False)|random_crop(50)"])  # shrinking, edges
-def test_fused_resize_and_crop_equals_the_ops_as_written(spec):
+@pytest.mark.parametrize("whole_photo", [True, False])  # the default, and window resampling for every spec
+def test_fused_resize_and_crop_equals_the_ops_as_written(spec, whole_photo, monkeypatch):
+    monkeypatch.setattr(preprocess, "WHOLE_PHOTO_BILINEAR", whole_photo)
     image = tf().constant(np.random.default_rng(1).uniform(0, 255, (75, 100, 3)), "float32")
     for s in range(5):
         seed = tf().constant([s, 7], "int64")
@@ -245,12 +248,14 @@ def _photo_jpeg(mode: str, seed: int = 0, size=(150, 200)) -> bytes:
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
-def test_jpeg_window_decoding_gives_the_same_pixels(mode):
+@pytest.mark.parametrize("whole_photo", [True, False])
+def test_jpeg_window_decoding_gives_the_same_pixels(mode, whole_photo, monkeypatch):
     """From JPEG bytes the first crop decodes only its window (decode_and_crop_jpeg); the result
     equals decoding the whole image and running the same ops, bit for bit, for colour, grey and
     CMYK files (CMYK takes the whole-image path), into 3 or 1 channels."""
     from cnnbench.pipeline.preprocess import decode
 
+    monkeypatch.setattr(preprocess, "WHOLE_PHOTO_BILINEAR", whole_photo)
     data = tf().constant(_photo_jpeg(mode))
     for channels in (3, 1):
         for recipe in ("alexnet", "vgg", "inception", "center"):
@@ -294,3 +299,4 @@ def test_spec_keyword_arguments_round_trip():
     smooth = compile_ops("resize_shorter(21)")(board, seed).numpy()
     sharp = compile_ops("resize_shorter(21, antialias=False)")(board, seed).numpy()
     assert smooth.std() < 0.5 * sharp.std()
+
