@@ -59,10 +59,11 @@ class Pipeline:
         # The ops decode: a JPEG whose first op is a crop decodes only the window it needs.
         raw = {"encoded": self.source.encoded, "channels": self.channels}
         if self.device_finish:
-            self._apply, self.finish = compile_host(self.ops, **raw)
+            apply, self.finish = compile_host(self.ops, **raw)
         else:
             full = compile_ops(self.ops, **raw)
-            self._apply, self.finish = (lambda image, seed: (full(image, seed), None)), None
+            apply, self.finish = (lambda image, seed: (full(image, seed), None)), None
+        self._apply = tf().function(apply)
         self._seen = tf().Variable(0, dtype="int64", trainable=False)
         self._decoded = tf().Variable(0, dtype="int64", trainable=False)
 
