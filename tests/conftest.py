@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 # Tests run on the CPU and never write into the user's cache.
@@ -7,3 +9,4 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # everything else keeps running on the first one.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ["CNNBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnbench-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CNNBENCH_CACHE_DIR"], ignore_errors=True)

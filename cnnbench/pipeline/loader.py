@@ -63,6 +63,7 @@ class Pipeline:
         else:
             full = compile_ops(self.ops, **raw)
             apply, self.finish = (lambda image, seed: (full(image, seed), None)), None
+        # Traced once, not once per epoch: every epoch's dataset calls this one graph function.
         self._apply = tf().function(apply)
         self._seen = tf().Variable(0, dtype="int64", trainable=False)
         self._decoded = tf().Variable(0, dtype="int64", trainable=False)
