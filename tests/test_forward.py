@@ -17,8 +17,8 @@ def test_forward_shape_and_values(info):
     size = SMALL.get(info.name, 32)
     model = create_model(info.name, num_classes=7, input_size=size)
     x = jax.random.normal(jax.random.key(1), (2, size, size, info.in_channels))
-    # Run op by op, every new layer shape is compiled on its own: GoogLeNet's nearly all differ
-    # (one compile of the whole net is 2x faster), deep ResNets and VGGs repeat theirs (eager is).
+    # Op by op, each new layer shape compiles on its own. GoogLeNet's (and AlexNet's) layers nearly
+    # all differ, so one compile of the whole net is faster; deep ResNets and VGGs repeat theirs.
     def eager(m, x):
         return m(x)
 

@@ -299,4 +299,3 @@ def test_spec_keyword_arguments_round_trip():
     smooth = compile_ops("resize_shorter(21)")(board, seed).numpy()
     sharp = compile_ops("resize_shorter(21, antialias=False)")(board, seed).numpy()
     assert smooth.std() < 0.5 * sharp.std()
-
