@@ -37,12 +37,19 @@ def _bucket(n: int, key) -> int:
     return max(_SMALLEST, 1 << (n - 1).bit_length())
 
 
+#: the standard draws (``uniform`` on [-1, 1)) of ``size`` numbers
+_DRAWS = {"normal": lambda k, size, dtype: jax.random.normal(k, (size,), dtype),
+          "uniform": lambda k, size, dtype: jax.random.uniform(k, (size,), dtype, -1),
+          "truncated_normal": lambda k, size, dtype: jax.random.truncated_normal(k, -2, 2, (size,), dtype)}
+_FANS = {"fan_in": lambda fan_in, fan_out: fan_in, "fan_out": lambda fan_in, fan_out: fan_out,
+         "fan_avg": lambda fan_in, fan_out: (fan_in + fan_out) / 2,
+         "fan_geo_avg": lambda fan_in, fan_out: (fan_in * fan_out) ** 0.5}
+
+
 @functools.cache
 def _draw_fn(distribution: str, size: int, dtype):
-    draws = {"normal": lambda k: jax.random.normal(k, (size,), dtype),
-             "uniform": lambda k: jax.random.uniform(k, (size,), dtype, -1),
-             "truncated_normal": lambda k: jax.random.truncated_normal(k, -2, 2, (size,), dtype)}
-    return jax.jit(draws[distribution])
+    draw = _DRAWS[distribution]
+    return jax.jit(lambda k: draw(k, size, dtype))
 
 
 def _standard(distribution: str, key, shape, dtype) -> np.ndarray:
@@ -69,6 +76,9 @@ def normal(stddev: float = 1e-2):
 
 def variance_scaling(scale: float, mode: str, distribution: str, in_axis: int = -2, out_axis: int = -1):
     """``jax.nn.initializers.variance_scaling`` for real float weights (default axes)."""
+    if mode not in _FANS or distribution not in _DRAWS:
+        raise ValueError(f"variance scaling: mode {mode!r} (one of {', '.join(_FANS)}), "
+                         f"distribution {distribution!r} (one of {', '.join(_DRAWS)})")
     reference = _jax_init.variance_scaling(scale, mode, distribution, in_axis, out_axis)
 
     def init(key, shape, dtype=None):
@@ -78,8 +88,7 @@ def variance_scaling(scale: float, mode: str, distribution: str, in_axis: int = 
         fan_in, fan_out = shape[in_axis], shape[out_axis]
         receptive = math.prod(shape) / fan_in / fan_out
         fan_in, fan_out = fan_in * receptive, fan_out * receptive
-        denominator = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2,
-                       "fan_geo_avg": (fan_in * fan_out) ** 0.5}[mode]
+        denominator = _FANS[mode](fan_in, fan_out)
         variance = dtype.type(scale / denominator)
         if distribution == "truncated_normal":
             factor = np.sqrt(variance) / dtype.type(_TRUNCATED_STD)

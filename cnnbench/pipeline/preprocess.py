@@ -304,8 +304,8 @@ def _shorter_side_crop(crop, random, size, max_size=None, antialias=True):
     cropping, up to float rounding (a test pins this), and about twice as fast on ImageNet JPEGs.
     From JPEG bytes (``apply.from_jpeg``) only the source window is decoded at all. A fixed
     shorter side without antialiasing (AlexNet's recipe) takes ``whole`` instead."""
-    def plan(h, w, seed, crop_seed):
-        """(first, last) source rows/columns the crop samples, the scale and the crop offset."""
+    def placed(h, w, seed, crop_seed):
+        """(new_h, new_w, top, left): the resized photo's size and the crop's corner in it."""
         lib = tf()
         target = size if max_size is None else lib.random.stateless_uniform(
             (), seed, minval=size, maxval=max_size + 1, dtype="int32")
@@ -317,6 +317,12 @@ def _shorter_side_crop(crop, random, size, max_size=None, antialias=True):
             left = lib.random.stateless_uniform((), crop_seed + 1, maxval=new_w - crop + 1, dtype="int32")
         else:
             top, left = (new_h - crop) // 2, (new_w - crop) // 2
+        return new_h, new_w, top, left
+
+    def plan(h, w, seed, crop_seed):
+        """(first, last) source rows/columns the crop samples, the scale and the crop offset."""
+        lib = tf()
+        new_h, new_w, top, left = placed(h, w, seed, crop_seed)
         ratio = lib.stack([lib.cast(new_h, "float32") / lib.cast(h, "float32"),
                            lib.cast(new_w, "float32") / lib.cast(w, "float32")])
         # source pixels per output pixel, computed as the resize kernels compute it
@@ -327,8 +333,7 @@ def _shorter_side_crop(crop, random, size, max_size=None, antialias=True):
         offset = lib.cast(lib.stack([top, left]), "float32")
         first = lib.cast(lib.floor(offset / ratio), "int32") - lib.cast(lib.math.ceil(1 / ratio), "int32") - 1
         last = lib.cast(lib.math.ceil((offset + crop) / ratio), "int32") + lib.cast(lib.math.ceil(1 / ratio), "int32") + 1
-        return lib.maximum(first, 0), lib.minimum(last, lib.stack([h, w])), (ratio, inverse), offset, \
-            (new_h, new_w, top, left)
+        return lib.maximum(first, 0), lib.minimum(last, lib.stack([h, w])), (ratio, inverse), offset
 
     def resample(window, first, scales, offset, channels):
         lib = tf()
@@ -376,8 +381,7 @@ def _shorter_side_crop(crop, random, size, max_size=None, antialias=True):
         faster than the whole photo there. It also skips the window path's three tf.cond branches
         (JPEG? CMYK? crop at the border?). One thread, 500x375 JPEGs: 1.98 ms per image instead of
         2.68 (BENCHMARKS.md)."""
-        h, w = _hw(image)
-        _, _, _, _, (new_h, new_w, top, left) = plan(h, w, seed, crop_seed)
+        new_h, new_w, top, left = placed(*_hw(image), seed, crop_seed)
         out = tf().raw_ops.ResizeBilinear(images=image[None], size=tf().stack([new_h, new_w]),
                                           half_pixel_centers=True)[0][top:top + crop, left:left + crop, :]
         out.set_shape([crop, crop, image.shape[-1]])
@@ -388,12 +392,12 @@ def _shorter_side_crop(crop, random, size, max_size=None, antialias=True):
 
     def apply(image, seed, crop_seed):  # the seeds the two ops would get unfused
         h, w = _hw(image)
-        first, last, scales, offset, _ = plan(h, w, seed, crop_seed)
+        first, last, scales, offset = plan(h, w, seed, crop_seed)
         return resample(image[first[0]:last[0], first[1]:last[1], :], first, scales, offset, image.shape[-1])
 
     def from_jpeg(data, channels, seed, crop_seed):
         h, w = _jpeg_hw(data)
-        first, last, scales, offset, _ = plan(h, w, seed, crop_seed)
+        first, last, scales, offset = plan(h, w, seed, crop_seed)
         window = _jpeg_window(data, first, last, h, w, channels)
         return resample(window, first, scales, offset, channels)
 
