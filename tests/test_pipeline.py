@@ -187,22 +187,41 @@ def test_tfds_names_with_mock_data(tmp_path):
     assert batch["image"].shape == (4, 32, 32, 3) and batch["label"].max() < 102
 
 
-@pytest.mark.parametrize("spec", ["resize_shorter(64)|random_crop(56)", "resize_shorter(64)|center_crop(56)",
-                                  "resize_shorter(60, 90)|random_crop(48)|flip",
-                                  "resize_shorter(64, antialias=False)|random_crop(56)",
-                                  "resize_shorter(60, 90, antialias=False)|random_crop(48)|flip",
-                                  "resize_shorter(120, antialias=False)|random_crop(118)",  # enlarging, edges
-                                  "resize_shorter(75, antialias=False)|random_crop(74)",  # scale 1, edges
-                                  "resize_shorter(50, antialias=False)|random_crop(50)"])  # shrinking, edges
-@pytest.mark.parametrize("whole_photo", [True, False])  # the default, and window resampling for every spec
-def test_fused_resize_and_crop_equals_the_ops_as_written(spec, whole_photo, monkeypatch):
-    monkeypatch.setattr(preprocess, "WHOLE_PHOTO_BILINEAR", whole_photo)
-    image = tf().constant(np.random.default_rng(1).uniform(0, 255, (75, 100, 3)), "float32")
-    for s in range(5):
+_SMOOTH = ["resize_shorter(64)|random_crop(56)", "resize_shorter(64)|center_crop(56)",
+           "resize_shorter(60, 90)|random_crop(48)|flip"]
+_BILINEAR = ["resize_shorter(64, antialias=False)|random_crop(56)",
+             "resize_shorter(64, antialias=False)|center_crop(56)|flip",
+             "resize_shorter(60, 90, antialias=False)|random_crop(48)|flip",
+             "resize_shorter(120, antialias=False)|random_crop(118)|flip",  # enlarging, edges
+             "resize_shorter(75, antialias=False)|random_crop(74)",  # scale 1, edges
+             "resize_shorter(50, antialias=False)|random_crop(50)|flip"]  # shrinking, edges
+
+
+# plain bilinear crops both ways: the whole photo resized (the default for these sizes), the crop alone
+@pytest.mark.parametrize("spec, resize_area", [(s, 3.0) for s in _SMOOTH + _BILINEAR] + [(s, 0.0) for s in _BILINEAR])
+def test_fused_resize_and_crop_equals_the_ops_as_written(spec, resize_area, monkeypatch):
+    """The fused op (ScaleAndTranslate, or OpenCV for plain bilinear, which absorbs a following flip)
+    against resize, crop and flip as written, on float noise: float rounding only. On uint8 noise:
+    one of the two grey levels around the exact value (OpenCV's fixed-point weights), mostly the
+    nearest. Both OpenCV paths: the whole photo resized, or the crop alone sampled."""
+    monkeypatch.setattr(preprocess, "RESIZE_AREA", resize_area)
+    fused_op, plain_op = compile_ops(spec), compile_ops(spec, fuse=False)
+    rng = np.random.default_rng(1)
+    image = tf().constant(rng.uniform(0, 255, (75, 100, 3)), "float32")
+    pixels = tf().constant(rng.integers(0, 256, (75, 100, 3)), "uint8")
+    flips = set()
+    for s in range(8):
         seed = tf().constant([s, 7], "int64")
-        fused = compile_ops(spec)(image, seed).numpy()
-        plain = compile_ops(spec, fuse=False)(image, seed).numpy()
-        np.testing.assert_allclose(fused, plain, atol=0.05)  # float rounding of sample positions, on noise
+        plain = plain_op(image, seed).numpy()
+        np.testing.assert_allclose(fused_op(image, seed).numpy(), plain, atol=0.05)  # sample positions' rounding
+        flips.add(bool(np.abs(plain - compile_ops(spec.replace("|flip", ""), fuse=False)(image, seed).numpy()).max()))
+        exact = plain_op(pixels, seed).numpy()
+        fused = fused_op(pixels, seed).numpy()
+        if "antialias=False" not in spec:  # ScaleAndTranslate resamples in float
+            np.testing.assert_allclose(fused, exact, atol=0.05)
+            continue
+        assert np.abs(fused - exact).max() < 1 and (fused == np.round(exact)).mean() > 0.8
+    assert flips == ({True, False} if "flip" in spec else {False})  # both ways seen: the flip is the seed's
 
 
 @pytest.mark.parametrize("recipe", ["alexnet", "vgg", "inception", "center", "ten_crop", "cifar"])
@@ -248,14 +267,12 @@ def _photo_jpeg(mode: str, seed: int = 0, size=(150, 200)) -> bytes:
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
-@pytest.mark.parametrize("whole_photo", [True, False])
-def test_jpeg_window_decoding_gives_the_same_pixels(mode, whole_photo, monkeypatch):
+def test_jpeg_window_decoding_gives_the_same_pixels(mode):
     """From JPEG bytes the first crop decodes only its window (decode_and_crop_jpeg); the result
     equals decoding the whole image and running the same ops, bit for bit, for colour, grey and
     CMYK files (CMYK takes the whole-image path), into 3 or 1 channels."""
     from cnnbench.pipeline.preprocess import decode
 
-    monkeypatch.setattr(preprocess, "WHOLE_PHOTO_BILINEAR", whole_photo)
     data = tf().constant(_photo_jpeg(mode))
     for channels in (3, 1):
         for recipe in ("alexnet", "vgg", "inception", "center"):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
+import math
 import re
 from typing import Callable
 
@@ -291,19 +293,19 @@ def _literal(text: str):
         return text  # a bare word such as imagenet
 
 
-#: ``resize_shorter(S, antialias=False)`` + crop (one fixed size, AlexNet's recipe) resizes the whole
-#: photo with ``ResizeBilinear``, then crops (see ``_shorter_side_crop``); tests switch it off to
-#: exercise the window resampling these specs otherwise take
-WHOLE_PHOTO_BILINEAR = True
-
-
 def _shorter_side_crop(crop, random, size, max_size=None, antialias=True):
-    """``resize_shorter(size[, max_size])`` then a ``crop x crop`` window (random or centred),
-    computed in one pass: ``scale_and_translate`` (the kernel behind antialiased ``tf.image.resize``)
-    evaluates the resized image only inside the window. Identical to resizing the whole photo and
-    cropping, up to float rounding (a test pins this), and about twice as fast on ImageNet JPEGs.
-    From JPEG bytes (``apply.from_jpeg``) only the source window is decoded at all. A fixed
-    shorter side without antialiasing (AlexNet's recipe) takes ``whole`` instead."""
+    """``resize_shorter(size[, max_size])`` then a ``crop x crop`` window (random or centred), and
+    given a third seed (plain bilinear only) the ``flip`` after them, in one op. The same result as
+    the ops as written up to float rounding (a test pins this); on uint8 images, one of the two grey
+    levels nearest to it.
+
+    - Antialiased (the Inception-style recipes): ``scale_and_translate``, the kernel behind
+      ``tf.image.resize``, evaluates the resized image only inside the window, and from JPEG bytes
+      (``apply.from_jpeg``) only the source window is decoded at all.
+    - Plain bilinear (the AlexNet and VGG recipes): OpenCV (:func:`_bilinear_crop`). One thread,
+      500x375 JPEGs: the AlexNet recipe's host work fell from 1.9 to 1.6 ms per image, VGG's from
+      2.4 to 1.7 (BENCHMARKS.md). The whole photo is decoded: from JPEG bytes the window path's
+      checks (JPEG? CMYK?) are ``tf.cond`` branches, and with them it measured 0.25 ms slower."""
     def placed(h, w, seed, crop_seed):
         """(new_h, new_w, top, left): the resized photo's size and the crop's corner in it."""
         lib = tf()
@@ -325,84 +327,94 @@ def _shorter_side_crop(crop, random, size, max_size=None, antialias=True):
         new_h, new_w, top, left = placed(h, w, seed, crop_seed)
         ratio = lib.stack([lib.cast(new_h, "float32") / lib.cast(h, "float32"),
                            lib.cast(new_w, "float32") / lib.cast(w, "float32")])
-        # source pixels per output pixel, computed as the resize kernels compute it
-        inverse = lib.stack([lib.cast(h, "float32") / lib.cast(new_h, "float32"),
-                             lib.cast(w, "float32") / lib.cast(new_w, "float32")])
         # Only the source window the crop samples (plus the kernel's reach, 1/ratio + 1 pixels)
         # is converted and resampled, not the whole photo.
         offset = lib.cast(lib.stack([top, left]), "float32")
         first = lib.cast(lib.floor(offset / ratio), "int32") - lib.cast(lib.math.ceil(1 / ratio), "int32") - 1
         last = lib.cast(lib.math.ceil((offset + crop) / ratio), "int32") + lib.cast(lib.math.ceil(1 / ratio), "int32") + 1
-        return lib.maximum(first, 0), lib.minimum(last, lib.stack([h, w])), (ratio, inverse), offset
+        return lib.maximum(first, 0), lib.minimum(last, lib.stack([h, w])), ratio, offset
 
-    def resample(window, first, scales, offset, channels):
-        lib = tf()
-        ratio, inverse = scales
-
-        def general():
-            return lib.raw_ops.ScaleAndTranslate(
-                images=lib.cast(window, "float32")[None], size=[crop, crop], scale=ratio,
-                translation=lib.cast(first, "float32") * ratio - offset, kernel_type="triangle",
-                antialias=antialias)[0]
-
-        def bilinear():
-            # Plain bilinear resampling through crop_and_resize's fast kernel on the uint8 window:
-            # the box puts crop pixel i at source (top + i + 0.5) * h / new_h - 0.5, where
-            # half-pixel bilinear resizing samples it. Samples within half a pixel of the photo's
-            # border (enlarging, or a crop flush with the edge) must read the border pixel, as the
-            # resize kernels clamp there; crop_and_resize would read zeros instead. Only those
-            # crops get a one-pixel edge copy around the window (with a small safety margin against
-            # float rounding): copying every window took longer than the resampling itself.
-            start = (offset + 0.5) * inverse - 0.5 - lib.cast(first, "float32")
-            end = start + (crop - 1) * inverse
-            size_hw = lib.cast(lib.shape(window)[:2], "float32")
-
-            def sample(image, border):
-                box = lib.concat([start + border, end + border], 0) / lib.tile(size_hw + 2 * border - 1, [2])
-                return lib.image.crop_and_resize(image[None], box[None], [0], [crop, crop])[0]
-
-            def edged():
-                rows = lib.concat([window[:1], window, window[-1:]], 0)
-                return sample(lib.concat([rows[:, :1], rows, rows[:, -1:]], 1), 1.0)
-
-            outside = lib.reduce_any(start < 1e-3) | lib.reduce_any(end > size_hw - 1 - 1e-3)
-            return lib.cond(outside, edged, lambda: sample(window, 0.0))
-
-        out = general() if antialias else bilinear()
+    def smooth(window, first, ratio, offset, channels):
+        out = tf().raw_ops.ScaleAndTranslate(
+            images=tf().cast(window, "float32")[None], size=[crop, crop], scale=ratio,
+            translation=tf().cast(first, "float32") * ratio - offset, kernel_type="triangle",
+            antialias=True)[0]
         out.set_shape([crop, crop, channels])
         return out
 
-    def whole(image, seed, crop_seed):
-        """Plain bilinear resizing of the whole photo, then the crop: the two ops exactly as written,
-        on uint8 (no float copy of the photo first). ``ResizeBilinear`` precomputes its taps per row
-        and column and costs about half of what ``crop_and_resize`` does per output pixel, which
-        outweighs resizing the whole photo rather than the crop when the shorter side is fixed (its
-        area is 1.3-1.8 crops for AlexNet's 256 on ImageNet photos); a JPEG's window decodes no
-        faster than the whole photo there. It also skips the window path's three tf.cond branches
-        (JPEG? CMYK? crop at the border?). One thread, 500x375 JPEGs: 1.98 ms per image instead of
-        2.68 (BENCHMARKS.md)."""
-        new_h, new_w, top, left = placed(*_hw(image), seed, crop_seed)
-        out = tf().raw_ops.ResizeBilinear(images=image[None], size=tf().stack([new_h, new_w]),
-                                          half_pixel_centers=True)[0][top:top + crop, left:left + crop, :]
-        out.set_shape([crop, crop, image.shape[-1]])
-        return out
-
-    if not antialias and max_size is None and WHOLE_PHOTO_BILINEAR:
-        return whole
+    if not antialias:
+        def bilinear(image, seed, crop_seed, flip_seed=None):  # the seeds the ops would get unfused
+            lib = tf()
+            h, w = _hw(image)
+            new_h, new_w, top, left = placed(h, w, seed, crop_seed)
+            # TensorFlow's flip: mirror when a uniform draw from the flip's seed is below 1/2
+            mirror = 0 if flip_seed is None else lib.cast(
+                lib.random.stateless_uniform([], flip_seed, minval=0, maxval=1.0) < 0.5, "int32")
+            params = lib.stack([h, w, new_h, new_w, top, left, mirror])
+            out = lib.numpy_function(functools.partial(_bilinear_crop, crop=crop), [image, params], image.dtype,
+                                     stateful=False)
+            out.set_shape([crop, crop, image.shape[-1]])
+            return out
+        return bilinear
 
     def apply(image, seed, crop_seed):  # the seeds the two ops would get unfused
         h, w = _hw(image)
-        first, last, scales, offset = plan(h, w, seed, crop_seed)
-        return resample(image[first[0]:last[0], first[1]:last[1], :], first, scales, offset, image.shape[-1])
+        first, last, ratio, offset = plan(h, w, seed, crop_seed)
+        return smooth(image[first[0]:last[0], first[1]:last[1], :], first, ratio, offset, image.shape[-1])
 
     def from_jpeg(data, channels, seed, crop_seed):
         h, w = _jpeg_hw(data)
-        first, last, scales, offset = plan(h, w, seed, crop_seed)
-        window = _jpeg_window(data, first, last, h, w, channels)
-        return resample(window, first, scales, offset, channels)
+        first, last, ratio, offset = plan(h, w, seed, crop_seed)
+        return smooth(_jpeg_window(data, first, last, h, w, channels), first, ratio, offset, channels)
 
     apply.from_jpeg = from_jpeg
     return apply
+
+
+@functools.cache
+def _cv2():
+    import cv2
+
+    cv2.setNumThreads(1)  # tf.data already runs one call per core
+    return cv2
+
+
+#: :func:`_bilinear_crop` resizes the whole photo while the resized photo is at most this many
+#: crops in area, else samples the crop alone: the break-even point on a 500x375 photo and 224
+#: crops, one thread (resize 208 us at 1.7 crops, 314 at 3.1, 534 at 7; the crop alone 306-344)
+RESIZE_AREA = 3.0
+
+
+def _bilinear_crop(image, params, crop: int):
+    """Bilinear resizing (half-pixel centres, clamped at the border) of the photo to (new_h, new_w),
+    then its ``crop x crop`` window at (top, left), mirrored left-right when asked. ``params``:
+    h, w, new_h, new_w, top, left, mirror. Either ``cv2.resize`` of the whole photo and a slice,
+    or, for a large resized photo, ``cv2.warpAffine`` sampling only the window: output (i, j) reads
+    the photo at ((top + i + 0.5) * h / new_h - 0.5, (left + j + 0.5) * w / new_w - 0.5), and
+    ``BORDER_REPLICATE`` clamps as the resize kernels do."""
+    cv2 = _cv2()
+    h, w, new_h, new_w, top, left, mirror = (int(v) for v in params)
+    channels = image.shape[-1]
+    if new_h * new_w <= RESIZE_AREA * crop * crop:
+        out = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR).reshape(new_h, new_w, channels)
+        out = out[top:top + crop, left:left + crop]
+        # cv2.flip: NumPy's copy of a reversed view took 320 us per 224x224x3 crop, this 9
+        return (cv2.flip(out, 1) if mirror else np.ascontiguousarray(out)).reshape(crop, crop, channels)
+    sy, sx = h / new_h, w / new_w
+    oy, ox = (top + 0.5) * sy - 0.5, (left + 0.5) * sx - 0.5
+    # Only the rows and columns the samples read (one more each side), in float32: warpAffine's
+    # float path, conversions included, took 316 us where its uint8 path took 379.
+    y0, x0 = max(math.floor(oy) - 1, 0), max(math.floor(ox) - 1, 0)
+    y1, x1 = min(math.ceil(oy + (crop - 1) * sy) + 2, h), min(math.ceil(ox + (crop - 1) * sx) + 2, w)
+    window = image[y0:y1, x0:x1].astype(np.float32)
+    oy, ox = oy - y0, ox - x0
+    if mirror:
+        ox, sx = ox + (crop - 1) * sx, -sx
+    out = cv2.warpAffine(window, np.array([[sx, 0.0, ox], [0.0, sy, oy]]), (crop, crop),
+                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    # to the nearest grey level (the values are not negative), or back to the photo's float type
+    out = cv2.convertScaleAbs(out) if image.dtype == np.uint8 else out.astype(image.dtype, copy=False)
+    return out.reshape(crop, crop, channels)
 
 
 def _jpeg_window(data, first, last, h, w, channels, margin: int = 16):
@@ -429,9 +441,13 @@ def _fuse(steps: list[Step]) -> list[tuple[Callable, int]]:
     while i < len(steps):
         step, nxt = steps[i], steps[i + 1] if i + 1 < len(steps) else None
         if step.name == "resize_shorter" and nxt is not None and nxt.name in ("random_crop", "center_crop"):
-            fns.append((_shorter_side_crop(nxt.args[0], nxt.name == "random_crop", *step.args,
-                                           **dict(step.kwargs)), 2))
-            i += 2
+            kwargs = dict(step.kwargs)
+            # a flip right after a plain bilinear crop is a mirrored sampling of the same window
+            mirror = i + 2 < len(steps) and steps[i + 2].name == "flip" and not steps[i + 2].args \
+                and kwargs.get("antialias", True) is False
+            fns.append((_shorter_side_crop(nxt.args[0], nxt.name == "random_crop", *step.args, **kwargs),
+                        3 if mirror else 2))
+            i += 3 if mirror else 2
         else:
             fns.append((step.build(), 1))
             i += 1
@@ -439,10 +455,11 @@ def _fuse(steps: list[Step]) -> list[tuple[Callable, int]]:
 
 
 def compile_ops(spec: str, *, fuse: bool = True, seed_count: int | None = None, encoded: bool | None = None,
-                channels: int = 3) -> Callable:
+                channels: int = 3, as_float: bool = True) -> Callable:
     """``apply(image, seed[2]) -> float32 image`` running every op with its own derived seed (the
     k-th step of the spec always gets the k-th seed). ``fuse`` computes ``resize_shorter`` + crop
-    in one pass (same result, see :func:`_shorter_side_crop`); ``fuse=False`` runs them as written.
+    (+ ``flip``) in one pass (same result, see :func:`_shorter_side_crop`); ``fuse=False`` runs them
+    as written. ``as_float=False`` returns the last op's dtype (uint8 where every op kept it).
 
     ``encoded=None``: ``image`` is decoded already. Otherwise ``image`` is what a source yields
     (encoded bytes when ``encoded``, else a uint8 array) and is decoded to ``channels`` here: a
@@ -476,7 +493,7 @@ def compile_ops(spec: str, *, fuse: bool = True, seed_count: int | None = None, 
         for fn, covered in rest:
             image = fn(image, *(seeds[k + j] for j in range(covered)))
             k += covered
-        return _float(image)
+        return _float(image) if as_float else image
 
     return apply
 
@@ -524,7 +541,7 @@ def compile_host(spec: str, *, encoded: bool | None = None, channels: int = 3) -
         return (lambda image, seed: (full(image, seed), None)), None
     steps = len(host) + len(tail)
     run = compile_ops("|".join(unparse(s) for s in host), seed_count=steps, encoded=encoded,
-                      channels=channels) if host else None
+                      channels=channels, as_float=False) if host else None
     names = [t.name for t in tail]
     std_light = next((t.args[0] if t.args else 0.1 for t in tail if t.name == "lighting"), None)
     norm = next((t for t in tail if t.name == "normalize"), None)
@@ -534,11 +551,10 @@ def compile_host(spec: str, *, encoded: bool | None = None, channels: int = 3) -
         lib = tf()
         # The same per-step seeds the full spec would use (the lighting step keeps its own).
         seeds = lib.random.experimental.stateless_split(seed, num=max(steps, 1))
-        if host:
-            out = run(image, seed)
-        else:
-            out = _float(image if encoded is None else decode(image, encoded=encoded, channels=channels))
-        out = lib.cast(lib.clip_by_value(lib.round(out), 0, 255), "uint8")
+        out = run(image, seed) if host else image if encoded is None else decode(image, encoded=encoded,
+                                                                                 channels=channels)
+        if out.dtype != "uint8":  # geometric ops on uint8 images stay uint8: nothing to round
+            out = lib.cast(lib.clip_by_value(lib.round(_float(out)), 0, 255), "uint8")
         shift = lib.zeros([out.shape[-1] if out.shape[-1] is not None else channels], "float32")
         if std_light is not None:
             k = len(host) + names.index("lighting")
