@@ -9,7 +9,9 @@ and uint8 images with lighting/normalize deferred to the device (``device_finish
 
 Then the same per-image functions once more on one thread (tf.data with a one-thread pool, no
 batching), as microseconds per image: on this machine the multi-threaded rates above swung 2x from
-run to run (TensorFlow's thread pools), the one-thread costs stayed within a few percent.
+run to run (TensorFlow's thread pools), the one-thread costs stayed within a few percent. And once
+more on one thread end to end: batched, each batch fetched as NumPy (the decode baseline reduces
+each image to one number, so the batching is the pipelines' cost alone).
 
 Writes nothing but a temporary image folder; prints a table (and --json).
 """
@@ -78,6 +80,32 @@ def per_image_us(source, spec, rounds=3):
             n += 1
         best = min(best, (time.perf_counter() - started) / n * 1e6)
     return best
+
+
+def one_thread_batched_rate(source, spec, batch_size=64, batches=8):
+    """Images/s of ``spec``'s host part (``None``: plain decoding, each image reduced to one number)
+    end to end on one tf.data thread: batched, and each batch fetched as NumPy, as training sees it."""
+    from cnnbench.pipeline.preprocess import compile_host, decode
+    from cnnbench.pipeline.tfenv import tf
+
+    lib = tf()
+    if spec is None:
+        fn = lambda data, seed: lib.reduce_max(decode(data, encoded=True, channels=3))  # noqa: E731
+    else:
+        host, _ = compile_host(spec, encoded=True)
+        fn = lambda data, seed: host(data, seed)[0]  # noqa: E731
+    ds = source.read(source.ranges("train")).enumerate().map(
+        lambda i, ex: fn(ex["image"], lib.stack([lib.constant(0, "int64"), i])),
+        num_parallel_calls=lib.data.AUTOTUNE, deterministic=True)
+    options = lib.data.Options()
+    options.threading.private_threadpool_size = 1
+    it = iter(ds.repeat().batch(batch_size).prefetch(lib.data.AUTOTUNE).with_options(options))
+    for _ in range(2):
+        next(it)
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(it).numpy()
+    return batch_size * batches / (time.perf_counter() - started)
 
 
 def alexnet_step_rate(batch_size, steps=5):
@@ -150,6 +178,11 @@ def main():
             for name, p in recipes.items():
                 rates[name].append(pipeline_rate(p, batches))
         one_thread = {name: per_image_us(source, spec) for name, spec in {"decode": None, **specs}.items()}
+        batched = {name: [] for name in ("decode", *specs)}
+        for _ in range(args.rounds):
+            for name, spec in {"decode": None, **specs}.items():
+                batched[name].append(one_thread_batched_rate(source, spec, args.batch_size))
+        batched = {name: statistics.median(v) for name, v in batched.items()}
     medians = {k: statistics.median(v) for k, v in rates.items()}
     step = alexnet_step_rate(args.step_batch)
     result = {
@@ -160,6 +193,7 @@ def main():
                         "vs_alexnet_step": medians[k] / step} for k in recipes},
         "alexnet_train_step_images_per_sec": step,
         "one_thread_us_per_image": one_thread,
+        "one_thread_batched_images_per_sec": batched,
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -175,6 +209,9 @@ def main():
     print("one thread, host part (uint8 out), best of 3 passes:")
     for name, us in one_thread.items():
         print(f"{name:<16}{us:>8.0f} us/image{one_thread['decode'] / us:>8.0%} of the decode rate")
+    print(f"one thread, end to end (batches of {args.batch_size} fetched as NumPy), median of {args.rounds}:")
+    for name, rate in batched.items():
+        print(f"{name:<16}{rate:>8.0f} images/s{rate / batched['decode']:>8.0%} of the decode rate")
 
 
 if __name__ == "__main__":
