@@ -224,6 +224,20 @@ def test_fused_resize_and_crop_equals_the_ops_as_written(spec, resize_area, monk
     assert flips == ({True, False} if "flip" in spec else {False})  # both ways seen: the flip is the seed's
 
 
+def test_a_missing_opencv_is_one_clear_error_when_the_ops_are_built(monkeypatch):
+    """Not image by image inside tf.data, where every image would be skipped as undecodable."""
+    from cnnbench.errors import CnnbenchError
+
+    monkeypatch.setitem(__import__("sys").modules, "cv2", None)  # as if not installed
+    preprocess._cv2.cache_clear()
+    try:
+        with pytest.raises(CnnbenchError, match="pip install opencv-python-headless"):
+            compile_ops(expand("alexnet", size=56))
+        compile_ops(expand("inception", size=56))  # the antialiased recipes do not need it
+    finally:
+        preprocess._cv2.cache_clear()
+
+
 @pytest.mark.parametrize("recipe", ["alexnet", "vgg", "inception", "center", "ten_crop", "cifar"])
 def test_device_finish_equals_the_host_pipeline(imagenet, recipe):
     """uint8 on the wire + lighting/normalize where the batch lands == everything on the host,

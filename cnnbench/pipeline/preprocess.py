@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from cnnbench.errors import UsageError
+from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.pipeline.tfenv import tf
 
 # Per-channel statistics on the 0-255 scale.
@@ -343,6 +343,8 @@ def _shorter_side_crop(crop, random, size, max_size=None, antialias=True):
         return out
 
     if not antialias:
+        _cv2()  # a missing OpenCV fails here, in one line, not image by image in tf.data
+
         def bilinear(image, seed, crop_seed, flip_seed=None):  # the seeds the ops would get unfused
             lib = tf()
             h, w = _hw(image)
@@ -373,8 +375,11 @@ def _shorter_side_crop(crop, random, size, max_size=None, antialias=True):
 
 @functools.cache
 def _cv2():
-    import cv2
-
+    try:
+        import cv2
+    except ImportError:  # inside tf.data every image would fail and be skipped as undecodable
+        raise CnnbenchError("the alexnet and vgg recipes' bilinear crops need OpenCV: "
+                            "pip install opencv-python-headless") from None
     cv2.setNumThreads(1)  # tf.data already runs one call per core
     return cv2
 
