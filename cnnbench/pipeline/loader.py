@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import os
 from typing import Iterator
 
 import numpy as np
@@ -69,6 +70,19 @@ class Pipeline:
         self._decoded = tf().Variable(0, dtype="int64", trainable=False)
 
     @property
+    def parallelism(self) -> int:
+        """Images decoded and augmented at once: ``threads``, else every core this process may use.
+        Fixed, not tf.data's AUTOTUNE: on a 2-core machine its tuner dropped the map to one call at
+        a time for a third of the epochs (vgg: 470 instead of 1100 images/s, one core busy), and
+        never with the parallelism fixed (BENCHMARKS.md, issue 3, sixth session)."""
+        if self.threads:
+            return self.threads
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
+
+    @property
     def local_examples(self) -> int:
         """Examples of this process: every ``process_count``-th, starting at ``process_index``."""
         return len(range(self.process_index, self.num_examples, self.process_count))
@@ -98,12 +112,10 @@ class Pipeline:
             ds = ds.shard(self.process_count, self.process_index)  # before decoding: decode only ours
         seen, decoded, apply, with_ids = self._seen, self._decoded, self._apply, self.with_ids
 
-        def count_seen(index, example):
-            seen.assign_add(1)
-            return index, example
-
         def process(index, example):
-            seed = lib.stack([lib.constant(epoch_seed, "int64"), index])
+            # counted as it is taken on, so an image that fails to decode is still counted here
+            with lib.control_dependencies([seen.assign_add(1)]):
+                seed = lib.stack([lib.constant(epoch_seed, "int64"), index])
             image, shift = apply(example["image"], seed)  # decodes, then augments
             out = {"image": image, "label": lib.cast(example["label"], "int32")}
             if shift is not None:
@@ -113,20 +125,20 @@ class Pipeline:
                 out["id"] = example.get("id", lib.constant(b""))
             return out
 
-        def count_decoded(example):
-            decoded.assign_add(1)
-            return example
+        def count_decoded(batch):  # per batch: a stage per image cost ~2% of the rate (vgg)
+            decoded.assign_add(lib.cast(lib.shape(batch["label"])[0], "int64"))
+            return batch
 
-        ds = ds.map(count_seen)
-        ds = ds.map(process, num_parallel_calls=lib.data.AUTOTUNE, deterministic=True)
-        ds = ds.ignore_errors().map(count_decoded)
-        ds = ds.batch(self.local_batch, drop_remainder=False, num_parallel_calls=lib.data.AUTOTUNE,
-                      deterministic=True)
+        ds = ds.map(process, num_parallel_calls=self.parallelism, deterministic=True)
+        ds = ds.ignore_errors()
+        ds = ds.batch(self.local_batch, drop_remainder=False, num_parallel_calls=self.parallelism,
+                      deterministic=True).map(count_decoded)
         options = lib.data.Options()
         options.deterministic = True
+        options.autotune.enabled = False  # see parallelism
         if self.threads:
             options.threading.private_threadpool_size = self.threads
-        return ds.with_options(options).prefetch(lib.data.AUTOTUNE)
+        return ds.with_options(options).prefetch(2)
 
     def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """NumPy batches of this process for one epoch: ``image``, ``label`` and, in evaluation,

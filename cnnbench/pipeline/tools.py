@@ -77,10 +77,12 @@ def decode_throughput(pipeline: Pipeline, *, images: int) -> dict:
         return lib.reduce_max(decode(example["image"], encoded=source.encoded, channels=pipeline.channels))
 
     warmup = 2 * pipeline.local_batch
-    ds = source.read(pipeline.ranges).map(decoded, num_parallel_calls=lib.data.AUTOTUNE)
+    ds = source.read(pipeline.ranges).map(decoded, num_parallel_calls=pipeline.parallelism)
     ds = ds.ignore_errors().repeat().take(images + warmup).batch(pipeline.local_batch)
-    batches = iter(ds.prefetch(lib.data.AUTOTUNE))
-    for _ in range(2):  # warm-up of this very iterator: thread pools, tf.data's autotuning, file cache
+    options = lib.data.Options()
+    options.autotune.enabled = False  # as the pipelines run (Pipeline.parallelism)
+    batches = iter(ds.with_options(options).prefetch(2))
+    for _ in range(2):  # warm-up of this very iterator: thread pools, file cache
         next(batches)  # (a fresh iterator starts cold: timed that way, the rate came out at 0.5-1x)
     started = time.perf_counter()
     count = sum(int(batch.shape[0]) for batch in batches)
