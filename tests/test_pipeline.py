@@ -1,6 +1,8 @@
 """Input pipelines on data the tests build: digits offline, a fake ILSVRC-2012 archive through the
 real TFDS builder, image folders with broken files, crop geometry, order, sharding."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -78,6 +80,24 @@ def test_folder_dataset_skips_and_counts_broken_images(tmp_path):
     assert pipeline.skipped == 2
     assert sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]
     assert len(batches) == pipeline.steps_per_epoch == 3
+
+
+def test_parallel_decoding_is_fixed_and_still_counts_every_broken_image(tmp_path):
+    """tf.data's autotuner dropped the map to one call at a time for a third of the epochs on a
+    2-core machine (BENCHMARKS.md, issue 3): the parallelism is fixed and the tuner off."""
+    root = write_image_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=6)
+    good = (root / "test" / "dog" / "0.jpg").read_bytes()
+    for i in range(3):
+        (root / "test" / "dog" / f"9_broken{i}.jpg").write_bytes(good[: len(good) // (3 + i)])
+    source = resolve(f"folder:{root}")
+    pipeline = Pipeline(source, "test", 4, expand("small", size=16), train=False, threads=3)
+    assert pipeline.parallelism == 3
+    assert Pipeline(source, "test", 4, "", train=False).parallelism == len(os.sched_getaffinity(0))
+    assert pipeline.dataset().options().autotune.enabled is False
+    for _ in range(2):  # the counts accumulate over epochs
+        labels = np.concatenate([b["label"][b["mask"] > 0] for b in pipeline.epoch()])
+        assert sorted(labels.tolist()) == [0] * 6 + [1] * 6
+    assert pipeline.skipped == 2 * 3
 
 
 def test_folder_dataset_errors(tmp_path):
