@@ -33,9 +33,10 @@ import subprocess
 import sys
 import time
 
-#: cnnbench name -> torchvision builder
+#: cnnbench name -> torchvision builder. torchvision's ``googlenet`` has batch norm after every
+#: convolution: cnnbench's ``googlenet-bn``, not the paper's ``googlenet`` (no batch norm).
 TORCHVISION = {"alexnet-owt": "alexnet", "vgg11": "vgg11", "resnet18": "resnet18",
-               "resnet50": "resnet50", "googlenet": "googlenet"}
+               "resnet50": "resnet50", "googlenet-bn": "googlenet"}
 
 
 # --------------------------------------------------------------------------- the PyTorch worker

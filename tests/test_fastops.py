@@ -26,6 +26,7 @@ def _close(a, b, rtol=2e-5):
     (2, 13, 5, 7, 3, 1, ((1, 1), (1, 1))),     # 3x3 "same"
     (2, 15, 3, 4, 5, 2, ((2, 2), (2, 2))),     # strided 5x5
     (2, 9, 4, 6, 1, 2, ((0, 0), (0, 0))),      # ResNet's strided 1x1 projection
+    (3, 6, 5, 3, 1, 1, ((1, 0), (0, 1))),      # 1x1, padded on two sides
     (2, 8, 4, 4, 4, 3, ((2, 2), (2, 2))),      # the last window overhangs the padded edge
     (3, 9, 6, 5, 3, 1, ((1, 1), (1, 1))),      # Winograd: odd output size (a partial last tile)
     (4, 8, 3, 2, 3, 1, ((0, 0), (0, 0))),      # Winograd, "valid"
@@ -84,6 +85,11 @@ def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
     assert fastops.choose(3, 2, 64, 64, (28, 28), "cpu", pads)["forward"] == "xla"
     assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", pads, jnp.bfloat16)["forward"] == "xla"
     assert fastops.choose(3, 1, 64, 64, (56, 56), "gpu", pads)["forward"] == "xla"
+    none = ((0, 0), (0, 0))
+    assert fastops.choose(1, 1, 256, 64, (56, 56), "cpu", none) == PLANS[0]  # 1x1: matrix products
+    assert fastops.choose(1, 2, 256, 512, (28, 28), "cpu", none) == PLANS[0]
+    assert fastops.choose(1, 1, 256, 64, (56, 56), "cpu", none, jnp.bfloat16)["forward"] == "xla"
+    assert fastops.choose(1, 1, 256, 64, (56, 56), "gpu", none)["forward"] == "xla"
 
 
 @pytest.mark.parametrize("hw, k, s, pad", [(35, 11, 4, 2), (16, 6, 2, 1)])

@@ -177,7 +177,9 @@ def _matmul_input_grad(dy, w, s, pads, x_shape, chunk: int | None = None):
         dxp = _scatter_back(parts, k, s, (hp, wp))
         return lax.slice(dxp, (0, t, left, 0), (dyc.shape[0], t + x_shape[1], left + x_shape[2], c))
 
-    return winograd.batched(part, dy, chunk or _patch_chunk(dy.shape[0], dy.shape[1:3]))
+    # 1x1: no columns to keep small, and the batch-wide matmul was 1.1-1.7x faster than in chunks
+    whole = dy.shape[0] if k == 1 else None
+    return winograd.batched(part, dy, chunk or whole or _patch_chunk(dy.shape[0], dy.shape[1:3]))
 
 
 def _patch_chunk(n: int, out_hw: tuple[int, int], rows: int = 600) -> int:
@@ -248,10 +250,15 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
         # 5x5 stride 1 (AlexNet conv2): F(2x2, 5x5) beat XLA's forward (114 -> 95 ms) and the
         # chunked patches' weight gradient (102 -> 62-85 ms), not their input gradient (93 -> 104).
         return {"forward": "winograd", "input_grad": "matmul", "weight_grad": "winograd"}
+    if k == 1 and jnp.dtype(dtype) == jnp.float32:
+        # 1x1 (ResNet's bottlenecks and projections, GoogLeNet's reductions, NiN): one matrix
+        # product per pass. XLA hands a 1x1 convolution to YNNPACK's convolution at 58-129
+        # GFLOP/s; as a product it ran at 140-184 (forward 1.1-2.7x, input gradient 1.3-2.5x faster).
+        return {"forward": "matmul", "input_grad": "matmul", "weight_grad": "matmul"}
     # Elsewhere XLA's forward convolution is kept (patches + matmul, chunked or not, was no
     # faster); both gradients are patches x matmul over cache-sized batch chunks: the weight
     # gradient 2.5-6x faster than XLA's (AlexNet's 11x11 conv1 included), the input gradient
-    # 1.9-2.3x for 5x5 and strided 3x3 layers. A 1x1 input gradient is a plain matmul in XLA.
+    # 1.9-2.3x for 5x5 and strided 3x3 layers.
     return {**xla, "input_grad": "xla" if k == 1 else "matmul", "weight_grad": "matmul"}
 
 
