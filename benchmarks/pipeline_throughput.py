@@ -53,9 +53,10 @@ def pipeline_rate(pipeline, batches):
     return throughput(pipeline, batches=batches, warmup=2)["images_per_sec"]
 
 
-def per_image_us(source, spec, rounds=3):
-    """Best-of-``rounds`` microseconds per image of ``spec``'s host part (``None``: plain decoding)
-    on one thread: tf.data with a one-thread pool and one call at a time, no batching."""
+def host_images(source, spec, num_parallel_calls, reduce=False):
+    """The train split's images through ``spec``'s host part (uint8), or only decoded (``None``),
+    each seeded by its position as the pipelines seed it; ``reduce``: each image's maximum, in the
+    same map call (TensorFlow cannot prune the work away, nothing is copied out)."""
     from cnnbench.pipeline.preprocess import compile_host, decode
     from cnnbench.pipeline.tfenv import tf
 
@@ -65,8 +66,19 @@ def per_image_us(source, spec, rounds=3):
     else:
         host, _ = compile_host(spec, encoded=True)
         fn = lambda data, seed: host(data, seed)[0]  # noqa: E731
-    ds = source.read(source.ranges("train")).enumerate().map(
-        lambda i, ex: lib.reduce_max(fn(ex["image"], lib.stack([lib.constant(0, "int64"), i]))), num_parallel_calls=1)
+    finish = lib.reduce_max if reduce else (lambda image: image)
+    return source.read(source.ranges("train")).enumerate().map(
+        lambda i, ex: finish(fn(ex["image"], lib.stack([lib.constant(0, "int64"), i]))),
+        num_parallel_calls=num_parallel_calls, deterministic=True)
+
+
+def per_image_us(source, spec, rounds=3):
+    """Best-of-``rounds`` microseconds per image of ``spec``'s host part (``None``: plain decoding)
+    on one thread: tf.data with a one-thread pool and one call at a time, no batching."""
+    from cnnbench.pipeline.tfenv import tf
+
+    lib = tf()
+    ds = host_images(source, spec, num_parallel_calls=1, reduce=True)
     options = lib.data.Options()
     options.threading.private_threadpool_size = 1
     options.threading.max_intra_op_parallelism = 1
@@ -85,18 +97,11 @@ def per_image_us(source, spec, rounds=3):
 def one_thread_batched_rate(source, spec, batch_size=64, batches=8):
     """Images/s of ``spec``'s host part (``None``: plain decoding, each image reduced to one number)
     end to end on one tf.data thread: batched, and each batch fetched as NumPy, as training sees it."""
-    from cnnbench.pipeline.preprocess import compile_host, decode
     from cnnbench.pipeline.tfenv import tf
 
     lib = tf()
-    if spec is None:
-        fn = lambda data, seed: lib.reduce_max(decode(data, encoded=True, channels=3))  # noqa: E731
-    else:
-        host, _ = compile_host(spec, encoded=True)
-        fn = lambda data, seed: host(data, seed)[0]  # noqa: E731
-    ds = source.read(source.ranges("train")).enumerate().map(
-        lambda i, ex: fn(ex["image"], lib.stack([lib.constant(0, "int64"), i])),
-        num_parallel_calls=lib.data.AUTOTUNE, deterministic=True)
+    # the baseline reduces each image to one number: batching is the pipelines' cost alone
+    ds = host_images(source, spec, num_parallel_calls=lib.data.AUTOTUNE, reduce=spec is None)
     options = lib.data.Options()
     options.threading.private_threadpool_size = 1
     it = iter(ds.repeat().batch(batch_size).prefetch(lib.data.AUTOTUNE).with_options(options))

@@ -133,12 +133,18 @@ class Pipeline:
         ds = ds.ignore_errors()
         ds = ds.batch(self.local_batch, drop_remainder=False, num_parallel_calls=self.parallelism,
                       deterministic=True).map(count_decoded)
-        options = lib.data.Options()
+        return ds.with_options(self.options()).prefetch(2)
+
+    def options(self):
+        """How every dataset of this pipeline runs (the decode baseline of ``tools`` too):
+        deterministic, at :attr:`parallelism` with tf.data's autotuner off, on a private pool of
+        ``threads`` threads when given."""
+        options = tf().data.Options()
         options.deterministic = True
         options.autotune.enabled = False  # see parallelism
         if self.threads:
             options.threading.private_threadpool_size = self.threads
-        return ds.with_options(options).prefetch(2)
+        return options
 
     def epoch(self, epoch: int = 0, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """NumPy batches of this process for one epoch: ``image``, ``label`` and, in evaluation,

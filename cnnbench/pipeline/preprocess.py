@@ -556,8 +556,10 @@ def compile_host(spec: str, *, encoded: bool | None = None, channels: int = 3) -
         lib = tf()
         # The same per-step seeds the full spec would use (the lighting step keeps its own).
         seeds = lib.random.experimental.stateless_split(seed, num=max(steps, 1))
-        out = run(image, seed) if host else image if encoded is None else decode(image, encoded=encoded,
-                                                                                 channels=channels)
+        if host:
+            out = run(image, seed)
+        else:
+            out = image if encoded is None else decode(image, encoded=encoded, channels=channels)
         if out.dtype != "uint8":  # geometric ops on uint8 images stay uint8: nothing to round
             out = lib.cast(lib.clip_by_value(lib.round(_float(out)), 0, 255), "uint8")
         shift = lib.zeros([out.shape[-1] if out.shape[-1] is not None else channels], "float32")

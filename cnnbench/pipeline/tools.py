@@ -79,9 +79,7 @@ def decode_throughput(pipeline: Pipeline, *, images: int) -> dict:
     warmup = 2 * pipeline.local_batch
     ds = source.read(pipeline.ranges).map(decoded, num_parallel_calls=pipeline.parallelism)
     ds = ds.ignore_errors().repeat().take(images + warmup).batch(pipeline.local_batch)
-    options = lib.data.Options()
-    options.autotune.enabled = False  # as the pipelines run (Pipeline.parallelism)
-    batches = iter(ds.with_options(options).prefetch(2))
+    batches = iter(ds.with_options(pipeline.options()).prefetch(2))  # run as the pipeline runs
     for _ in range(2):  # warm-up of this very iterator: thread pools, file cache
         next(batches)  # (a fresh iterator starts cold: timed that way, the rate came out at 0.5-1x)
     started = time.perf_counter()
