@@ -2,14 +2,22 @@
 
     python benchmarks/torch_peer.py --torch-python /work/torchvenv/bin/python \\
         [--archs alexnet-owt,resnet18,vgg11] [--modes train,infer] [--batch-size 32] \\
-        [--input-size 224] [--rounds 3] [--steps 3] [--no-compile] [--peer-malloc same|default] [--json]
+        [--input-size 224] [--rounds 3] [--steps 3] [--round-warmup 1] [--no-compile] \\
+        [--peer-malloc same|default] [--json]
 
 PyTorch is not a dependency of cnnbench, so the two halves run in two interpreters: this script
 runs under cnnbench's environment (JAX) and starts itself again under ``--torch-python`` (any
 Python with torch and torchvision) as a worker that takes commands on stdin. Only one of them
 computes at a time. For each workload both sides compile and warm up, then ``--rounds`` rounds
 interleave ``--steps`` timed steps of cnnbench, PyTorch eager and ``torch.compile`` (where it
-compiles), so a noisy neighbour hits every side alike. The table shows, per side, the median
+compiles), so a noisy neighbour hits every side alike. In every round each side first runs
+``--round-warmup`` untimed steps: on a virtual machine with free page reporting (the development
+machine is one) memory a process freed more than ~2 s ago goes back to the host, and the next
+step that touches it again pays to fault it in. XLA frees a step's buffers after every step
+(1.4 GB for a resnet18 training step), so cnnbench's first step after the other side's turn ran
+10-31% slower than its next ones; PyTorch's, which keeps its tensors under 32 MB in the C
+library's heap, within -10% to +3% (BENCHMARKS.md, issue 6, "Sixth round"). The warm step times
+both sides as training runs them, step after step. The table shows, per side, the median
 over all timed steps, and the ratio cnnbench / PyTorch in samples per second (above 1: cnnbench is
 faster) three ways: of the medians, the median of the per-round ratios (each round times both
 sides back to back), and of the fastest steps (the least disturbed on a shared machine).
@@ -154,6 +162,8 @@ def main():
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="Timed steps per side per round.")
+    parser.add_argument("--round-warmup", type=int, default=1,
+                        help="Untimed steps per side at the start of every round (memory back in place).")
     parser.add_argument("--no-compile", action="store_true", help="Skip torch.compile.")
     parser.add_argument("--peer-malloc", choices=("same", "default"), default="same",
                         help="same: the PyTorch worker gets cnnbench's C-library settings (huge pages); "
@@ -201,10 +211,14 @@ def main():
                 else:
                     peers[v] = answer
             times = {"cnnbench": [], **{v: [] for v in peers}}
+            warm = {k: [] for k in times}  # each round's untimed first steps, kept for the record
             for r in range(args.rounds):  # interleaved: every side sees the same neighbours
                 peaks.append(matmul_peak(mesh, repeats=2))
+                warm["cnnbench"] += ours.run(args.round_warmup)
                 times["cnnbench"] += ours.run(args.steps)
                 for v in peers:
+                    if args.round_warmup:
+                        warm[v] += torch.ask(op="time", key=v, steps=args.round_warmup)["times"]
                     times[v] += torch.ask(op="time", key=v, steps=args.steps)["times"]
                 print(f"{label} round {r + 1}: " + ", ".join(
                     f"{k} {1e3 * statistics.median(t[-args.steps:]):.0f} ms" for k, t in times.items()),
@@ -222,7 +236,7 @@ def main():
                    "cnnbench_compile_s": ours.compile_s, "flops_per_step": ours.flops_per_step,
                    "cnnbench_flops_per_sec": ours.flops_per_step / med["cnnbench"],
                    "cnnbench_best_flops_per_sec": ours.flops_per_step / min(times["cnnbench"]),
-                   "times_s": times}
+                   "times_s": times, "round_warmup_times_s": warm}
             for v in variants:
                 if v in med:
                     row[f"torch_{v}_ms"] = 1e3 * med[v]
@@ -241,14 +255,14 @@ def main():
     doc = {"machine": machine(), "jax": jax.__version__, "torch": torch.versions["torch"],
            "torchvision": torch.versions["torchvision"], "threads": args.threads, "xla_flags": xla_flags,
            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "peer_malloc": args.peer_malloc,
-           "rounds": args.rounds, "steps": args.steps, "matmul_peak_flops": peak, "results": results}
+           "rounds": args.rounds, "steps": args.steps, "round_warmup": args.round_warmup, "matmul_peak_flops": peak, "results": results}
     if args.json:
         print(json.dumps(doc, indent=2))
         return
     print(f"machine: {doc['machine']}; jax {doc['jax']}, torch {doc['torch']}, torchvision "
           f"{doc['torchvision']}, {args.threads} threads; XLA_FLAGS={xla_flags or '(none)'}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES') or '(none)'} (PyTorch worker: {args.peer_malloc})")
-    print(f"{args.rounds} interleaved rounds x {args.steps} steps; matmul peak {peak / 1e9:.0f} GFLOP/s (best); "
+    print(f"{args.rounds} interleaved rounds x {args.steps} steps (after {args.round_warmup} untimed); matmul peak {peak / 1e9:.0f} GFLOP/s (best); "
           f"ratios: of medians / median per round / of fastest steps")
     head = ["workload", "cnnbench img/s", "torch eager img/s", "ratio", "torch.compile img/s", "ratio",
             "cnnbench % of peak (median / fastest)"]
