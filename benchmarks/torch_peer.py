@@ -11,9 +11,10 @@ Python with torch and torchvision) as a worker that takes commands on stdin. Onl
 computes at a time. For each workload both sides compile and warm up, then ``--rounds`` rounds
 interleave ``--steps`` timed steps of cnnbench, PyTorch eager and ``torch.compile`` (where it
 compiles), so a noisy neighbour hits every side alike. In every round each side first runs
-``--round-warmup`` untimed steps: on a virtual machine with free page reporting (the development
-machine is one) memory a process freed more than ~2 s ago goes back to the host, and the next
-step that touches it again pays to fault it in. XLA frees a step's buffers after every step
+``--round-warmup`` untimed steps. On the development machine, a virtual machine whose kernel
+hands free memory back to the host (free page reporting), a step that follows a few seconds of
+another process's work ran slower, as if memory freed before had to be faulted in again from the
+host (my reading of the measurements). XLA frees a step's buffers after every step
 (1.4 GB for a resnet18 training step), so cnnbench's first step after the other side's turn ran
 10-31% slower than its next ones; PyTorch's, which keeps its tensors under 32 MB in the C
 library's heap, within -10% to +3% (BENCHMARKS.md, issue 6, "Sixth round"). The warm step times
@@ -27,7 +28,8 @@ loss (GoogLeNet adds its auxiliary losses with weight 0.3 on both sides); infere
 pass in eval mode (``torch.inference_mode``). cnnbench runs with the XLA options its command line
 sets (:mod:`cnnbench.perf.flags`, huge pages for large buffers included); PyTorch with
 ``torch.set_num_threads`` equal to the cores JAX uses and, by default, the same C-library settings
-(``--peer-malloc default``: PyTorch as a plain script runs it). Synthetic data, float32, NCHW for PyTorch (its default), NHWC for cnnbench (its layout).
+(``--peer-malloc default``: PyTorch as a plain script runs it). Synthetic data, float32, NCHW for
+PyTorch (its default), NHWC for cnnbench (its layout).
 """
 
 from __future__ import annotations
@@ -172,6 +174,8 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return torch_worker(args.threads)
+    if args.round_warmup < 0 or args.steps < 1 or args.rounds < 1:
+        parser.error("--rounds and --steps must be at least 1, --round-warmup at least 0")
 
     unknown = [a for a in args.archs.split(",") if a not in TORCHVISION]
     if unknown:
@@ -255,15 +259,16 @@ def main():
     doc = {"machine": machine(), "jax": jax.__version__, "torch": torch.versions["torch"],
            "torchvision": torch.versions["torchvision"], "threads": args.threads, "xla_flags": xla_flags,
            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "peer_malloc": args.peer_malloc,
-           "rounds": args.rounds, "steps": args.steps, "round_warmup": args.round_warmup, "matmul_peak_flops": peak, "results": results}
+           "rounds": args.rounds, "steps": args.steps, "round_warmup": args.round_warmup,
+           "matmul_peak_flops": peak, "results": results}
     if args.json:
         print(json.dumps(doc, indent=2))
         return
     print(f"machine: {doc['machine']}; jax {doc['jax']}, torch {doc['torch']}, torchvision "
           f"{doc['torchvision']}, {args.threads} threads; XLA_FLAGS={xla_flags or '(none)'}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES') or '(none)'} (PyTorch worker: {args.peer_malloc})")
-    print(f"{args.rounds} interleaved rounds x {args.steps} steps (after {args.round_warmup} untimed); matmul peak {peak / 1e9:.0f} GFLOP/s (best); "
-          f"ratios: of medians / median per round / of fastest steps")
+    print(f"{args.rounds} interleaved rounds x {args.steps} steps (after {args.round_warmup} untimed); "
+          f"matmul peak {peak / 1e9:.0f} GFLOP/s (best); ratios: of medians / median per round / of fastest steps")
     head = ["workload", "cnnbench img/s", "torch eager img/s", "ratio", "torch.compile img/s", "ratio",
             "cnnbench % of peak (median / fastest)"]
     print("| " + " | ".join(head) + " |")
