@@ -124,9 +124,19 @@ def torch_worker(threads: int) -> None:
 
 class TorchWorker:
     def __init__(self, python: str, threads: int, env: dict | None = None):
-        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", "--threads", str(threads)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
-        self.versions = json.loads(self.proc.stdout.readline())
+        """Starts the worker; raises RuntimeError (one line) when it cannot run or import torch."""
+        try:
+            self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", "--threads", str(threads)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                         env=env)
+        except OSError as e:
+            raise RuntimeError(f"cannot run --torch-python {python}: {e.strerror}") from None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=60)
+            raise RuntimeError(f"the PyTorch worker under {python} exited before starting "
+                               "(is torch with torchvision installed there? its error is above)")
+        self.versions = json.loads(line)
 
     def ask(self, **cmd) -> dict:
         self.proc.stdin.write(json.dumps(cmd) + "\n")
@@ -195,7 +205,10 @@ def main():
     peer_env = dict(os.environ)
     if args.peer_malloc == "default":
         peer_env.pop("GLIBC_TUNABLES", None)
-    torch = TorchWorker(args.torch_python, args.threads, peer_env)
+    try:
+        torch = TorchWorker(args.torch_python, args.threads, peer_env)
+    except RuntimeError as e:
+        sys.exit(f"error: {e}")
     variants = ["eager"] + ([] if args.no_compile else ["compile"])
     peaks, results = [], []
     print(f"# {machine()}; jax {jax.__version__}, torch {torch.versions['torch']} "
