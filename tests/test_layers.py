@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from cnnbench.archs import initializers
-from cnnbench.archs.layers import (LRN, AdaptiveAvgPool, AvgPool, Conv, MaxPool, ShortcutA,
+from cnnbench.archs.layers import (LRN, AdaptiveAvgPool, AvgPool, Conv, Dropout, MaxPool, ShortcutA,
                                    _window_bounds)
 
 
@@ -139,3 +139,33 @@ def test_initializers_share_one_compiled_draw_per_bucket():
     for cout in range(26, 36):  # ten shapes of 2,106-2,835 weights: one bucket of 4,096
         initializers.glorot_uniform()(key, (3, 3, 9, cout))
     assert initializers._draw_fn.cache_info().currsize == 1
+
+
+@pytest.mark.parametrize("rate, broadcast_dims", [(0.5, ()), (0.7, ()), (0.2, (1, 2))])
+def test_dropout_keeps_flaxs_mask_and_gradient(rate, broadcast_dims):
+    """The dropout whose mask is a buffer against Flax's own: the same elements dropped for the same
+    key (jitted, as in a training step), the same scaling (to one rounding: x * (1/p) against x / p,
+    exact at 0.5), the same gradient, new masks from the layer's stream, and identity in evaluation."""
+    x = jnp.asarray(rand(4, 6, 6, 8, seed=3), jnp.float32)
+    g = jnp.asarray(rand(4, 6, 6, 8, seed=4), jnp.float32)
+    ours = Dropout(rate, broadcast_dims=broadcast_dims, rngs=nnx.Rngs(dropout=0))
+    theirs = nnx.Dropout(rate, broadcast_dims=broadcast_dims, rngs=nnx.Rngs(dropout=0))
+
+    @jax.jit
+    def both(x, g, key):
+        a, pull_a = jax.vjp(lambda x: ours(x, train=True, rngs=key), x)
+        b, pull_b = jax.vjp(lambda x: theirs(x, deterministic=False, rngs=key), x)
+        return a, b, pull_a(g)[0], pull_b(g)[0]
+
+    for seed in range(3):
+        a, b, ga, gb = both(x, g, jax.random.key(seed))
+        np.testing.assert_array_equal(a == 0, b == 0)
+        np.testing.assert_allclose(a, b, rtol=0 if rate == 0.5 else 2e-7)
+        np.testing.assert_allclose(ga, gb, rtol=0 if rate == 0.5 else 2e-7)
+        assert abs(float((a == 0).mean()) - rate) < 0.1
+    if broadcast_dims:  # one mask per image and channel, shared over the spatial axes
+        assert ((a == 0) == (a[:, :1, :1] == 0)).all()
+    first, second = ours(x, train=True), ours(x, train=True)  # the layer's own stream advances
+    np.testing.assert_array_equal(first == 0, theirs(x, deterministic=False) == 0)
+    assert (second == 0).any() and not np.array_equal(first == 0, second == 0)
+    assert ours(x) is x
