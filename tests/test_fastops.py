@@ -31,8 +31,10 @@ def _close(a, b, rtol=2e-5):
     (3, 9, 6, 5, 3, 1, ((1, 1), (1, 1))),      # Winograd: odd output size (a partial last tile)
     (4, 8, 3, 2, 3, 1, ((0, 0), (0, 0))),      # Winograd, "valid"
     (2, 7, 2, 3, 3, 1, ((2, 0), (1, 2))),      # Winograd, lopsided padding
-    (3, 11, 4, 6, 5, 1, ((2, 2), (2, 2))),     # Winograd F(2x2, 5x5): AlexNet conv2's "same" (odd size)
+    (3, 11, 4, 6, 5, 1, ((2, 2), (2, 2))),     # Winograd F(2x2, 5x5): "same", odd size (a partial tile)
     (2, 8, 3, 2, 5, 1, ((0, 3), (4, 1))),      # 5x5, lopsided padding up to k - 1
+    (2, 9, 4, 6, 5, 1, ((2, 2), (2, 2))),      # Winograd F(3x3, 5x5): "same", as AlexNet's 27x27 conv2
+    (3, 7, 3, 2, 5, 1, ((2, 1), (0, 3))),      # F(3x3, 5x5), lopsided padding up to k - 1
 ])
 def test_conv_every_plan_matches_lax(n, hw, cin, cout, k, s, pads):
     x = jax.random.normal(jax.random.key(0), (n, hw, hw, cin))
@@ -63,8 +65,8 @@ def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 16 * 16 * 4 * 7 * 2)  # two images of 16 tiles x 7
     assert winograd.chunk(6, 16, 7) == 2 and winograd.chunk(5, 16, 7) == 1
     assert winograd.chunk(32, 28 * 28, 64, budget=4 ** 2 * 28 * 28 * 64 * 4 * 2) == 2
-    x = jax.random.normal(jax.random.key(7), (6, 7, 8, 5))
-    for k in (3, 5):  # F(2x2, 3x3) and F(2x2, 5x5)
+    x = jax.random.normal(jax.random.key(7), (6, 9, 6, 5))
+    for k in (3, 5):  # F(2x2, 3x3) and F(3x3, 5x5)
         w = jax.random.normal(jax.random.key(8), (k, k, 5, 7))
         pads = ((k // 2, k // 2), (k // 2, k // 2))
 
@@ -78,7 +80,11 @@ def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
             lambda x, w: fastops.conv(x, w, 1, pads, WINOGRAD), x, w)))(x, w, dy)
         for a, b in zip(got, expected):
             _close(a, b)
-    assert fastops.choose(5, 1, 64, 192, (27, 27), "cpu", pads) == {**WINOGRAD, "input_grad": "matmul"}
+    assert fastops.choose(5, 1, 64, 192, (27, 27), "cpu", pads) == WINOGRAD  # AlexNet conv2
+    # F(3x3, 5x5) where its 3x3 blocks overhang the map by at most 11% (26x26: 8%, 20x20: 10%)
+    assert [winograd.form(5, hw).m for hw in ((27, 27), (9, 6), (26, 26), (20, 20))] == [3, 3, 3, 3]
+    assert [winograd.form(5, hw).m for hw in ((17, 17), (16, 16), (27, 16))] == [2, 2, 2]
+    assert winograd.form(3, (27, 27)).m == 2
     assert fastops.choose(5, 1, 6, 16, (10, 10), "cpu", pads)["forward"] == "xla"  # LeNet-5's conv2
     pads = ((1, 1), (1, 1))
     assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", pads) == WINOGRAD

@@ -8,10 +8,10 @@ caches, while XLA's matrix multiplication runs close to the machine's peak. So h
   use one of three formulations (:data:`FORWARD`, :data:`INPUT_GRAD`, :data:`WEIGHT_GRAD`): XLA's
   convolution; patches built from ``k*k`` strided slices and one matrix multiplication (the input
   gradient scatters its columns back with ``k*k`` interior-padded adds), a few images at a time;
-  or Winograd's F(2x2, 3x3) / F(2x2, 5x5) (:mod:`cnnbench.archs.winograd`). :func:`choose` picks per
-  layer what measured faster on a CPU: Winograd for every pass of a 3x3 stride-1 layer and for a
-  5x5 one's (64+ input channels) forward pass and weight gradient; matrix products for every pass
-  of a 1x1 layer (its patches are its input); elsewhere XLA's forward and the patch-based gradients.
+  or Winograd's F(2x2, 3x3) / F(3x3, 5x5) (:mod:`cnnbench.archs.winograd`). :func:`choose` picks per
+  layer what measured faster on a CPU: Winograd for every pass of a 3x3 stride-1 layer and of a
+  5x5 one with 64+ input channels; matrix products for every pass of a 1x1 layer (its patches
+  are its input); elsewhere XLA's forward and the patch-based gradients.
 - :func:`max_pool` is max pooling whose gradient goes to the first maximum of each window in
   row-major order, exactly one position per window, as select-and-scatter does, but computed as
   ``k*k`` compare-and-select passes over strided slices (on a CPU).
@@ -222,7 +222,7 @@ def _xla_weight_grad(x, w, dy, s, pads):
 
 
 #: Each pass of a convolution, by formulation: "xla" (XLA's convolution), "matmul" (patches and a
-#: matrix multiplication) or "winograd" (F(2x2, 3x3) / F(2x2, 5x5), stride 1 only: :mod:`.winograd`).
+#: matrix multiplication) or "winograd" (F(2x2, 3x3) / F(3x3, 5x5), stride 1 only: :mod:`.winograd`).
 FORWARD = {"xla": _lax_conv, "matmul": _matmul_forward,
            "winograd": lambda x, w, s, pads: winograd.conv(x, w, pads)}
 INPUT_GRAD = {"xla": _xla_input_grad,
@@ -243,13 +243,12 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
     # 5x5 only as measured (AlexNet's conv2, 64 input channels): on LeNet's or GoogLeNet's few
     # channels the 36-point transforms cost more (compiling included) than they save.
     if winograd.supported(k, s, pads) and jnp.dtype(dtype) == jnp.float32 and (k == 3 or cin >= 64):
-        if k == 3:
-            # 3x3 stride 1 (AlexNet conv3-5, VGG, ResNet's 3x3 layers but the first of a stage):
-            # Winograd in cache-sized chunks was 1.3-2x faster than XLA's convolution in every pass.
-            return {"forward": "winograd", "input_grad": "winograd", "weight_grad": "winograd"}
-        # 5x5 stride 1 (AlexNet conv2): F(2x2, 5x5) beat XLA's forward (114 -> 95 ms) and the
-        # chunked patches' weight gradient (102 -> 62-85 ms), not their input gradient (93 -> 104).
-        return {"forward": "winograd", "input_grad": "matmul", "weight_grad": "winograd"}
+        # 3x3 stride 1 (AlexNet conv3-5, VGG, ResNet's 3x3 layers but the first of a stage):
+        # Winograd in cache-sized chunks was 1.3-2x faster than XLA's convolution in every pass.
+        # 5x5 stride 1 (AlexNet conv2): F(3x3, 5x5) beat XLA's forward (114 -> 56-58 ms), the
+        # chunked patches' input gradient (91 -> 57) and weight gradient (102 -> 54); on maps
+        # it does not tile, F(2x2, 5x5) beat the patches' input gradient too (16x16: 50 -> 43).
+        return {"forward": "winograd", "input_grad": "winograd", "weight_grad": "winograd"}
     if k == 1 and jnp.dtype(dtype) == jnp.float32:
         # 1x1 (ResNet's bottlenecks and projections, GoogLeNet's reductions, NiN): one matrix
         # product per pass. XLA hands a 1x1 convolution to YNNPACK's convolution at 58-129

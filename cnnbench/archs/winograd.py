@@ -1,13 +1,13 @@
-"""Stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3) and F(2x2, 5x5) (Lavin & Gray, 2016).
+"""Stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3) and F(3x3, 5x5) (Lavin & Gray, 2016).
 
-Each 2x2 block of outputs comes from an a x a tile of the input (a = 4 for 3x3 kernels, 6 for
-5x5): the tile and the kernel are carried into an a*a-point transform domain (``B^T d B`` and
-``G g G^T``), where the convolution becomes a*a independent matrix multiplications over the
-channels, and back (``A^T m A``). For 3x3 kernels that is 16 multiply-adds per 4 outputs per
-channel pair instead of 36 (2.25x fewer); for 5x5, 36 instead of 100 (2.8x fewer). In exact
-arithmetic the result is the convolution itself; in float32 it differs from XLA's by about 1e-6
-(3x3) and 5e-6 (5x5) of the output's scale (``tests/test_fastops.py`` holds it to the same
-tolerance as the other fast paths).
+Each m x m block of outputs (m = 2 for 3x3 kernels, 3 for 5x5) comes from an a x a tile of the
+input (a = m + r - 1: 4 for 3x3, 7 for 5x5): the tile and the kernel are carried into an a*a-point
+transform domain (``B^T d B`` and ``G g G^T``), where the convolution becomes a*a independent
+matrix multiplications over the channels, and back (``A^T m A``). For 3x3 kernels that is 16
+multiply-adds per 4 outputs per channel pair instead of 36 (2.25x fewer); for 5x5, 49 per 9
+outputs instead of 225 (4.6x fewer). In exact arithmetic the result is the convolution itself; in
+float32 it differs from XLA's by about 1e-6 (3x3) and 7e-6 (5x5) of the output's scale
+(``tests/test_fastops.py`` holds it to the same tolerance as the other fast paths).
 
 The three passes of a training step:
 
@@ -74,14 +74,40 @@ def toom_cook(m: int, r: int, points) -> Minimal:
     return Minimal(m, r, at, g, bt)
 
 
-#: by kernel side: F(2x2, 3x3) with the transforms of Lavin & Gray (entries 0, +-1, 1/2) and
-#: F(2x2, 5x5) at the points 0, +-1, +-2 and infinity.
+#: by kernel side, the forms in order of preference: F(2x2, 3x3) with the transforms of Lavin &
+#: Gray (entries 0, +-1, 1/2); for 5x5, F(3x3, 5x5) at the points 0, +-1, +-2, 1/2 and infinity,
+#: else F(2x2, 5x5) at 0, +-1, +-2 and infinity (see :func:`form`).
 FORMS = {
-    3: Minimal(2, 3, np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
-               np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
-               np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)),
-    5: toom_cook(2, 5, (0, 1, -1, 2, -2)),
+    3: (Minimal(2, 3, np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
+                np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
+                np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)),),
+    5: (toom_cook(3, 5, (0, 1, -1, 2, -2, 0.5)), toom_cook(2, 5, (0, 1, -1, 2, -2))),
 }
+
+
+#: the most a form's m x m blocks may overhang the output, as a fraction of its area (see :func:`form`)
+OVERHANG = 0.11
+
+
+def form(k: int, out_hw: tuple[int, int]) -> Minimal:
+    """The first of ``FORMS[k]`` whose m x m blocks, tiling the output, overhang it by at most
+    :data:`OVERHANG` of its area; else the last.
+
+    For 5x5 kernels (batch 32, float32, ms for forward / input gradient / weight gradient),
+    F(3x3, 5x5) against F(2x2, 5x5): AlexNet's conv2 (27x27, 64 -> 192) 56-58 / 57 / 54 against
+    82 / 87 / 69; NiN's (26x26, 96 -> 256, 8% overhang) 114 / 120 / 72 against 146 / 154 / 109;
+    20x20 (10%) 25 / 25 / 20 against 33 / 35 / 32. With more overhang it lost the forward: 17x17
+    (12%) 69 against 49, 16x16 (27%) 65 against 44, 10x10 (44%) 5.1 against 4.8. Its error is
+    7e-6 of the output's scale against F(2x2, 5x5)'s 5e-6 (BENCHMARKS.md)."""
+    forms = FORMS[k]
+    h, w = out_hw
+
+    def overhang(f):
+        return -(-h // f.m) * f.m * -(-w // f.m) * f.m / (h * w) - 1
+
+    return next((f for f in forms if overhang(f) <= OVERHANG), forms[-1])
+
+
 R = 3  # the kernel side of F(2x2, 3x3), which the space-to-depth stem aims at
 
 #: bytes of one chunk's transformed tiles (a*a x tiles x channels x 4) the chunk size aims at: the
@@ -174,9 +200,13 @@ def batched(f, x, size: int):
     return out.reshape(n, *out.shape[2:])
 
 
+def _out_hw(x, k: int, pads) -> tuple[int, int]:
+    return x.shape[1] + sum(pads[0]) - k + 1, x.shape[2] + sum(pads[1]) - k + 1
+
+
 def conv(x, w, pads):
     """NHWC x HWIO stride-1 convolution (3x3 or 5x5 kernel) with ``pads`` ((top, bottom), (left, right))."""
-    f = FORMS[w.shape[0]]
+    f = form(w.shape[0], _out_hw(x, w.shape[0], pads))
     _, (th, tw), _ = _tiling(f, x.shape[1], x.shape[2], pads)
     size = chunk(x.shape[0], th * tw, max(w.shape[2], w.shape[3]), a=f.a)
     kernel = _kernel(f, w)
@@ -192,7 +222,7 @@ def input_grad(dy, w, pads):
 
 def weight_grad(x, dy, pads, k: int = 3):
     """dL/dw of :func:`conv` (a ``k x k`` kernel), accumulated in float32 over chunks of the batch."""
-    f = FORMS[k]
+    f = form(k, _out_hw(x, k, pads))
     m, a = f.m, f.a
     n, h, w, c = x.shape
     o = dy.shape[-1]
