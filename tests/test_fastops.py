@@ -88,6 +88,9 @@ def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
     assert fastops.choose(5, 1, 6, 16, (10, 10), "cpu", pads)["forward"] == "xla"  # LeNet-5's conv2
     pads = ((1, 1), (1, 1))
     assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", pads) == WINOGRAD
+    assert fastops.choose(3, 1, 3, 64, (224, 224), "cpu", pads) == PLANS[1] | {"input_grad": "matmul"}  # VGG's conv1
+    assert fastops.choose(3, 1, 16, 16, (32, 32), "cpu", pads) == {"forward": "xla", "input_grad": "matmul",
+                                                                  "weight_grad": "winograd"}  # ResNet-20's
     assert fastops.choose(3, 2, 64, 64, (28, 28), "cpu", pads)["forward"] == "xla"
     assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", pads, jnp.bfloat16)["forward"] == "xla"
     assert fastops.choose(3, 1, 64, 64, (56, 56), "gpu", pads)["forward"] == "xla"

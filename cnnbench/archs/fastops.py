@@ -243,6 +243,16 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
     # 5x5 only as measured (AlexNet's conv2, 64 input channels): on LeNet's or GoogLeNet's few
     # channels the 36-point transforms cost more (compiling included) than they save.
     if winograd.supported(k, s, pads) and jnp.dtype(dtype) == jnp.float32 and (k == 3 or cin >= 64):
+        if cin < 8:
+            # An RGB image's 3x3 layer (VGG's conv1, 224x224x3 -> 64, batch 32): on 3 channels the
+            # transforms dominate. XLA's forward 95 ms against Winograd's 211, the patches' weight
+            # gradient 211 against 480 (XLA's 358).
+            return {"forward": "xla", "input_grad": "matmul", "weight_grad": "matmul"}
+        if cin < 32:
+            # 16 channels (the CIFAR ResNets' first stage, 32x32x16 -> 16, batch 128): XLA's
+            # forward 5.4 ms against Winograd's 17.7, the patches' input gradient 15.0 against
+            # 17.5; Winograd's weight gradient 18.0 against the patches' 27.9.
+            return {"forward": "xla", "input_grad": "matmul", "weight_grad": "winograd"}
         # 3x3 stride 1 (AlexNet conv3-5, VGG, ResNet's 3x3 layers but the first of a stage):
         # Winograd in cache-sized chunks was 1.3-2x faster than XLA's convolution in every pass.
         # 5x5 stride 1 (AlexNet conv2): F(3x3, 5x5) beat XLA's forward (114 -> 56-58 ms), the
