@@ -101,6 +101,29 @@ def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
     assert fastops.choose(1, 1, 256, 64, (56, 56), "gpu", none)["forward"] == "xla"
 
 
+@pytest.mark.parametrize("k, pads", [(3, ((1, 1), (1, 1))), (3, ((0, 2), (2, 1))), (5, ((2, 2), (2, 2)))])
+def test_every_weight_gradient_form_matches_lax(k, pads, monkeypatch):
+    """The weight gradient by each form it may take (F(3x3, .) where its chunks hold enough tiles,
+    else F(2x2, .)), partial last tiles included, against lax's; and which one shapes get."""
+    from cnnbench.archs import winograd
+    x = jax.random.normal(jax.random.key(3), (3, 10, 8, 6))
+    w = jax.random.normal(jax.random.key(4), (k, k, 6, 5))
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    y, vjp = jax.vjp(ref, x, w)
+    dy = jax.random.normal(jax.random.key(5), y.shape)
+    expected = vjp(dy)[1]
+    for f in winograd.WEIGHT_FORMS[k]:
+        monkeypatch.setitem(winograd.WEIGHT_FORMS, k, (f,))
+        _close(jax.jit(lambda x, dy: winograd.weight_grad(x, dy, pads, k))(x, dy), expected)
+    monkeypatch.undo()
+    assert [f.m for f in winograd.WEIGHT_FORMS[k]] == [3, 2]
+    assert winograd.weight_form(3, 32, (56, 56), 64).m == 3  # ResNet's layer1: 2 images, 722 tiles a chunk
+    assert winograd.weight_form(3, 32, (28, 28), 512).m == 2  # VGG's 512-channel 28x28: 100 tiles a chunk
+
+
 @pytest.mark.parametrize("hw, k, s, pad", [(35, 11, 4, 2), (16, 6, 2, 1)])
 def test_space_to_depth_stem_matches_lax(hw, k, s, pad):
     """A strided RGB stem (AlexNet's 11x11 stride-4 conv1) computed as a 3x3 stride-1 convolution

@@ -108,6 +108,32 @@ def form(k: int, out_hw: tuple[int, int]) -> Minimal:
     return next((f for f in forms if overhang(f) <= OVERHANG), forms[-1])
 
 
+#: by kernel side, the forms :func:`weight_grad` prefers, larger blocks first (see :func:`weight_form`)
+WEIGHT_FORMS = {3: (toom_cook(3, 3, (0, 1, -1, 2)), FORMS[3][0]), 5: FORMS[5]}
+
+#: the fewest tiles a weight-gradient chunk may contract over for the larger form (see :func:`weight_form`)
+WEIGHT_MIN_TILES = 128
+
+
+def weight_form(k: int, n: int, out_hw: tuple[int, int], channels: int) -> Minimal:
+    """The weight gradient's form: the first of ``WEIGHT_FORMS[k]`` whose chunk of the batch (see
+    :func:`chunk`) contracts over at least :data:`WEIGHT_MIN_TILES` tiles, else the last.
+
+    Its sums run over every tile of the chunk, so larger blocks (fewer tiles, fewer transform
+    points per output) pay off until the contraction gets short. 3x3 kernels, batch 32, ms,
+    F(3x3, 3x3) against F(2x2, 3x3): 56x56x64 -> 64 (722 tiles per chunk) 38-39 against 56;
+    112x112x64 -> 128 (1444) 301 against 445; 28x28x128 -> 128 (400) 29-30 against 38;
+    13x13x384 -> 256 (200) 35 against 40; 7x7x512 -> 512 (144) 35 against 38; but 28x28x256 -> 512
+    (100 tiles, one image per chunk) 289 against 208 (BENCHMARKS.md). 5x5 kernels: F(3x3, 5x5)
+    was as fast or faster on every map measured, overhanging or not."""
+    forms = WEIGHT_FORMS[k]
+    for f in forms[:-1]:
+        _, (th, tw), _ = _tiling(f, out_hw[0] + f.r - 1, out_hw[1] + f.r - 1, ((0, 0), (0, 0)))
+        if chunk(n, th * tw, channels, a=f.a) * th * tw >= WEIGHT_MIN_TILES:
+            return f
+    return forms[-1]
+
+
 R = 3  # the kernel side of F(2x2, 3x3), which the space-to-depth stem aims at
 
 #: bytes of one chunk's transformed tiles (a*a x tiles x channels x 4) the chunk size aims at: the
@@ -222,10 +248,10 @@ def input_grad(dy, w, pads):
 
 def weight_grad(x, dy, pads, k: int = 3):
     """dL/dw of :func:`conv` (a ``k x k`` kernel), accumulated in float32 over chunks of the batch."""
-    f = form(k, _out_hw(x, k, pads))
-    m, a = f.m, f.a
     n, h, w, c = x.shape
     o = dy.shape[-1]
+    f = weight_form(k, n, _out_hw(x, k, pads), max(c, o))
+    m, a = f.m, f.a
     (ho, wo), (th, tw), _ = _tiling(f, h, w, pads)
     dtype = jnp.promote_types(x.dtype, dy.dtype)
     acc = jnp.promote_types(dtype, jnp.float32)
