@@ -169,3 +169,5 @@ def test_dropout_keeps_flaxs_mask_and_gradient(rate, broadcast_dims):
     np.testing.assert_array_equal(first == 0, theirs(x, deterministic=False) == 0)
     assert (second == 0).any() and not np.array_equal(first == 0, second == 0)
     assert ours(x) is x
+    raw = jax.random.PRNGKey(7)  # a legacy uint32 key works as with Flax
+    np.testing.assert_array_equal(ours(x, train=True, rngs=raw) == 0, theirs(x, deterministic=False, rngs=raw) == 0)

@@ -241,7 +241,7 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
     if platform != "cpu" or min(out_hw) < 1:  # too small an input: lax says so
         return xla
     # 5x5 only as measured (AlexNet's conv2, 64 input channels): on LeNet's or GoogLeNet's few
-    # channels the 36-point transforms cost more (compiling included) than they save.
+    # channels the 36- and 49-point transforms cost more (compiling included) than they save.
     if winograd.supported(k, s, pads) and jnp.dtype(dtype) == jnp.float32 and (k == 3 or cin >= 64):
         if cin < 8:
             # An RGB image's 3x3 layer (VGG's conv1, 224x224x3 -> 64, batch 32): on 3 channels the

@@ -124,7 +124,8 @@ def _materialised(make, key, shape, dtype):
     """``make(key)`` computed inside a conditional whose predicate is always true (bit 0 of ``k | 1``
     for a word ``k`` of the key's data), so that XLA computes it once into a buffer rather than
     fusing (and recomputing) it into each consumer. The other branch, never taken, gives zeros."""
-    word = jax.random.key_data(key).reshape(-1)[0]
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)  # else a raw uint32 key (jax.random.PRNGKey)
+    word = (jax.random.key_data(key) if typed else key).reshape(-1)[0]
     return lax.cond((word | 1) & 1 == 1, make, lambda key: jnp.zeros(shape, dtype), key)
 
 

@@ -1,13 +1,16 @@
-"""Stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3) and F(3x3, 5x5) (Lavin & Gray, 2016).
+"""Stride-1 convolution by Winograd's minimal filtering (Lavin & Gray, 2016): F(2x2, 3x3), and
+F(3x3, 5x5) where its blocks fit the map (else F(2x2, 5x5), see :func:`form`); weight gradients by
+F(3x3, 3x3) / F(3x3, 5x5) where the batch chunks hold enough tiles (see :func:`weight_form`).
 
 Each m x m block of outputs (m = 2 for 3x3 kernels, 3 for 5x5) comes from an a x a tile of the
 input (a = m + r - 1: 4 for 3x3, 7 for 5x5): the tile and the kernel are carried into an a*a-point
 transform domain (``B^T d B`` and ``G g G^T``), where the convolution becomes a*a independent
 matrix multiplications over the channels, and back (``A^T m A``). For 3x3 kernels that is 16
-multiply-adds per 4 outputs per channel pair instead of 36 (2.25x fewer); for 5x5, 49 per 9
-outputs instead of 225 (4.6x fewer). In exact arithmetic the result is the convolution itself; in
-float32 it differs from XLA's by about 1e-6 (3x3) and 7e-6 (5x5) of the output's scale
-(``tests/test_fastops.py`` holds it to the same tolerance as the other fast paths).
+multiply-adds per 4 outputs per channel pair instead of 36 (2.25x fewer; F(3x3, 3x3): 25 per 9
+instead of 81); for 5x5, 49 per 9 outputs instead of 225 (4.6x fewer). In exact arithmetic the
+result is the convolution itself; in float32 it differs from XLA's by about 1e-6 (3x3) and 7e-6
+(5x5) of the output's scale (``tests/test_fastops.py`` holds it to the same tolerance as the
+other fast paths).
 
 The three passes of a training step:
 
