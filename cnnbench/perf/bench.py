@@ -179,7 +179,7 @@ class Prepared:
     such runs with PyTorch's). Raises :class:`OutOfMemory` when it does not fit."""
 
     def __init__(self, arch: str, mode: str, batch_size: int, *, input_size: int | None = None,
-                 precision: str = "fp32", mesh=None):
+                 precision: str = "fp32", mesh=None, compiler_options: dict | None = None):
         self.mesh = mesh if mesh is not None else _mesh(None)
         self.arch, self.mode, self.batch_size, self.precision = arch, mode, batch_size, precision
         self.label = f"{arch} {mode} batch {batch_size}"
@@ -187,7 +187,9 @@ class Prepared:
             step, self.args, self.advance, self.facts = _workload(arch, mode, batch_size, input_size,
                                                                   precision, self.mesh)
             t = time.perf_counter()
-            self.compiled = step.lower(*self.args).compile()
+            # ``compiler_options``: XLA debug options for this program only (``XLA_FLAGS`` names without
+            # the dashes), so benchmarks can compare options inside one process.
+            self.compiled = step.lower(*self.args).compile(compiler_options=compiler_options)
             self.compile_s = time.perf_counter() - t
             _check_fits(self.compiled, self.mesh, self.label)
 

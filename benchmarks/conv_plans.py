@@ -1,0 +1,173 @@
+"""Each convolution layer of an architecture, each pass, each formulation: which is fastest here?
+
+    python benchmarks/conv_plans.py resnet18 [--batch-size 32] [--input-size 224] [--rounds 3]
+        [--passes forward,input_grad,weight_grad] [--json]
+
+:func:`cnnbench.archs.fastops.choose` picks, per layer shape, XLA's convolution, patches and a
+matrix product, or Winograd for the forward pass, the input gradient and the weight gradient, from
+timings taken on one CPU. This script re-takes those timings on the machine it runs on, for every
+distinct convolution of ``ARCH`` (at the batch size and input size given, float32): each pass of
+each layer is jitted on its own for every formulation that applies, and the formulations are timed
+in interleaved rounds (median of ``--rounds``), so a noisy neighbour hits them alike. The table
+marks the formulation ``choose`` picks now and the fastest one; the last rows sum the layers' time
+(each layer times the number of times it occurs in the network) under the current plan and under
+the per-pass fastest. Per-layer times are leads, not verdicts: change ``choose`` only where whole
+steps (``cnnbench bench``, ``benchmarks/torch_peer.py``) measure faster too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from cnnbench.archs import create_model, fastops, get_arch, trace, winograd
+from cnnbench.perf import flags
+
+PASSES = {"forward": fastops.FORWARD, "input_grad": fastops.INPUT_GRAD, "weight_grad": fastops.WEIGHT_GRAD}
+
+
+def conv_layers(arch: str, input_size: int) -> collections.Counter:
+    """(input h, w, c, kernel, stride, padding, output channels) -> how often it occurs in ``arch``.
+    A grouped layer counts as its groups' convolutions (as :func:`fastops.conv_general_dilated` runs
+    it on a CPU): ``groups`` times the shape of one group."""
+    model = create_model(arch, input_size=input_size)
+    records = trace.trace_model(model, (input_size, input_size, model.in_channels))
+    layers = collections.Counter()
+    for r in records:
+        if r.kind != "conv":
+            continue
+        (h, w, c), (ho, wo, o) = r.input_shape[1:], r.output_shape[1:]
+        groups = round(r.kernel * r.kernel * c * ho * wo * o / r.macs)
+        layers[h, w, c // groups, r.kernel, r.stride, r.padding, o // groups] += groups
+    return layers
+
+
+def _space_to_depth(k: int, s: int, c: int):
+    """The kernel side :func:`fastops.conv` turns this layer into by space-to-depth, or None."""
+    return fastops._space_to_depth_blocks(k, s, c, "cpu", jnp.float32)
+
+
+def candidates(k: int, s: int, c: int, pads) -> list[str]:
+    names = ["xla", "matmul"]
+    if _space_to_depth(k, s, c):
+        names.append("space-to-depth")
+    return names + ["winograd"] if winograd.supported(k, s, pads) else names
+
+
+def _pass(name: str, form: str, k: int, s: int, c: int):
+    """fn(x, w, dy, s, pads) -> that pass of that formulation."""
+    if form != "space-to-depth":
+        return PASSES[name][form]
+    blocks = _space_to_depth(k, s, c)
+
+    def whole(x, w, s, pads):  # the layer as conv() runs it: every pass by the blocks' own plan
+        return fastops._space_to_depth_conv(x, w, s, pads, blocks)
+    if name == "forward":
+        return whole
+    index = 0 if name == "input_grad" else 1
+    return lambda x, w, dy, s, pads: jax.vjp(lambda x, w: whole(x, w, s, pads), x, w)[1](dy)[index]
+
+
+def programs(layer, n: int, passes):
+    """{(pass, formulation): (jitted function, its arguments)} for one layer."""
+    h, w, c, k, s, p, o = layer
+    pads = ((p, p), (p, p))
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (n, h, w, c), jnp.float32)
+    kernel = jax.random.normal(keys[1], (k, k, c, o), jnp.float32) / (k * k * c) ** 0.5
+    y_hw = fastops._out_hw(x, k, s, pads)
+    dy = jax.random.normal(keys[2], (n, *y_hw, o), jnp.float32)
+    out = {}
+    for name in passes:
+        for form in candidates(k, s, c, pads):
+            fn = _pass(name, form, k, s, c)
+            if name == "forward":
+                out[name, form] = (jax.jit(lambda x, w, fn=fn: fn(x, w, s, pads)), (x, kernel))
+            else:
+                out[name, form] = (jax.jit(lambda x, w, dy, fn=fn: fn(x, w, dy, s, pads)), (x, kernel, dy))
+    return out, y_hw
+
+
+def time_layer(layer, n: int, passes, rounds: int) -> dict:
+    progs, y_hw = programs(layer, n, passes)
+    h, w, c, k, s, p, o = layer
+    plan = fastops.choose(k, s, c, o, y_hw, "cpu", ((p, p), (p, p)), jnp.float32)
+    if _space_to_depth(k, s, c):
+        plan = dict.fromkeys(plan, "space-to-depth")
+    for fn, args in progs.values():  # compile and warm up
+        jax.block_until_ready(fn(*args))
+    times = collections.defaultdict(list)
+    for _ in range(rounds):
+        for key, (fn, args) in progs.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[key].append(time.perf_counter() - start)
+    result = {}
+    for name in passes:
+        ms = {form: 1e3 * statistics.median(t) for (p_, form), t in times.items() if p_ == name}
+        result[name] = {"ms": ms, "chosen": plan[name], "fastest": min(ms, key=ms.get)}
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("arch")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--input-size", type=int, help="default: the architecture's own")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--passes", default=",".join(PASSES))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    passes = [p for p in args.passes.split(",") if p]
+    unknown = set(passes) - set(PASSES)
+    if unknown:
+        parser.error(f"unknown pass(es) {sorted(unknown)}; choose from {', '.join(PASSES)}")
+    if jax.devices()[0].platform != "cpu":
+        parser.error("the formulations are chosen for CPUs only; run with JAX_PLATFORMS=cpu")
+
+    args.input_size = args.input_size or get_arch(args.arch).input_size
+    layers = conv_layers(args.arch, args.input_size)
+    rows, total_chosen, total_fastest = [], 0.0, 0.0
+    for layer, count in layers.items():
+        timed = time_layer(layer, args.batch_size, passes, args.rounds)
+        h, w, c, k, s, p, o = layer
+        for name, t in timed.items():
+            if name == "input_grad" and c == 3:
+                continue  # an RGB stem's input gradient is never computed in training
+            rows.append({"layer": f"{h}x{w}x{c} -> {o}, {k}x{k}/{s} pad {p}", "count": count, "pass": name, **t})
+            total_chosen += count * t["ms"][t["chosen"]]
+            total_fastest += count * t["ms"][t["fastest"]]
+        print(f"timed {h}x{w}x{c} -> {o}, {k}x{k}/{s}", file=sys.stderr)
+
+    if args.json:
+        print(json.dumps({"arch": args.arch, "batch_size": args.batch_size, "rows": rows,
+                          "total_chosen_ms": total_chosen, "total_fastest_ms": total_fastest}, indent=1))
+        return 0
+    print(f"{args.arch}, batch {args.batch_size}, {args.input_size}px, float32; median of {args.rounds} "
+          f"interleaved rounds, ms; * = choose()'s pick, ! = fastest where it differs")
+    forms = [f for f in ("xla", "matmul", "winograd", "space-to-depth") if any(f in r["ms"] for r in rows)]
+    print("| layer | x | pass | " + " | ".join(forms) + " |")
+    print("| --- | ---: | --- | " + " | ".join("---:" for _ in forms) + " |")
+    for r in rows:
+        cells = []
+        for form in forms:
+            ms = r["ms"].get(form)
+            mark = "*" if form == r["chosen"] else "!" if form == r["fastest"] else ""
+            cells.append("-" if ms is None else f"{ms:.1f}{mark}")
+        print(f"| {r['layer']} | {r['count']} | {r['pass']} | " + " | ".join(cells) + " |")
+    print(f"sum over the network (layers x occurrences): chosen {total_chosen:.0f} ms, "
+          f"per-pass fastest {total_fastest:.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    flags.use_hugepages()  # as the cnnbench command runs (re-executes this script once)
+    flags.apply()
+    sys.exit(main())
