@@ -193,7 +193,7 @@ def test_max_pool_matches_select_and_scatter(hw, k, s, extra, ties):
 
 
 def test_layers_dispatch_and_fallback():
-    """Conv and MaxPool layers take the fast path; grouped convolutions keep lax's."""
+    """Conv (grouped too) and MaxPool layers take the fast path, with the plain path's results."""
     x = jax.random.normal(jax.random.key(5), (2, 12, 12, 8))
     for layer in (Conv(8, 6, 3, 1, 1, rngs=nnx.Rngs(0)), Conv(8, 6, 3, 2, 1, groups=2, rngs=nnx.Rngs(0)),
                   MaxPool(3, 2, ceil_mode=True)):
@@ -229,3 +229,32 @@ def test_env_switch():
     assert fastops._from_env("0") == frozenset()
     assert fastops._from_env("1") == frozenset(fastops.OPS)
     assert fastops._from_env("pool") == frozenset({"pool"})
+
+
+@pytest.mark.parametrize("groups, k, s, pads", [(2, 5, 1, ((2, 2), (2, 2))), (2, 3, 1, ((1, 1), (1, 1))),
+                                                (3, 3, 2, ((1, 0), (0, 1)))])
+def test_grouped_conv_is_one_conv_per_group(groups, k, s, pads):
+    """AlexNet's two towers (conv2 5x5, conv4/5 3x3 with groups=2) and an odd case: the drop-in
+    splits a grouped convolution into per-group fast convolutions, with lax's outputs and gradients,
+    and no grouped convolution is left in the compiled step."""
+    x = jax.random.normal(jax.random.key(20), (2, 9, 9, 4 * groups))
+    w = jax.random.normal(jax.random.key(21), (k, k, 4, 5 * groups))
+
+    def run(conv):
+        def f(x, w, dy):
+            y, vjp = jax.vjp(lambda x, w: conv(x, w, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                                 feature_group_count=groups), x, w)
+            return (y, *vjp(dy))
+        return f
+
+    y = lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 feature_group_count=groups)
+    dy = jax.random.normal(jax.random.key(22), y.shape)
+    expected = jax.jit(run(lax.conv_general_dilated))(x, w, dy)
+    got = jax.jit(run(fastops.conv_general_dilated))(x, w, dy)
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape
+        _close(a, b)
+    jaxpr = str(jax.make_jaxpr(run(fastops.conv_general_dilated))(x, w, dy))
+    assert f"feature_group_count={groups}" not in jaxpr
+
