@@ -258,3 +258,22 @@ def test_grouped_conv_is_one_conv_per_group(groups, k, s, pads):
     jaxpr = str(jax.make_jaxpr(run(fastops.conv_general_dilated))(x, w, dy))
     assert f"feature_group_count={groups}" not in jaxpr
 
+
+@pytest.mark.parametrize("size, beta", [(5, 0.75), (4, 0.6)])
+def test_lrn_gradient_matches_autodiff_of_the_formula(size, beta):
+    """The hand-written LRN gradient against differentiating the paper's formula (an even window
+    too, whose channel window is lopsided), with an alpha large enough that the normalisation
+    matters; and switched off, the formula itself."""
+    x = 3 * jax.random.normal(jax.random.key(23), (2, 5, 5, 11))
+    dy = jax.random.normal(jax.random.key(24), x.shape)
+    args = (size, 1e-2, beta, 2.0)
+
+    def grads(f):
+        return jax.jit(lambda x, dy: (lambda y, vjp: (y, vjp(dy)[0]))(*jax.vjp(lambda x: f(x, *args), x)))(x, dy)
+
+    expected = grads(fastops._lrn_plain)
+    for a, b in zip(grads(fastops.lrn), expected):
+        _close(a, b)
+    with fastops.use(("conv", "pool")):
+        assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: fastops.lrn(x, *args))(x))
+    assert "custom_vjp" in str(jax.make_jaxpr(lambda x: fastops.lrn(x, *args))(x))
