@@ -23,6 +23,10 @@ over all timed steps, and the ratio cnnbench / PyTorch in samples per second (ab
 faster) three ways: of the medians, the median of the per-round ratios (each round times both
 sides back to back), and of the fastest steps (the least disturbed on a shared machine).
 
+The models are torchvision's, and for cnnbench's ``alexnet`` (the 2012 paper's two-tower network
+with LRN, which torchvision lacks) the same network in ``torch.nn`` (:func:`paper_alexnet`, the
+same 60,965,224 parameters at 227x227).
+
 Training is one optimiser step of SGD with momentum 0.9 and weight decay 5e-4 on a cross-entropy
 loss (GoogLeNet adds its auxiliary losses with weight 0.3 on both sides); inference is the forward
 pass in eval mode (``torch.inference_mode``). cnnbench runs with the XLA options its command line
@@ -45,8 +49,29 @@ import time
 
 #: cnnbench name -> torchvision builder. torchvision's ``googlenet`` has batch norm after every
 #: convolution: cnnbench's ``googlenet-bn``, not the paper's ``googlenet`` (no batch norm).
+#: torchvision has no two-tower AlexNet: the paper's is built from ``torch.nn`` in the worker
+#: (:func:`paper_alexnet`).
 TORCHVISION = {"alexnet-owt": "alexnet", "vgg11": "vgg11", "resnet18": "resnet18",
-               "resnet50": "resnet50", "googlenet-bn": "googlenet"}
+               "resnet50": "resnet50", "googlenet-bn": "googlenet", "alexnet": "paper_alexnet"}
+
+
+def paper_alexnet(num_classes=1000):
+    """Krizhevsky et al. (2012) in ``torch.nn``, as cnnbench's ``alexnet``: 96-256-384-384-256
+    with conv2, conv4 and conv5 in two groups (the two GPUs' towers), LRN after relu1 and relu2
+    (PyTorch divides ``alpha`` by the window, so 5 x 1e-4), overlapping 3x3/2 pooling, dropout
+    before fc7 and fc8. ``LazyLinear`` takes fc6's input size from the first batch (any input size)."""
+    from torch import nn
+
+    def lrn():
+        return nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0)
+    return nn.Sequential(
+        nn.Conv2d(3, 96, 11, 4), nn.ReLU(inplace=True), lrn(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(inplace=True), lrn(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Flatten(), nn.LazyLinear(4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(4096, num_classes))
 
 
 # --------------------------------------------------------------------------- the PyTorch worker
@@ -64,9 +89,12 @@ def torch_worker(threads: int) -> None:
 
     def setup(cmd):
         torch.manual_seed(0)
-        model = getattr(torchvision.models, cmd["model"])(num_classes=1000)
+        builder = paper_alexnet if cmd["model"] == "paper_alexnet" else getattr(torchvision.models, cmd["model"])
+        model = builder(num_classes=1000)
         b, s = cmd["batch_size"], cmd["input_size"]
         x, y = torch.randn(b, 3, s, s), torch.randint(0, 1000, (b,))
+        with torch.no_grad():
+            model.eval()(x[:1])  # lazy layers take their shapes before the optimiser sees them
         run = torch.compile(model) if cmd["variant"] == "compile" else model
         if cmd["mode"] == "train":
             model.train()
