@@ -134,13 +134,14 @@ def main(argv=None) -> int:
 
     args.input_size = args.input_size or get_arch(args.arch).input_size
     layers = conv_layers(args.arch, args.input_size)
+    stem = next(iter(layers))
     rows, total_chosen, total_fastest = [], 0.0, 0.0
     for layer, count in layers.items():
         timed = time_layer(layer, args.batch_size, passes, args.rounds)
         h, w, c, k, s, p, o = layer
         for name, t in timed.items():
-            if name == "input_grad" and c == 3:
-                continue  # an RGB stem's input gradient is never computed in training
+            if name == "input_grad" and layer == stem:
+                continue  # the gradient for the input images is never computed in training
             rows.append({"layer": f"{h}x{w}x{c} -> {o}, {k}x{k}/{s} pad {p}", "count": count, "pass": name, **t})
             total_chosen += count * t["ms"][t["chosen"]]
             total_fastest += count * t["ms"][t["fastest"]]

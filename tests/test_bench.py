@@ -142,3 +142,24 @@ def test_bench_never_imports_tensorflow():
               "print('LEAKED', leaked, file=sys.stderr)\nsys.exit(1 if leaked else 0)\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_conv_plans_counts_each_group_and_times_every_formulation():
+    """benchmarks/conv_plans.py: the paper AlexNet's layers as the CPU runs them (a grouped layer
+    as its groups' convolutions, the 11x11 stem by space-to-depth), and one small layer timed by
+    every formulation that applies, with choose()'s pick among them."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "conv_plans.py")
+    spec = importlib.util.spec_from_file_location("conv_plans", path)
+    plans = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plans)
+    layers = plans.conv_layers("alexnet", 227)
+    assert dict(layers) == {(227, 227, 3, 11, 4, 0, 96): 1, (27, 27, 48, 5, 1, 2, 128): 2,
+                            (13, 13, 256, 3, 1, 1, 384): 1, (13, 13, 192, 3, 1, 1, 192): 2,
+                            (13, 13, 192, 3, 1, 1, 128): 2}
+    assert plans.candidates(11, 4, 3, ((0, 0), (0, 0))) == ["xla", "matmul", "space-to-depth"]
+    timed = plans.time_layer((6, 6, 40, 3, 1, 1, 8), 2, list(plans.PASSES), rounds=1)
+    for name, t in timed.items():
+        assert set(t["ms"]) == {"xla", "matmul", "winograd"} and all(v > 0 for v in t["ms"].values())
+        assert t["chosen"] == "winograd" and t["fastest"] in t["ms"]
