@@ -149,14 +149,18 @@ def _channel_window_sum(x, size: int, pads: tuple[int, int]):
                              [(0, 0), (0, 0), (0, 0), pads])
 
 
-def _lrn_plain(x, size, alpha, beta, k):
+def _lrn_base(x, size, alpha, k):
+    """``z = k + alpha * (sum of x^2 over each channel's window)``, the quantity raised to beta."""
     half = size // 2
-    return x / (k + alpha * _channel_window_sum(x * x, size, (half, size - 1 - half))) ** beta
+    return k + alpha * _channel_window_sum(x * x, size, (half, size - 1 - half))
+
+
+def _lrn_plain(x, size, alpha, beta, k):
+    return x / _lrn_base(x, size, alpha, k) ** beta
 
 
 def _lrn_fwd(x, size, alpha, beta, k):
-    half = size // 2
-    z = k + alpha * _channel_window_sum(x * x, size, (half, size - 1 - half))
+    z = _lrn_base(x, size, alpha, k)
     scale = z ** -beta
     return x * scale, (x, z, scale)
 
@@ -386,7 +390,7 @@ def conv(x, w, stride: int, pads, plan: dict | None = None) -> jax.Array:
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """Drop-in for ``lax.conv_general_dilated`` (what ``nnx.Conv`` calls): the fast path for the
-    plain case (NHWC, square kernel, equal strides, no dilation or groups) inside compiled
+    plain case (NHWC, square kernel, equal strides, no dilation; groups one by one) inside compiled
     functions, lax for the rest and for eager op-by-op calls (where the many small operations of
     the fast formulations would each be dispatched on their own)."""
     plain = (enabled("conv") and isinstance(lhs, jax.core.Tracer) and lhs.ndim == 4 and precision is None
