@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnbench.archs import create_model, fastops, get_arch, trace, winograd
+from cnnbench.errors import UsageError
 from cnnbench.perf import flags
 
 PASSES = {"forward": fastops.FORWARD, "input_grad": fastops.INPUT_GRAD, "weight_grad": fastops.WEIGHT_GRAD}
@@ -129,10 +130,14 @@ def main(argv=None) -> int:
     unknown = set(passes) - set(PASSES)
     if unknown:
         parser.error(f"unknown pass(es) {sorted(unknown)}; choose from {', '.join(PASSES)}")
+    if min(args.batch_size, args.rounds, args.input_size or 1) < 1:
+        parser.error("--batch-size, --rounds and --input-size must be at least 1")
     if jax.devices()[0].platform != "cpu":
         parser.error("the formulations are chosen for CPUs only; run with JAX_PLATFORMS=cpu")
-
-    args.input_size = args.input_size or get_arch(args.arch).input_size
+    try:
+        args.input_size = args.input_size or get_arch(args.arch).input_size
+    except UsageError as e:
+        parser.error(str(e))
     layers = conv_layers(args.arch, args.input_size)
     stem = next(iter(layers))
     rows, total_chosen, total_fastest = [], 0.0, 0.0
