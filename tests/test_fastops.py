@@ -27,6 +27,8 @@ def _close(a, b, rtol=2e-5):
     (2, 15, 3, 4, 5, 2, ((2, 2), (2, 2))),     # strided 5x5
     (2, 9, 4, 6, 1, 2, ((0, 0), (0, 0))),      # ResNet's strided 1x1 projection
     (3, 6, 5, 3, 1, 1, ((1, 0), (0, 1))),      # 1x1, padded on two sides
+    (2, 6, 5, 3, 1, 1, ((0, 0), (0, 0))),      # 1x1 (ResNet's bottlenecks): the two-half weight gradient
+    (3, 5, 4, 6, 1, 1, ((0, 0), (0, 0))),      # 1x1 on an odd number of positions (no halves)
     (2, 8, 4, 4, 4, 3, ((2, 2), (2, 2))),      # the last window overhangs the padded edge
     (3, 9, 6, 5, 3, 1, ((1, 1), (1, 1))),      # Winograd: odd output size (a partial last tile)
     (4, 8, 3, 2, 3, 1, ((0, 0), (0, 0))),      # Winograd, "valid"
@@ -190,6 +192,23 @@ def test_max_pool_matches_select_and_scatter(hw, k, s, extra, ties):
     fast, plain = vjp(dy)[0], vjp0(dy)[0]
     np.testing.assert_allclose(fast, plain, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(fast == 0, plain == 0)
+
+
+def test_pointwise_weight_gradient_is_one_batched_product():
+    """A 1x1 stride-1 layer's weight gradient is two half-batch products in one dot_general (its
+    batch dimension keeps XLA:CPU off the transposing path), not a loop over chunks; a padded or
+    strided one, or an odd number of positions, keeps the chunks."""
+    def weight_grad_ops(n, hw, s, pads):
+        x = jnp.ones((n, hw, hw, 4))
+        dy = jnp.ones(jax.eval_shape(lambda x: fastops._lax_conv(x, jnp.ones((1, 1, 4, 6)), s, pads), x).shape)
+        jaxpr = jax.make_jaxpr(lambda x, dy: fastops._matmul_weight_grad(x, dy, 1, s, pads))(x, dy)
+        dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+        return [e.params["dimension_numbers"][1] for e in dots], any(e.primitive.name == "scan" for e in jaxpr.eqns)
+
+    assert weight_grad_ops(8, 6, 1, ((0, 0), (0, 0))) == ([((0,), (0,))], False)
+    for n, hw, s, pads in ((8, 60, 2, ((0, 0), (0, 0))), (8, 30, 1, ((1, 0), (0, 0))), (3, 25, 1, ((0, 0), (0, 0)))):
+        batch_dims, looped = weight_grad_ops(n, hw, s, pads)
+        assert looped and all(b == ((), ()) for b in batch_dims), (n, hw, s, pads)
 
 
 def test_layers_dispatch_and_fallback():

@@ -247,11 +247,15 @@ def _patch_chunk(n: int, out_hw: tuple[int, int], rows: int = 600) -> int:
 
 
 def _matmul_weight_grad(x, dy, k, s, pads, chunk: int | None = None):
-    """dL/dw = patches(x)^T dy, accumulated over the batch ``chunk`` images at a time."""
+    """dL/dw = patches(x)^T dy, accumulated over the batch ``chunk`` images at a time, or for a
+    1x1 stride-1 layer (:func:`_pointwise_weight_grad`) in one product."""
     n, c, o = x.shape[0], x.shape[-1], dy.shape[-1]
-    chunk = chunk or _patch_chunk(n, dy.shape[1:3])
     dtype = jnp.promote_types(x.dtype, dy.dtype)
     acc_dtype = jnp.promote_types(dtype, jnp.float32)  # bf16 partial sums add up in float32
+    if k == 1 and s == 1 and chunk is None and not any(lo or hi for lo, hi in pads) \
+            and (n * x.shape[1] * x.shape[2]) % 2 == 0:
+        return _pointwise_weight_grad(x, dy, acc_dtype).astype(dtype).reshape(1, 1, c, o)
+    chunk = chunk or _patch_chunk(n, dy.shape[1:3])
 
     def part(xc, dyc):
         cols = _patches(_pad(xc, pads), k, s, dyc.shape[1:3])
@@ -266,6 +270,18 @@ def _matmul_weight_grad(x, dy, k, s, pads, chunk: int | None = None):
         dw = lax.scan(lambda acc, pair: (acc + part(*pair), None),
                       jnp.zeros((k * k * c, o), acc_dtype), (xs, dys))[0]
     return dw.astype(dtype).reshape(k, k, c, o)
+
+
+def _pointwise_weight_grad(x, dy, acc_dtype):
+    """A 1x1 stride-1 layer's dL/dw = x^T dy over every position of the batch, as two half-batch
+    products summed: the batch dimension of that product keeps XLA:CPU on Eigen, which reads x
+    transposed in place. In chunks (and as one plain product inside a network) XLA hands it to
+    YNNPACK behind an explicit transpose of x at 1-3 GB/s, which cost ResNet-50 3-6% of its
+    training step (three in-process A/Bs, BENCHMARKS.md, issue 6)."""
+    m = x.shape[0] * x.shape[1] * x.shape[2]
+    halves = lax.dot_general(x.reshape(2, m // 2, x.shape[-1]), dy.reshape(2, m // 2, dy.shape[-1]),
+                             (((1,), (1,)), ((0,), (0,))), preferred_element_type=acc_dtype)
+    return halves[0] + halves[1]  # [C, O]
 
 
 def _xla_input_grad(x, w, dy, s, pads):
