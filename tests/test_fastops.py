@@ -26,6 +26,7 @@ def _close(a, b, rtol=2e-5):
     (2, 13, 5, 7, 3, 1, ((1, 1), (1, 1))),     # 3x3 "same"
     (2, 15, 3, 4, 5, 2, ((2, 2), (2, 2))),     # strided 5x5
     (2, 9, 4, 6, 1, 2, ((0, 0), (0, 0))),      # ResNet's strided 1x1 projection
+    (2, 10, 3, 5, 1, 3, ((0, 0), (0, 0))),     # a strided 1x1 whose last input row is used
     (3, 6, 5, 3, 1, 1, ((1, 0), (0, 1))),      # 1x1, padded on two sides
     (2, 6, 5, 3, 1, 1, ((0, 0), (0, 0))),      # 1x1 (ResNet's bottlenecks): the two-half weight gradient
     (3, 5, 4, 6, 1, 1, ((0, 0), (0, 0))),      # 1x1 on an odd number of positions (no halves)
@@ -195,9 +196,9 @@ def test_max_pool_matches_select_and_scatter(hw, k, s, extra, ties):
 
 
 def test_pointwise_weight_gradient_is_one_batched_product():
-    """A 1x1 stride-1 layer's weight gradient is two half-batch products in one dot_general (its
-    batch dimension keeps XLA:CPU off the transposing path), not a loop over chunks; a padded or
-    strided one, or an odd number of positions, keeps the chunks."""
+    """An unpadded 1x1 layer's weight gradient (strided too, on its subsampled input) is two
+    half-batch products in one dot_general (its batch dimension keeps XLA:CPU off the transposing
+    path), not a loop over chunks; a padded one, or an odd number of positions, keeps the chunks."""
     def weight_grad_ops(n, hw, s, pads):
         x = jnp.ones((n, hw, hw, 4))
         dy = jnp.ones(jax.eval_shape(lambda x: fastops._lax_conv(x, jnp.ones((1, 1, 4, 6)), s, pads), x).shape)
@@ -206,7 +207,8 @@ def test_pointwise_weight_gradient_is_one_batched_product():
         return [e.params["dimension_numbers"][1] for e in dots], any(e.primitive.name == "scan" for e in jaxpr.eqns)
 
     assert weight_grad_ops(8, 6, 1, ((0, 0), (0, 0))) == ([((0,), (0,))], False)
-    for n, hw, s, pads in ((8, 60, 2, ((0, 0), (0, 0))), (8, 30, 1, ((1, 0), (0, 0))), (3, 25, 1, ((0, 0), (0, 0)))):
+    assert weight_grad_ops(8, 60, 2, ((0, 0), (0, 0))) == ([((0,), (0,))], False)
+    for n, hw, s, pads in ((8, 30, 1, ((1, 0), (0, 0))), (3, 25, 1, ((0, 0), (0, 0)))):
         batch_dims, looped = weight_grad_ops(n, hw, s, pads)
         assert looped and all(b == ((), ()) for b in batch_dims), (n, hw, s, pads)
 
