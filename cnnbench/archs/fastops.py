@@ -201,8 +201,12 @@ def _patches(xp, k: int, s: int, out_hw):
     return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
 
 
+def _padded(pads) -> bool:
+    return any(lo or hi for lo, hi in pads)
+
+
 def _pad(x, pads):
-    return x if not any(lo or hi for lo, hi in pads) else jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    return jnp.pad(x, [(0, 0), *pads, (0, 0)]) if _padded(pads) else x
 
 
 def _out_hw(x, k, s, pads):
@@ -253,7 +257,7 @@ def _matmul_weight_grad(x, dy, k, s, pads, chunk: int | None = None):
     n, c, o = x.shape[0], x.shape[-1], dy.shape[-1]
     dtype = jnp.promote_types(x.dtype, dy.dtype)
     acc_dtype = jnp.promote_types(dtype, jnp.float32)  # bf16 partial sums add up in float32
-    if k == 1 and chunk is None and not any(lo or hi for lo, hi in pads) and (dy.size // o) % 2 == 0:
+    if k == 1 and chunk is None and not _padded(pads) and (dy.size // o) % 2 == 0:
         # Strided (ResNet's projections): the subsampled input is a quarter of x, and the chunked
         # form's transposes of its columns cost more: 56x56x256 -> 512 38.8 -> 26.8 ms, 14x14x1024
         # -> 2048 24.4 -> 19.6 (the input made by a ReLU, as in a network; BENCHMARKS.md, issue 6).
@@ -277,11 +281,11 @@ def _matmul_weight_grad(x, dy, k, s, pads, chunk: int | None = None):
 
 
 def _pointwise_weight_grad(x, dy, acc_dtype):
-    """A 1x1 stride-1 layer's dL/dw = x^T dy over every position of the batch, as two half-batch
-    products summed: the batch dimension of that product keeps XLA:CPU on Eigen, which reads x
-    transposed in place. In chunks (and as one plain product inside a network) XLA hands it to
-    YNNPACK behind an explicit transpose of x at 1-3 GB/s, which cost ResNet-50 3-6% of its
-    training step (three in-process A/Bs, BENCHMARKS.md, issue 6)."""
+    """A 1x1 layer's dL/dw = x^T dy over every position of the batch (``x`` already subsampled for
+    a strided layer), as two half-batch products summed: the batch dimension of that product keeps
+    XLA:CPU on Eigen, which reads x transposed in place. In chunks (and as one plain product inside
+    a network) XLA hands it to YNNPACK behind an explicit transpose of x at 1-3 GB/s, which cost
+    ResNet-50 3-6% of its training step (three in-process A/Bs, BENCHMARKS.md, issue 6)."""
     m = x.shape[0] * x.shape[1] * x.shape[2]
     halves = lax.dot_general(x.reshape(2, m // 2, x.shape[-1]), dy.reshape(2, m // 2, dy.shape[-1]),
                              (((1,), (1,)), ((0,), (0,))), preferred_element_type=acc_dtype)
