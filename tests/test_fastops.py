@@ -172,6 +172,28 @@ def test_patch_gradients_in_chunks_of_the_batch_match_lax():
     assert fastops._patch_chunk(6, (6, 6)) == 6
 
 
+@pytest.mark.parametrize("cin, k, s, pad", [(3, 7, 2, 3), (3, 3, 1, 1), (1, 5, 1, 0), (8, 3, 2, 1)])
+def test_few_channel_weight_gradient_builds_its_patches_transposed(cin, k, s, pad):
+    """An RGB layer's weight gradient (ResNet's 7x7/2 stem, VGG's 3x3 conv1, LeNet's one channel)
+    is a plain [k*k*C, P] x [P, O] product per chunk, patches built transposed, and equals XLA's;
+    from FEW_CHANNELS input channels on, the patches keep their [P, k*k*C] layout."""
+    n, hw, cout, pads = 4, 17, 6, ((pad, pad), (pad, pad))
+    x = jax.random.normal(jax.random.key(7), (n, hw, hw, cin))
+    w = jax.random.normal(jax.random.key(8), (k, k, cin, cout))
+
+    def ref(w):
+        return lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    y, vjp = jax.vjp(ref, w)
+    dy = jax.random.normal(jax.random.key(9), y.shape)
+    for chunk in (1, 2, None):
+        _close(jax.jit(lambda x, dy: fastops._matmul_weight_grad(x, dy, k, s, pads, chunk))(x, dy), vjp(dy)[0])
+    jaxpr = jax.make_jaxpr(lambda x, dy: fastops._matmul_weight_grad(x, dy, k, s, pads, 2))(x, dy)
+    body = next(e for e in jaxpr.eqns if e.primitive.name == "scan").params["jaxpr"].jaxpr
+    dims = [e.params["dimension_numbers"][0] for e in body.eqns if e.primitive.name == "dot_general"]
+    assert dims == [((1,), (0,)) if cin <= 3 else ((0, 1, 2), (0, 1, 2))], dims
+
+
 @pytest.mark.parametrize("hw, k, s, extra", [(13, 3, 2, 0), (14, 3, 2, 1), (9, 2, 2, 0), (8, 3, 1, 0), (12, 3, 2, 2)])
 @pytest.mark.parametrize("ties", [False, True])
 def test_max_pool_matches_select_and_scatter(hw, k, s, extra, ties):

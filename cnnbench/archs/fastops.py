@@ -201,6 +201,18 @@ def _patches(xp, k: int, s: int, out_hw):
     return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
 
 
+def _patches_t(xp, k: int, s: int, out_hw):
+    """[k*k*C, N*Ho*Wo]: :func:`_patches` transposed, built that way (each strided view's channels
+    moved to the front), rows ordered (kh, kw, c) like an HWIO kernel."""
+    views = [jnp.moveaxis(v, 3, 0) for _, _, v in _window_slices(xp, k, s, out_hw)]
+    return jnp.stack(views).reshape(k * k * xp.shape[-1], -1)
+
+
+#: input channels below which a patch-based weight gradient builds its patches transposed (see
+#: :func:`_matmul_weight_grad`): an RGB image's layer
+FEW_CHANNELS = 8
+
+
 def _padded(pads) -> bool:
     return any(lo or hi for lo, hi in pads)
 
@@ -251,7 +263,8 @@ def _patch_chunk(n: int, out_hw: tuple[int, int], rows: int = 600) -> int:
 
 
 def _matmul_weight_grad(x, dy, k, s, pads, chunk: int | None = None):
-    """dL/dw = patches(x)^T dy, accumulated over the batch ``chunk`` images at a time, or for an
+    """dL/dw = patches(x)^T dy, accumulated over the batch ``chunk`` images at a time (on fewer
+    than :data:`FEW_CHANNELS` input channels with the patches built transposed), or for an
     unpadded 1x1 layer (:func:`_pointwise_weight_grad`; a strided one on its subsampled input) in
     one product."""
     n, c, o = x.shape[0], x.shape[-1], dy.shape[-1]
@@ -266,6 +279,15 @@ def _matmul_weight_grad(x, dy, k, s, pads, chunk: int | None = None):
     chunk = chunk or _patch_chunk(n, dy.shape[1:3])
 
     def part(xc, dyc):
+        if c < FEW_CHANNELS:
+            # An RGB image's layer: k*k views of 3 channels each make [P, kkC] patches slowly (3
+            # floats per piece), and XLA then transposes them for the product. Built transposed,
+            # the product is a plain [kkC, P] x [P, O] one: ResNet's 7x7/2 stem 115-157 -> 69-77 ms,
+            # VGG's 3x3 conv1 133 -> 91 (batch 32; BENCHMARKS.md, issue 6). On 64+ channels this
+            # was 1-1.8x slower (a real transpose of the channels).
+            cols = _patches_t(_pad(xc, pads), k, s, dyc.shape[1:3])
+            return lax.dot_general(cols, dyc.reshape(-1, o), (((1,), (0,)), ((), ())),
+                                   preferred_element_type=acc_dtype)  # [kkC, O]
         cols = _patches(_pad(xc, pads), k, s, dyc.shape[1:3])
         return lax.dot_general(cols, dyc, (((0, 1, 2), (0, 1, 2)), ((), ())),
                                preferred_element_type=acc_dtype)  # [kkC, O]
