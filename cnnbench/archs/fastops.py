@@ -347,7 +347,8 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
         if cin < 8:
             # An RGB image's 3x3 layer (VGG's conv1, 224x224x3 -> 64, batch 32): on 3 channels the
             # transforms dominate. XLA's forward 95 ms against Winograd's 211, the patches' weight
-            # gradient 211 against 480 (XLA's 358).
+            # gradient 211 against 480 (XLA's 358; AVX2 machine). On the AVX-512 machine, with the
+            # patches built transposed (:data:`FEW_CHANNELS`), that weight gradient took 91 ms.
             return {"forward": "xla", "input_grad": "matmul", "weight_grad": "matmul"}
         if cin < 32:
             # 16 channels (the CIFAR ResNets' first stage, 32x32x16 -> 16, batch 128): XLA's
