@@ -208,8 +208,9 @@ def _patches_t(xp, k: int, s: int, out_hw):
     return jnp.stack(views).reshape(k * k * xp.shape[-1], -1)
 
 
-#: input channels below which a patch-based weight gradient builds its patches transposed (see
-#: :func:`_matmul_weight_grad`): an RGB image's layer
+#: below this many input channels a layer reads an image (RGB or grey): :func:`choose` keeps
+#: Winograd off it, and its patch-based weight gradient builds the patches transposed (see
+#: :func:`_matmul_weight_grad`)
 FEW_CHANNELS = 8
 
 
@@ -344,11 +345,11 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
     # 5x5 only as measured (AlexNet's conv2, 64 input channels): on LeNet's or GoogLeNet's few
     # channels the 36- and 49-point transforms cost more (compiling included) than they save.
     if winograd.supported(k, s, pads) and jnp.dtype(dtype) == jnp.float32 and (k == 3 or cin >= 64):
-        if cin < 8:
+        if cin < FEW_CHANNELS:
             # An RGB image's 3x3 layer (VGG's conv1, 224x224x3 -> 64, batch 32): on 3 channels the
             # transforms dominate. XLA's forward 95 ms against Winograd's 211, the patches' weight
-            # gradient 211 against 480 (XLA's 358; AVX2 machine). On the AVX-512 machine, with the
-            # patches built transposed (:data:`FEW_CHANNELS`), that weight gradient took 91 ms.
+            # gradient 211 against 480 (XLA's 358; AVX2 machine; built transposed since, see
+            # :func:`_matmul_weight_grad`).
             return {"forward": "xla", "input_grad": "matmul", "weight_grad": "matmul"}
         if cin < 32:
             # 16 channels (the CIFAR ResNets' first stage, 32x32x16 -> 16, batch 128): XLA's
