@@ -136,7 +136,7 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     from cnnbench.archs.trace import count_params, trace_model
     from cnnbench.train.config import TrainConfig
     from cnnbench.train.optim import optimizer
-    from cnnbench.train.step import make_steps, set_compute_dtype
+    from cnnbench.train.step import jit_train_step, make_steps, set_compute_dtype
 
     info = get_arch(arch)
     size = size or info.input_size
@@ -161,7 +161,7 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
         state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
                                 "batch_stats": batch_stats, "opt_state": tx.init(params)}, replicated)
         train_step, _ = make_steps(graphdef, other, tx, seed=0, finish=None, dtype=dtype)
-        step = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+        step = jit_train_step(train_step, replicated)
         batch = {"image": images, "label": labels}
         return step, (state, batch), lambda out: (out[0], batch), facts
 

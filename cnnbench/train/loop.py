@@ -24,7 +24,7 @@ from cnnbench.train.checkpoint import Checkpoints
 from cnnbench.train.config import TrainConfig
 from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
 from cnnbench.train.rundir import MetricsLog, new_run_dir, read_metrics, write_dataset
-from cnnbench.train.step import make_steps, set_compute_dtype
+from cnnbench.train.step import jit_train_step, make_steps, set_compute_dtype
 
 
 @dataclasses.dataclass
@@ -104,7 +104,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     train_step, eval_step = make_steps(graphdef, other, tx, seed=cfg.seed, finish=train_data.finish,
                                        eval_finish=eval_data.finish, dtype=dtype,
                                        label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
-    train_step = jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+    train_step = jit_train_step(train_step, replicated)
     eval_step = jax.jit(eval_step, out_shardings=replicated)
 
     # ---- run directory, resume

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from cnnbench.perf.flags import step_options
 from cnnbench.pipeline.preprocess import Finish
 
 
@@ -31,6 +32,14 @@ def _images(batch, finish: Finish | None, dtype):
 def _topk_correct(logits, labels, k):
     k = min(k, logits.shape[-1])
     return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def jit_train_step(train_step, replicated):
+    """``train_step`` jitted as `cnnbench train` and `cnnbench bench` run it: the state donated
+    (updated in place), both outputs ``replicated``, and XLA's options for training steps
+    (:func:`cnnbench.perf.flags.step_options`)."""
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated),
+                   compiler_options=step_options() or None)
 
 
 def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=jnp.float32,
