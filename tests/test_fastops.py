@@ -217,6 +217,29 @@ def test_max_pool_matches_select_and_scatter(hw, k, s, extra, ties):
     np.testing.assert_array_equal(fast == 0, plain == 0)
 
 
+def test_max_pool_gradient_reads_its_inputs_from_their_own_buffers():
+    """The gradient's first-maximum indices and incoming gradient leave a conditional XLA cannot
+    remove (its predicate is always true, which XLA cannot prove), so XLA:CPU does not fuse the
+    window maximum and the producers of ``dy`` into the scatter. With ties, the result is still
+    select-and-scatter's."""
+    x = jnp.round(jax.random.normal(jax.random.key(5), (2, 9, 9, 4)))
+    pads = ((0, 0), (0, 0), (0, 0), (0, 0))
+    scale = jnp.arange(1.0, 5.0)
+
+    def loss(x, pool):  # dy comes out of element-wise work, as batch norm's gradient does
+        return (jnp.tanh(pool(jax.nn.relu(x * 0.5 + 0.1), 3, 2, pads)) * scale).sum()
+
+    def select_and_scatter(x, k, s, pads):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1), pads)
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    fast, plain = grad(x, fastops.max_pool), grad(x, select_and_scatter)
+    np.testing.assert_allclose(fast, plain, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(fast == 0, plain == 0)
+    assert "cond" in str(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(x, fastops.max_pool))
+    assert " conditional(" in grad.lower(x, fastops.max_pool).compile().as_text()
+
+
 def test_pointwise_weight_gradient_is_one_batched_product():
     """An unpadded 1x1 layer's weight gradient (strided too, on its subsampled input) is two
     half-batch products in one dot_general (its batch dimension keeps XLA:CPU off the transposing

@@ -116,16 +116,31 @@ def _max_pool_fwd(x, k, s, pads):
     return y, (x, y)
 
 
+def _materialised(first, k: int, dy):
+    """``(first, dy)`` unchanged, but each in a buffer of its own: they leave a conditional whose
+    predicate is always true (``first`` holds 0..k*k) and XLA cannot know it. XLA:CPU fuses
+    across anything else (it drops optimisation barriers before fusing); without this it fused
+    the window maximum, the first-maximum search and whatever produced ``dy`` (GoogLeNet's
+    branch-gradient sums, batch norm's and ReLU's gradients) into the scatter's nine
+    interior-padded pads, recomputing them for every input position (BENCHMARKS.md, issue 6)."""
+    pred = first[(0,) * first.ndim] <= k * k
+    return lax.cond(pred, lambda a: a, lambda a: jax.tree.map(jnp.zeros_like, a), (first, dy))
+
+
 def _max_pool_bwd(k, s, pads, res, dy):
     x, y = res
     xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(lo, hi, 0) for lo, hi in pads])
-    taken = jnp.zeros(y.shape, bool)
-    parts = []
-    for i, j, view in _window_slices(xp, k, s, y.shape[1:3]):
-        hit = (view == y) & ~taken  # the first maximum in row-major window order, and only it
-        taken = taken | hit
-        parts.append((i, j, jnp.where(hit, dy, jnp.zeros((), dy.dtype))))
-    dxp = _scatter_back(parts, k, s, xp.shape[1:3])
+    views = list(_window_slices(xp, k, s, y.shape[1:3]))
+    # Each window's first maximum in row-major order (as select-and-scatter picks it; k*k: none,
+    # a NaN window), as a small integer.
+    itype = jnp.int8 if k * k < 128 else jnp.int32
+    first = jnp.full(y.shape, k * k, itype)
+    for t in reversed(range(len(views))):
+        first = jnp.where(views[t][2] == y, itype(t), first)
+    first, dy = _materialised(first, k, dy)
+    zero = jnp.zeros((), dy.dtype)
+    dxp = _scatter_back(((i, j, jnp.where(first == t, dy, zero)) for t, (i, j, _) in enumerate(views)),
+                        k, s, xp.shape[1:3])
     (_, _), (t, _), (left, _), _ = pads
     return (lax.slice(dxp, (0, t, left, 0), (x.shape[0], t + x.shape[1], left + x.shape[2], x.shape[3])),)
 
