@@ -49,8 +49,9 @@ STEP_OPTIONS: dict[str, tuple[object, str]] = {
         "XLA:CPU's copy insertion otherwise copies donated parameters and loop-carried buffers it "
         "could update in place: 298 MB of copies per alexnet-owt training step (fc6's 151 MB "
         "weight among them) down to 54 MB. Interleaved whole steps, median: alexnet-owt training "
-        "-9% to -17% (separate processes), -2.5% (one process); vgg11 -8%; resnet18 (11M "
-        "parameters) unchanged. Results are bit-identical (tests/test_bench.py)."),
+        "-8% to -17% (separate processes taking turns), -2.5% and -9% (one process, "
+        "benchmarks/step_options.py); vgg11 -8%; resnet18 (11M parameters) unchanged. Results "
+        "are bit-identical (tests/test_bench.py)."),
 }
 
 
