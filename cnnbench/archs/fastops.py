@@ -116,15 +116,15 @@ def _max_pool_fwd(x, k, s, pads):
     return y, (x, y)
 
 
-def _materialised(first, k: int, dy):
-    """``(first, dy)`` unchanged, but each in a buffer of its own: they leave a conditional whose
-    predicate is always true (``first`` holds 0..k*k) and XLA cannot know it. XLA:CPU fuses
-    across anything else (it drops optimisation barriers before fusing); without this it fused
-    the window maximum, the first-maximum search and whatever produced ``dy`` (GoogLeNet's
-    branch-gradient sums, batch norm's and ReLU's gradients) into the scatter's nine
-    interior-padded pads, recomputing them for every input position (BENCHMARKS.md, issue 6)."""
-    pred = first[(0,) * first.ndim] <= k * k
-    return lax.cond(pred, lambda a: a, lambda a: jax.tree.map(jnp.zeros_like, a), (first, dy))
+def materialised(make, operands: tuple, always):
+    """``make(*operands)``, computed into buffers of its own. XLA:CPU fuses element-wise work into
+    every consumer, recomputing it there, and drops optimisation barriers before it fuses, but it
+    keeps a conditional: so the result comes out of one whose predicate ``always`` is true but not
+    a value XLA can fold (identical branches or a constant predicate are simplified away). The
+    other branch, never taken, gives zeros."""
+    shapes = jax.eval_shape(make, *operands)
+    return lax.cond(always, lambda ops: make(*ops),
+                    lambda ops: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes), operands)
 
 
 def _max_pool_bwd(k, s, pads, res, dy):
@@ -137,7 +137,11 @@ def _max_pool_bwd(k, s, pads, res, dy):
     first = jnp.full(y.shape, k * k, itype)
     for t in reversed(range(len(views))):
         first = jnp.where(views[t][2] == y, itype(t), first)
-    first, dy = _materialised(first, k, dy)
+    # Without the barrier XLA fused the window maxima, the first-maximum search and whatever made
+    # ``dy`` (GoogLeNet's branch-gradient sums, batch norm's and ReLU's gradients) into the
+    # scatter's nine interior-padded pads, recomputing them for every input position
+    # (BENCHMARKS.md, issue 6). ``first`` holds 0..k*k, so the predicate is always true.
+    first, dy = materialised(lambda f, d: (f, d), (first, dy), first[(0,) * first.ndim] <= k * k)
     zero = jnp.zeros((), dy.dtype)
     dxp = _scatter_back(((i, j, jnp.where(first == t, dy, zero)) for t, (i, j, _) in enumerate(views)),
                         k, s, xp.shape[1:3])

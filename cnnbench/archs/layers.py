@@ -91,8 +91,8 @@ class Dropout(nnx.Dropout):
     dtype (1 kept, 0 dropped) instead of a recipe. Flax's form leaves XLA free to fuse the mask's
     random bits into every consumer, and it does: AlexNet's pool5 -> dropout -> fc6 backward ran
     at 13 ms with the bits recomputed inside the pooling gradient, 2-3 ms from a buffer
-    (BENCHMARKS.md, issue 6). The mask is made inside a ``lax.cond`` on a predicate that is always
-    true but that XLA cannot fold, and a conditional's result is a buffer."""
+    (BENCHMARKS.md, issue 6). The mask is made by :func:`fastops.materialised`, inside a
+    conditional that XLA keeps, so it is a buffer."""
 
     def __call__(self, x, train: bool = False, *, rngs=None):
         if not train or self.rate == 0.0:
@@ -103,9 +103,12 @@ class Dropout(nnx.Dropout):
             keep_prob = 1.0 - self.rate
             shape = tuple(1 if d in self.broadcast_dims else n for d, n in enumerate(x.shape))
             scale = jnp.asarray(1.0 / keep_prob, x.dtype)
-            mask = _materialised(lambda key: jnp.where(jax.random.bernoulli(
+            key = self._key(rngs)
+            typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)  # else a raw uint32 key (jax.random.PRNGKey)
+            word = (jax.random.key_data(key) if typed else key).reshape(-1)[0]
+            mask = fastops.materialised(lambda key: jnp.where(jax.random.bernoulli(
                 key, p=keep_prob, shape=shape, out_sharding=jax.typeof(x).sharding), scale, jnp.zeros((), x.dtype)),
-                self._key(rngs), shape, x.dtype)
+                (key,), (word | 1) & 1 == 1)  # bit 0 of k | 1: always set
             y = x * mask  # a select on the mask was as slow in the pooling gradient as the recomputation
         trace.record(self, x, y, kind="dropout", params=0)
         return y
@@ -118,15 +121,6 @@ class Dropout(nnx.Dropout):
         if isinstance(rngs, nnx.Rngs):
             return rngs[self.rng_collection]()
         return rngs() if isinstance(rngs, nnx.RngStream) else rngs
-
-
-def _materialised(make, key, shape, dtype):
-    """``make(key)`` computed inside a conditional whose predicate is always true (bit 0 of ``k | 1``
-    for a word ``k`` of the key's data), so that XLA computes it once into a buffer rather than
-    fusing (and recomputing) it into each consumer. The other branch, never taken, gives zeros."""
-    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)  # else a raw uint32 key (jax.random.PRNGKey)
-    word = (jax.random.key_data(key) if typed else key).reshape(-1)[0]
-    return lax.cond((word | 1) & 1 == 1, make, lambda key: jnp.zeros(shape, dtype), key)
 
 
 class Act(nnx.Module):
