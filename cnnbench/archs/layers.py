@@ -104,11 +104,9 @@ class Dropout(nnx.Dropout):
             shape = tuple(1 if d in self.broadcast_dims else n for d, n in enumerate(x.shape))
             scale = jnp.asarray(1.0 / keep_prob, x.dtype)
             key = self._key(rngs)
-            typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)  # else a raw uint32 key (jax.random.PRNGKey)
-            word = (jax.random.key_data(key) if typed else key).reshape(-1)[0]
             mask = fastops.materialised(lambda key: jnp.where(jax.random.bernoulli(
                 key, p=keep_prob, shape=shape, out_sharding=jax.typeof(x).sharding), scale, jnp.zeros((), x.dtype)),
-                (key,), (word | 1) & 1 == 1)  # bit 0 of k | 1: always set
+                (key,), _always_true(key))
             y = x * mask  # a select on the mask was as slow in the pooling gradient as the recomputation
         trace.record(self, x, y, kind="dropout", params=0)
         return y
@@ -121,6 +119,13 @@ class Dropout(nnx.Dropout):
         if isinstance(rngs, nnx.Rngs):
             return rngs[self.rng_collection]()
         return rngs() if isinstance(rngs, nnx.RngStream) else rngs
+
+
+def _always_true(key):
+    """True, from the key's data (bit 0 of ``k | 1`` for its first word): a value XLA cannot fold."""
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)  # else a raw uint32 key (jax.random.PRNGKey)
+    word = (jax.random.key_data(key) if typed else key).reshape(-1)[0]
+    return (word | 1) & 1 == 1
 
 
 class Act(nnx.Module):

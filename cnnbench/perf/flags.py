@@ -23,9 +23,14 @@ import os
 DEFAULTS: dict[str, tuple[str, str]] = {}
 
 
+def _names(xla_flags: str) -> set[str]:
+    """The flags an ``XLA_FLAGS`` value names, with their dashes (``--xla_a=1 --xla_b`` -> both)."""
+    return {part.split("=", 1)[0] for part in xla_flags.split()}
+
+
 def merged(existing: str, defaults: dict[str, tuple[str, str]] = DEFAULTS) -> str:
     """``existing`` XLA_FLAGS plus every default whose flag it does not already name."""
-    named = {part.split("=", 1)[0] for part in existing.split()}
+    named = _names(existing)
     extra = [f"{flag}={value}" for flag, (value, _) in defaults.items() if flag not in named]
     return " ".join([existing.strip(), *extra]).strip()
 
@@ -55,10 +60,6 @@ STEP_OPTIONS: dict[str, tuple[object, str]] = {
 }
 
 
-def _named_in_xla_flags(name: str, environ=os.environ) -> bool:
-    return any(part.lstrip("-").split("=", 1)[0] == name for part in environ.get("XLA_FLAGS", "").split())
-
-
 @functools.cache
 def _accepted(name: str, value) -> bool:
     """Whether this jaxlib's XLA knows the option (a tiny program compiled with it)."""
@@ -78,8 +79,8 @@ def step_options(environ=os.environ, options: dict[str, tuple[object, str]] | No
     if environ.get("CNNBENCH_XLA_DEFAULTS", "1") == "0":
         return {}
     options = STEP_OPTIONS if options is None else options
-    return {name: value for name, (value, _) in options.items()
-            if not _named_in_xla_flags(name, environ) and _accepted(name, value)}
+    named = {flag.lstrip("-") for flag in _names(environ.get("XLA_FLAGS", ""))}
+    return {name: value for name, (value, _) in options.items() if name not in named and _accepted(name, value)}
 
 
 #: Where compiled programs are kept between runs (JAX's persistent compilation cache), and its cap.
