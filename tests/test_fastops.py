@@ -61,6 +61,24 @@ def test_conv_every_plan_matches_lax(n, hw, cin, cout, k, s, pads):
             _close(a, b)
 
 
+def test_winograd_transform_points_are_written_a_group_per_computation():
+    """The a*a transformed points go to the products in groups of at most 8, and XLA:CPU computes
+    each group in one fused computation that writes the stacked points (BENCHMARKS.md, issue 6):
+    16 single-point computations plus a copy into the stack before (18 instructions for F(2x2, 3x3))."""
+    from cnnbench.archs import winograd
+    assert winograd.groups(16) == [(0, 8), (8, 16)]
+    assert winograd.groups(25) == [(0, 6), (6, 12), (12, 19), (19, 25)]
+    assert [hi - lo for lo, hi in winograd.groups(49)] == [7] * 7 and winograd.groups(4) == [(0, 4)]
+    pads = ((1, 1), (1, 1))
+    x = jnp.ones((2, 8, 8, 16))
+    for f in (winograd.FORMS[3][0], winograd.WEIGHT_FORMS[3][0]):  # 16 and 25 points
+        tiles = jax.jit(lambda x: winograd._input_tiles(f, x, pads))
+        assert [t.shape[0] for t in tiles(x)] == [hi - lo for lo, hi in winograd.groups(f.a * f.a)]
+        entry = tiles.lower(x).compile().as_text().split("ENTRY", 1)[1]
+        computed = [line for line in entry.splitlines() if " fusion(" in line or " concatenate(" in line]
+        assert len(computed) <= len(winograd.groups(f.a * f.a)) + 1, computed  # + the padding
+
+
 def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
     """With a tiny cache budget every Winograd pass loops over the batch 1-2 images at a time;
     forward, input and weight gradients still equal XLA's, and the chunk sizes follow the budget."""

@@ -23,7 +23,9 @@ The three passes of a training step:
 XLA:CPU runs the transforms (element-wise sums of strided slices) at memory speed only while
 their buffers stay in the caches, so every pass walks the batch a few images at a time
 (:func:`chunk`): measured 1.3-2x faster than XLA's own convolution for AlexNet conv3-5, every
-ResNet-18/34 3x3 layer and VGG's (BENCHMARKS.md).
+ResNet-18/34 3x3 layer and VGG's (BENCHMARKS.md). The a*a points of a transform go through the
+products in groups of at most :data:`GROUP`, each group written by one fused computation: whole
+training steps 8-13% faster than with all points stacked at once (resnet18, alexnet-owt, vgg11).
 """
 
 from __future__ import annotations
@@ -139,6 +141,26 @@ def weight_form(k: int, n: int, out_hw: tuple[int, int], channels: int) -> Minim
 
 R = 3  # the kernel side of F(2x2, 3x3), which the space-to-depth stem aims at
 
+#: the most transform points one computation writes. XLA:CPU fuses a concatenation with its
+#: element-wise operands only up to 8 operands (``kMaxConcatenateArguments``); past that it
+#: computes every point in a fusion of its own and then copies them all into the stacked array.
+#: So the a*a points go through the products in groups (:func:`groups`) of at most this many.
+GROUP = 8
+
+
+def groups(points: int, size: int | None = None) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges splitting ``points`` into the fewest groups of at most ``size``
+    (default :data:`GROUP`), as equal as they can be: 16 -> 8 + 8, 25 -> 6 + 6 + 7 + 6."""
+    size = size or GROUP
+    count = -(-points // size)
+    bounds = [round(i * points / count) for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _stacked(points: list) -> list:
+    """Equally shaped arrays, stacked group by group (:func:`groups`): one array per group."""
+    return [jnp.stack(points[lo:hi]) for lo, hi in groups(len(points))]
+
 #: bytes of one chunk's transformed tiles (a*a x tiles x channels x 4) the chunk size aims at: the
 #: measured optimum on a 2-core AVX2 EPYC with 1 MiB L2 per core and 32 MiB L3 was 6-10 MB.
 CHUNK_BYTES = 8 << 20
@@ -186,7 +208,8 @@ def _tiling(f: Minimal, h: int, w: int, pads):
 
 
 def _input_tiles(f: Minimal, x, pads):
-    """``B^T d B`` for every a x a input tile: [a*a, N * th * tw, C]."""
+    """``B^T d B`` for every a x a input tile: [a*a, N * th * tw, C] in groups of points
+    (:func:`_stacked`)."""
     n, h, w, c = x.shape
     _, (th, tw), (hp, wp) = _tiling(f, h, w, pads)
     m, a = f.m, f.a
@@ -194,18 +217,20 @@ def _input_tiles(f: Minimal, x, pads):
     grid = [[lax.slice(xp, (0, i, j, 0), (n, i + m * (th - 1) + 1, j + m * (tw - 1) + 1, c), (1, m, m, 1))
              for j in range(a)] for i in range(a)]
     v = _transform_2d(f.BT, grid)
-    return jnp.stack([v[k][l] for k in range(a) for l in range(a)]).reshape(a * a, n * th * tw, c)
+    return _stacked([v[k][l].reshape(n * th * tw, c) for k in range(a) for l in range(a)])
 
 
 def _kernel(f: Minimal, w, turned: bool = False):
-    """``G g G^T``: [a*a, C, O], as one matrix product ``(G kron G) @ w`` over the r*r taps of the
-    HWIO kernel, which are its leading axes, so no transposes: measured 11x faster than the same
-    transform as an einsum over G twice (1.1 vs 12.9 ms on a 3x3 512x512 kernel, where XLA ran
-    two skinny matrix products over transposed copies); the same sums up to float rounding.
-    ``turned``: of the kernel turned 180 degrees (the taps in reverse order), channels unswapped."""
+    """``G g G^T``: [a*a, C, O] in the groups of :func:`groups`, each as one matrix product
+    ``(G kron G) @ w`` over the r*r taps of the HWIO kernel, which are its leading axes, so no
+    transposes: measured 11x faster than the same transform as an einsum over G twice (1.1 vs
+    12.9 ms on a 3x3 512x512 kernel, where XLA ran two skinny matrix products over transposed
+    copies); the same sums up to float rounding. ``turned``: of the kernel turned 180 degrees
+    (the taps in reverse order), channels unswapped."""
     r, c, o = f.r, w.shape[2], w.shape[3]
-    gg = f.GG[:, ::-1] if turned else f.GG
-    return (jnp.asarray(gg, w.dtype) @ w.reshape(r * r, c * o)).reshape(f.a * f.a, c, o)
+    gg = jnp.asarray(f.GG[:, ::-1] if turned else f.GG, w.dtype)
+    taps = w.reshape(r * r, c * o)
+    return [(gg[lo:hi] @ taps).reshape(hi - lo, c, o) for lo, hi in groups(f.a * f.a)]
 
 
 def _forward(f: Minimal, x, kernel, pads, swapped: bool = False):
@@ -213,10 +238,11 @@ def _forward(f: Minimal, x, kernel, pads, swapped: bool = False):
     :func:`conv` (inside the chunk loop XLA recomputed it on every step: 12 ms of AlexNet conv2's 95)."""
     n, h, wd, _ = x.shape
     (ho, wo), (th, tw), _ = _tiling(f, h, wd, pads)
-    o, a = kernel.shape[1 if swapped else 2], f.a
-    m = lax.dot_general(_input_tiles(f, x, pads), kernel, (((2,), (2 if swapped else 1,)), ((0,), (0,))))  # [a*a, P, O]
-    m = m.reshape(a, a, n, th, tw, o)
-    y = _transform_2d(f.AT, [[m[k, l] for l in range(a)] for k in range(a)])  # y[u][v]: [n, th, tw, o]
+    o, a = kernel[0].shape[1 if swapped else 2], f.a
+    dims = (((2,), (2 if swapped else 1,)), ((0,), (0,)))
+    m = [lax.dot_general(t, k, dims) for t, k in zip(_input_tiles(f, x, pads), kernel)]  # [g, P, O] each
+    m = [part[i].reshape(n, th, tw, o) for part in m for i in range(part.shape[0])]     # the a*a points
+    y = _transform_2d(f.AT, [m[k * a:(k + 1) * a] for k in range(a)])               # y[u][v]: [n, th, tw, o]
     y = jnp.stack([jnp.stack(row) for row in y])                                # [u, v, n, th, tw, o]
     y = jnp.transpose(y, (2, 3, 0, 4, 1, 5)).reshape(n, th * f.m, tw * f.m, o)
     return y[:, :ho, :wo, :]
@@ -263,13 +289,14 @@ def weight_grad(x, dy, pads, k: int = 3):
 
     def part(xc, dyc):
         b = xc.shape[0]
-        v = _input_tiles(f, xc, pads)                                             # [a*a, P, C]
+        v = _input_tiles(f, xc, pads)                                             # [g, P, C] each
         d = jnp.pad(dyc, [(0, 0), (0, th * m - ho), (0, tw * m - wo), (0, 0)])
         d = d.reshape(b, th, m, tw, m, o)
         grid = [[d[:, :, u, :, v, :] for v in range(m)] for u in range(m)]      # dY tiles [b, th, tw, o]
         dm = _transform_2d(f.AT.T, grid)                                           # A dY A^T: a x a
-        dm = jnp.stack([dm[i][j] for i in range(a) for j in range(a)]).reshape(a * a, b * th * tw, o)
-        return lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))), preferred_element_type=acc)  # [a*a, C, O]
+        dm = _stacked([dm[i][j].reshape(b * th * tw, o) for i in range(a) for j in range(a)])
+        return jnp.concatenate([lax.dot_general(vg, dg, (((1,), (1,)), ((0,), (0,))), preferred_element_type=acc)
+                                for vg, dg in zip(v, dm)])                        # [a*a, C, O]
 
     size = chunk(n, th * tw, max(c, o), a=a)
     if size >= n:
