@@ -161,6 +161,7 @@ def _stacked(points: list) -> list:
     """Equally shaped arrays, stacked group by group (:func:`groups`): one array per group."""
     return [jnp.stack(points[lo:hi]) for lo, hi in groups(len(points))]
 
+
 #: bytes of one chunk's transformed tiles (a*a x tiles x channels x 4) the chunk size aims at: the
 #: measured optimum on a 2-core AVX2 EPYC with 1 MiB L2 per core and 32 MiB L3 was 6-10 MB.
 CHUNK_BYTES = 8 << 20
@@ -234,8 +235,9 @@ def _kernel(f: Minimal, w, turned: bool = False):
 
 
 def _forward(f: Minimal, x, kernel, pads, swapped: bool = False):
-    """One chunk of images; ``kernel`` is :func:`_kernel`'s transform, computed once per call of
-    :func:`conv` (inside the chunk loop XLA recomputed it on every step: 12 ms of AlexNet conv2's 95)."""
+    """One chunk of images; ``kernel`` is :func:`_kernel`'s transform (a list, one array per group
+    of points), computed once per call of :func:`conv` (inside the chunk loop XLA recomputed it on
+    every step: 12 ms of AlexNet conv2's 95)."""
     n, h, wd, _ = x.shape
     (ho, wo), (th, tw), _ = _tiling(f, h, wd, pads)
     o, a = kernel[0].shape[1 if swapped else 2], f.a
