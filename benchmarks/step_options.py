@@ -38,16 +38,30 @@ def main():
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--variant", action="append", default=[], help="JSON object of XLA options")
     args = parser.parse_args()
+    try:
+        extra = [(v, json.loads(v)) for v in args.variant]
+    except json.JSONDecodeError as e:
+        parser.error(f"--variant is not a JSON object of XLA options: {e}")
+    if not all(isinstance(opts, dict) for _, opts in extra):
+        parser.error("--variant must be a JSON object of XLA options, e.g. '{\"xla_cpu_enable_fast_min_max\": true}'")
 
     from cnnbench.perf import flags
 
     flags.use_hugepages()
     flags.apply()
+    from cnnbench.archs import get_arch
+    from cnnbench.errors import UsageError
     from cnnbench.perf.bench import Prepared, _mesh
+
+    try:
+        for arch in args.archs.split(","):
+            get_arch(arch)
+    except UsageError as e:
+        parser.error(str(e))
 
     tool = flags.step_options()
     variants = [("tool", None), ("off", {name: False for name in tool})]
-    variants += [(v, {**tool, **json.loads(v)}) for v in args.variant]
+    variants += [(v, {**tool, **opts}) for v, opts in extra]
     print(f"the tool's step options here: {json.dumps(tool)}")
     print("| workload | variant | median ms | fastest ms | CPU ms per step (median) | copies MB |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
