@@ -62,6 +62,67 @@ def test_batch_norm_follows_the_train_flag():
     assert not np.allclose(model.features.bn1.mean[...], before)
 
 
+def _flax_batch_norm_twin(bn):
+    """Flax's own nnx.BatchNorm with ``bn``'s hyper-parameters and variables (the reference)."""
+    ref = nnx.BatchNorm(bn.num_features, epsilon=bn.epsilon, momentum=bn.momentum, dtype=bn.dtype,
+                        rngs=nnx.Rngs(0))
+    for name in ("scale", "bias", "mean", "var"):
+        getattr(ref, name)[...] = getattr(bn, name)[...]
+    return ref
+
+
+@pytest.mark.parametrize("train, frozen", [(True, False), (False, False), (True, True)])
+def test_batch_norm_matches_flax(train, frozen):
+    # cnnbench normalises as x * a + b (one multiply-add); Flax as (x - mean) * a + bias. Same
+    # outputs, gradients and running statistics, on an input whose mean is far from zero.
+    from cnnbench.archs.layers import BatchNorm
+
+    k = jax.random.split(jax.random.key(3), 5)
+    bn = BatchNorm(6, momentum=0.3)
+    bn.scale[...] = 1 + 0.5 * jax.random.normal(k[0], (6,))
+    bn.bias[...] = jax.random.normal(k[1], (6,))
+    bn.mean[...], bn.var[...] = jax.random.normal(k[2], (6,)), 0.5 + jax.random.uniform(k[3], (6,))
+    if frozen:
+        bn.frozen = True
+    ref = _flax_batch_norm_twin(bn)
+    x = 3.0 + 2.0 * jax.random.normal(k[4], (4, 5, 7, 6))
+    dy = jax.random.normal(jax.random.key(4), x.shape)
+
+    def loss(m, x, call):
+        return jnp.sum(call(m, x) * dy)
+
+    ours = nnx.grad(loss, argnums=(0, 1))(bn, x, lambda m, x: m(x, train=train))
+    theirs = nnx.grad(loss, argnums=(0, 1))(ref, x, lambda m, x: m(x, use_running_average=not train or frozen))
+    np.testing.assert_allclose(bn(x, train=False), ref(x, use_running_average=True), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-4, atol=1e-5)  # input gradient
+    for name in ("scale", "bias"):
+        np.testing.assert_allclose(ours[0][name][...], theirs[0][name][...], rtol=1e-4, atol=1e-4)
+    for name in ("mean", "var"):  # running statistics: updated in training (unless frozen) alike
+        np.testing.assert_allclose(bn.__dict__[name][...], ref.__dict__[name][...], rtol=1e-6)
+    y = bn(x, train=train)
+    np.testing.assert_allclose(y, ref(x, use_running_average=not train or frozen), rtol=1e-5, atol=1e-5)
+    if train and not frozen:  # normalised by the batch's own statistics
+        np.testing.assert_allclose(y.mean((0, 1, 2)), bn.bias[...], atol=1e-5)
+
+
+def test_batch_norm_in_bf16():
+    # a bf16 layer (--precision bf16): bf16 in and out, float32 inside, as Flax's own
+    from cnnbench.archs.layers import BatchNorm
+
+    bn = BatchNorm(4)
+    bn.dtype = jnp.bfloat16
+    ref = _flax_batch_norm_twin(bn)
+    x = (100.3 + jax.random.normal(jax.random.key(5), (8, 3, 3, 4))).astype(jnp.bfloat16)
+    y = bn(x, train=True)
+    assert y.dtype == jnp.bfloat16
+    want = ref(x, use_running_average=False)
+    assert want.dtype == jnp.bfloat16
+    # within one bf16 rounding step of Flax's result, and within bf16's precision of float32's
+    np.testing.assert_allclose(y.astype(jnp.float32), want.astype(jnp.float32), rtol=2 ** -7, atol=2 ** -7)
+    exact = nnx.BatchNorm(4, rngs=nnx.Rngs(0))(x.astype(jnp.float32), use_running_average=False)
+    np.testing.assert_allclose(y.astype(jnp.float32), exact, rtol=2 ** -7, atol=2 ** -7)
+
+
 def test_googlenet_aux_logits():
     model = create_model("googlenet", num_classes=4, input_size=96)
     x = jax.random.normal(jax.random.key(0), (2, 96, 96, 3))
