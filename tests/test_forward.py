@@ -123,6 +123,25 @@ def test_batch_norm_in_bf16():
     np.testing.assert_allclose(y.astype(jnp.float32), exact, rtol=2 ** -7, atol=2 ** -7)
 
 
+def test_batch_norm_keeps_no_full_size_temporary_for_its_gradient():
+    # Flax's (x - mean) * a + bias: XLA keeps x - mean for the backward pass, a full-size buffer;
+    # x * a + b needs none beyond x. CNNBENCH_FASTOPS without "batchnorm" picks Flax's form.
+    from cnnbench.archs import fastops
+    from cnnbench.archs.layers import BatchNorm
+
+    x = jax.random.normal(jax.random.key(0), (8, 16, 16, 32))
+    graphdef, state = nnx.split(BatchNorm(32))
+
+    def temp_bytes(ops):
+        def grads(state, x):
+            loss = lambda m, x: jnp.sum(jax.nn.relu(m(x, train=True)) ** 2)  # noqa: E731
+            return nnx.grad(loss, argnums=(0, 1))(nnx.merge(graphdef, state), x)
+        with fastops.use(ops):
+            return jax.jit(grads).lower(state, x).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes(True) < x.nbytes // 4 <= x.nbytes <= temp_bytes(("conv", "pool", "lrn"))
+
+
 def test_googlenet_aux_logits():
     model = create_model("googlenet", num_classes=4, input_size=96)
     x = jax.random.normal(jax.random.key(0), (2, 96, 96, 3))

@@ -18,6 +18,9 @@ caches, while XLA's matrix multiplication runs close to the machine's peak. So h
 - :func:`lrn` is local response normalisation with a hand-written gradient that reuses the
   forward pass's power (XLA:CPU's ``pow`` dominated the differentiated formula).
 
+Batch norm's one multiply-add per value (:class:`cnnbench.archs.layers.BatchNorm`, on every
+backend) is switched here too, as "batchnorm"; off, the layer runs Flax's own formulation.
+
 A grouped convolution (the paper AlexNet's two towers) runs as one :func:`conv` per group on a
 CPU. All are ``jax.custom_vjp`` functions checked against ``lax.conv_general_dilated``,
 ``lax.reduce_window`` and the differentiated LRN formula (outputs and gradients) in
@@ -38,7 +41,9 @@ from jax import lax
 
 from cnnbench.archs import winograd
 
-OPS = ("conv", "pool", "lrn")
+#: what ``CNNBENCH_FASTOPS`` / :func:`use` switch; "batchnorm" is the normalisation's form
+#: (:class:`cnnbench.archs.layers.BatchNorm`)
+OPS = ("conv", "pool", "lrn", "batchnorm")
 
 
 def _from_env(value: str) -> frozenset:

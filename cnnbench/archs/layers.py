@@ -80,6 +80,16 @@ class BatchNorm(nnx.BatchNorm):
                          rngs=rngs if rngs is not None else nnx.Rngs(0))
 
     def __call__(self, x, train: bool = False):
+        # A frozen layer (transfer learning) normalises with, and keeps, its running statistics.
+        use_running = not train or getattr(self, "frozen", False)
+        if fastops.enabled("batchnorm"):
+            y = self._normalise(x, use_running)
+        else:  # Flax's own formulation (CNNBENCH_FASTOPS without "batchnorm")
+            y = super().__call__(x, use_running_average=use_running)
+        trace.record(self, x, y, kind="batchnorm")
+        return y
+
+    def _normalise(self, x, use_running: bool):
         """Flax's batch norm (the same statistics, running averages and result up to float
         rounding), normalising as one multiply-add per value, ``x * a + b`` with per-channel
         ``a = scale / sqrt(var + eps)`` and ``b = bias - mean * a``, as PyTorch's CPU kernel does.
@@ -91,8 +101,7 @@ class BatchNorm(nnx.BatchNorm):
         out_dtype = self.dtype or jnp.result_type(x, *(v[...] for v in (self.scale, self.bias) if v is not None))
         dtype = jnp.promote_types(out_dtype, jnp.float32)
         xf = x.astype(dtype)
-        # A frozen layer (transfer learning) normalises with, and keeps, its running statistics.
-        if not train or getattr(self, "frozen", False):
+        if use_running:
             mean, var = self.mean[...].astype(dtype), self.var[...].astype(dtype)
         else:
             axes = tuple(range(x.ndim - 1))
@@ -107,9 +116,7 @@ class BatchNorm(nnx.BatchNorm):
         b = -mean * a
         if self.bias is not None:
             b = b + self.bias[...].astype(dtype)
-        y = (xf * a + b).astype(out_dtype)
-        trace.record(self, x, y, kind="batchnorm")
-        return y
+        return (xf * a + b).astype(out_dtype)
 
 
 class Dropout(nnx.Dropout):
