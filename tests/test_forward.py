@@ -98,7 +98,7 @@ def test_batch_norm_matches_flax(train, frozen):
     for name in ("scale", "bias"):
         np.testing.assert_allclose(ours[0][name][...], theirs[0][name][...], rtol=1e-4, atol=1e-4)
     for name in ("mean", "var"):  # running statistics: updated in training (unless frozen) alike
-        np.testing.assert_allclose(bn.__dict__[name][...], ref.__dict__[name][...], rtol=1e-6)
+        np.testing.assert_allclose(getattr(bn, name)[...], getattr(ref, name)[...], rtol=1e-6)
     y = bn(x, train=train)
     np.testing.assert_allclose(y, ref(x, use_running_average=not train or frozen), rtol=1e-5, atol=1e-5)
     if train and not frozen:  # normalised by the batch's own statistics
@@ -117,7 +117,7 @@ def test_batch_norm_in_bf16():
     assert y.dtype == jnp.bfloat16
     want = ref(x, use_running_average=False)
     assert want.dtype == jnp.bfloat16
-    # within one bf16 rounding step of Flax's result, and within bf16's precision of float32's
+    # within bf16's precision (2^-7 relative) of Flax's bf16 layer and of a float32 one
     np.testing.assert_allclose(y.astype(jnp.float32), want.astype(jnp.float32), rtol=2 ** -7, atol=2 ** -7)
     exact = nnx.BatchNorm(4, rngs=nnx.Rngs(0))(x.astype(jnp.float32), use_running_average=False)
     np.testing.assert_allclose(y.astype(jnp.float32), exact, rtol=2 ** -7, atol=2 ** -7)
@@ -139,7 +139,8 @@ def test_batch_norm_keeps_no_full_size_temporary_for_its_gradient():
         with fastops.use(ops):
             return jax.jit(grads).lower(state, x).compile().memory_analysis().temp_size_in_bytes
 
-    assert temp_bytes(True) < x.nbytes // 4 <= x.nbytes <= temp_bytes(("conv", "pool", "lrn"))
+    assert temp_bytes(True) < x.nbytes // 4
+    assert temp_bytes(("conv", "pool", "lrn")) >= x.nbytes
 
 
 def test_googlenet_aux_logits():
