@@ -105,6 +105,38 @@ def test_batch_norm_matches_flax(train, frozen):
         np.testing.assert_allclose(y.mean((0, 1, 2)), bn.bias[...], atol=1e-5)
 
 
+def test_batch_norm_gradient_is_as_precise_as_flax():
+    # Against the textbook gradient in float64, on a map whose mean is 30x its spread (where
+    # float32 sums cancel): x * a + b's errors are no larger than Flax's (x - mean) * a + bias's.
+    from cnnbench.archs import fastops
+    from cnnbench.archs.layers import BatchNorm
+
+    rng = np.random.default_rng(0)
+    c = 16
+    scale, bias = 1 + 0.5 * rng.standard_normal(c), rng.standard_normal(c)
+    x = (30 + rng.standard_normal((32, 6, 6, c))).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    mean = x64.mean((0, 1, 2))
+    rstd = 1 / np.sqrt(x64.var((0, 1, 2)) + 1e-5)
+    xhat, n = (x64 - mean) * rstd, x.size // c
+    want = {"bias": dy64.sum((0, 1, 2)), "scale": (dy64 * xhat).sum((0, 1, 2))}
+    want["x"] = scale * rstd * (dy64 - want["bias"] / n - xhat * want["scale"] / n)
+
+    def errors(ops):
+        bn = BatchNorm(c)
+        bn.scale[...], bn.bias[...] = jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32)
+        with fastops.use(ops):
+            g = nnx.grad(lambda m, x: jnp.sum(m(x, train=True) * dy), argnums=(0, 1))(bn, jnp.asarray(x))
+        got = {"bias": g[0]["bias"][...], "scale": g[0]["scale"][...], "x": g[1]}
+        return {k: np.abs(np.asarray(got[k], np.float64) - want[k]).max() / np.abs(want[k]).max() for k in want}
+
+    ours, flax = errors(True), errors(("conv", "pool", "lrn"))
+    for k in want:
+        assert ours[k] <= 1.5 * flax[k] + 1e-7, (k, ours[k], flax[k])
+        assert ours[k] < 1e-3, (k, ours[k])
+
+
 def test_batch_norm_in_bf16():
     # a bf16 layer (--precision bf16): bf16 in and out, float32 inside, as Flax's own
     from cnnbench.archs.layers import BatchNorm
