@@ -5,6 +5,7 @@ Heavy imports (JAX, Flax, TensorFlow) happen inside commands, so `cnnbench --hel
 
 from __future__ import annotations
 
+import os
 import tomllib
 
 import click
@@ -36,6 +37,10 @@ def cli():
       cnnbench archs                     # every architecture, counted
       cnnbench summary alexnet           # the per-layer table of the AlexNet stats slide
     """
+    if os.environ.get("CNNBENCH_FASTOPS"):  # (fastops imports JAX: only when the variable is set)
+        from cnnbench.archs import fastops
+
+        fastops.check_env()
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict:

@@ -82,3 +82,13 @@ def test_user_mistakes_are_one_line_and_exit_2(run, args, message):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
+
+
+def test_a_misspelt_fastops_name_is_a_usage_error(monkeypatch):
+    # CNNBENCH_FASTOPS=bogus used to turn every fast path off without a word
+    runner = CliRunner()
+    monkeypatch.setenv("CNNBENCH_FASTOPS", "conv,batchnrom")
+    bad = runner.invoke(cli, ["archs", "--format", "json"])
+    assert bad.exit_code == 2 and "CNNBENCH_FASTOPS names batchnrom" in bad.output
+    monkeypatch.setenv("CNNBENCH_FASTOPS", "conv, pool")
+    assert runner.invoke(cli, ["archs", "--format", "json"]).exit_code == 0

@@ -10,6 +10,7 @@ from jax import lax
 
 from cnnbench.archs import create_model, fastops
 from cnnbench.archs.layers import Conv, MaxPool
+from cnnbench.errors import UsageError
 
 #: every pass through the matmul formulation, and a mix as :func:`fastops.choose` makes them
 PLANS = [{"forward": "matmul", "input_grad": "matmul", "weight_grad": "matmul"},
@@ -313,6 +314,10 @@ def test_env_switch():
     assert fastops._from_env("0") == frozenset()
     assert fastops._from_env("1") == frozenset(fastops.OPS)
     assert fastops._from_env("pool") == frozenset({"pool"})
+    assert fastops._from_env("conv, batchnorm") == frozenset({"conv", "batchnorm"})
+    fastops.check_env({"CNNBENCH_FASTOPS": "conv,pool,lrn,batchnorm"})
+    with pytest.raises(UsageError, match="names lnr"):
+        fastops.check_env({"CNNBENCH_FASTOPS": "conv,lnr"})
 
 
 @pytest.mark.parametrize("groups, k, s, pads", [(2, 5, 1, ((2, 2), (2, 2))), (2, 3, 1, ((1, 1), (1, 1))),

@@ -49,7 +49,19 @@ OPS = ("conv", "pool", "lrn", "batchnorm")
 def _from_env(value: str) -> frozenset:
     """``CNNBENCH_FASTOPS``: 1 (default, all), 0 (none) or a comma list of :data:`OPS`."""
     value = value.strip().lower()
-    return frozenset(OPS if value in ("", "1", "all") else () if value == "0" else value.split(","))
+    return frozenset(OPS if value in ("", "1", "all") else () if value == "0"
+                     else (name.strip() for name in value.split(",")))
+
+
+def check_env(environ=os.environ) -> None:
+    """A ``CNNBENCH_FASTOPS`` naming anything :data:`OPS` lacks is a usage error (a misspelt name
+    would otherwise turn every fast path off without a word)."""
+    unknown = _from_env(environ.get("CNNBENCH_FASTOPS", "1")) - set(OPS)
+    if unknown:
+        from cnnbench.errors import UsageError
+
+        raise UsageError(f"CNNBENCH_FASTOPS names {', '.join(sorted(unknown))}: use 1 (all), 0 (none) "
+                         f"or a comma list of {','.join(OPS)}")
 
 
 _ENABLED = contextvars.ContextVar("cnnbench_fastops", default=_from_env(os.environ.get("CNNBENCH_FASTOPS", "1")))
