@@ -181,8 +181,9 @@ def max_pool(x, k: int, s: int, pads) -> jax.Array:
 # --------------------------------------------------------------------------- local response normalisation
 
 def _channel_window_sum(x, size: int, pads: tuple[int, int]):
-    return lax.reduce_window(x, 0.0, lax.add, (1, 1, 1, size), (1, 1, 1, 1),
-                             [(0, 0), (0, 0), (0, 0), pads])
+    """Sums over windows of ``size`` along the last axis (channels; of any rank: LRN's groups)."""
+    rest = x.ndim - 1
+    return lax.reduce_window(x, 0.0, lax.add, (1,) * rest + (size,), (1,) * x.ndim, [(0, 0)] * rest + [pads])
 
 
 def _lrn_base(x, size, alpha, k):
@@ -220,7 +221,7 @@ _lrn.defvjp(_lrn_fwd, _lrn_bwd)
 
 
 def lrn(x, size: int, alpha: float, beta: float, k: float) -> jax.Array:
-    """Krizhevsky et al.'s local response normalisation across the channels of NHWC ``x``:
+    """Krizhevsky et al.'s local response normalisation across the channels (last axis) of ``x``:
     ``x_i / (k + alpha * sum_{j=i-size/2}^{i+size-1-size/2} x_j^2) ** beta``, with a hand-written
     gradient (the same values to float rounding): the paper AlexNet's two LRN layers measured
     94 -> 39 and 69 -> 26 ms per forward and backward pass (batch 32, BENCHMARKS.md)."""
@@ -329,14 +330,7 @@ def _matmul_weight_grad(x, dy, k, s, pads, chunk: int | None = None):
         return lax.dot_general(cols, dyc, (((0, 1, 2), (0, 1, 2)), ((), ())),
                                preferred_element_type=acc_dtype)  # [kkC, O]
 
-    if chunk >= n:
-        dw = part(x, dy)
-    else:
-        xs = x.reshape(n // chunk, chunk, *x.shape[1:])
-        dys = dy.reshape(n // chunk, chunk, *dy.shape[1:])
-        dw = lax.scan(lambda acc, pair: (acc + part(*pair), None),
-                      jnp.zeros((k * k * c, o), acc_dtype), (xs, dys))[0]
-    return dw.astype(dtype).reshape(k, k, c, o)
+    return winograd.summed(part, x, dy, chunk).astype(dtype).reshape(k, k, c, o)
 
 
 def _pointwise_weight_grad(x, dy, acc_dtype):

@@ -259,6 +259,18 @@ def batched(f, x, size: int):
     return out.reshape(n, *out.shape[2:])
 
 
+def summed(part, x, dy, size: int):
+    """``part(x_i, dy_i)`` summed over the batch's chunks of ``size`` images (a loop XLA keeps as
+    one). The first chunk's term starts the sum rather than a zero array: the same sums in the same
+    order, and inside a ``shard_map`` (a layer split over devices) the sum's type then varies over
+    the devices as its terms do."""
+    n = x.shape[0]
+    if size >= n:
+        return part(x, dy)
+    xs, dys = (arr.reshape(n // size, size, *arr.shape[1:]) for arr in (x, dy))
+    return lax.scan(lambda total, pair: (total + part(*pair), None), part(xs[0], dys[0]), (xs[1:], dys[1:]))[0]
+
+
 def _out_hw(x, k: int, pads) -> tuple[int, int]:
     return x.shape[1] + sum(pads[0]) - k + 1, x.shape[2] + sum(pads[1]) - k + 1
 
@@ -300,13 +312,7 @@ def weight_grad(x, dy, pads, k: int = 3):
         return jnp.concatenate([lax.dot_general(vg, dg, (((1,), (1,)), ((0,), (0,))), preferred_element_type=acc)
                                 for vg, dg in zip(v, dm)])                        # [a*a, C, O]
 
-    size = chunk(n, th * tw, max(c, o), a=a)
-    if size >= n:
-        du = part(x, dy)
-    else:
-        xs, dys = (arr.reshape(n // size, size, *arr.shape[1:]) for arr in (x, dy))
-        du = lax.scan(lambda total, pair: (total + part(*pair), None),
-                      jnp.zeros((a * a, c, o), acc), (xs, dys))[0]
+    du = summed(part, x, dy, chunk(n, th * tw, max(c, o), a=a))
     # G^T du G, as one matrix product over the a*a points (as in :func:`_kernel`)
     dw = jnp.asarray(f.GG.T, acc) @ du.reshape(a * a, c * o)
     return dw.reshape(f.r, f.r, c, o).astype(dtype)
