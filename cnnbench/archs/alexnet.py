@@ -13,8 +13,11 @@ def alexnet(*, num_classes, input_size, in_channels, rngs, lrn=True, overlap_poo
             dropout=0.5, activation="relu"):
     """Krizhevsky et al. (2012), Figure 2 and section 3-5.
 
-    ``groups=2`` reproduces the two-GPU connectivity on one device: conv2, conv4 and conv5 only
-    see the kernel maps of their own tower, conv3 and the dense layers see both. Weights are
+    ``groups=2`` reproduces the two-GPU connectivity: conv2, conv4 and conv5 only see the kernel
+    maps of their own tower, conv3 and the dense layers see both, and each tower's response
+    normalisation runs over its own maps (each GPU normalised what it held). On one device the
+    towers are channel groups; with ``--model-parallel 2`` each tower runs on its own device
+    (:mod:`cnnbench.parallel.partition`). Weights are
     N(0, 0.01); biases are 1 in conv2, conv4, conv5 and the hidden dense layers, 0 elsewhere.
     ``lrn`` and ``overlap_pool`` (3x3 windows, stride 2, vs. 2x2 stride 2) are the paper's
     ablations of sections 3.3 and 3.4.
@@ -28,7 +31,7 @@ def alexnet(*, num_classes, input_size, in_channels, rngs, lrn=True, overlap_poo
         return MaxPool(3, 2) if overlap_pool else MaxPool(2, 2)
 
     def norm(i):
-        return [(f"norm{i}", LRN(5, 1e-4, 0.75, 2.0))] if lrn else []
+        return [(f"norm{i}", LRN(5, 1e-4, 0.75, 2.0, groups=groups))] if lrn else []
 
     features = Sequential(
         ("conv1", conv(in_channels, 96, 11, 4)), ("relu1", Act(activation)),

@@ -279,13 +279,18 @@ class LRN(nnx.Module):
 
     Note that ``alpha`` multiplies the plain sum; PyTorch's ``LocalResponseNorm`` and Caffe divide
     it by ``n`` first, so their ``alpha`` is ``n`` times this one.
+
+    ``groups`` > 1 normalises each group of channels on its own (the paper AlexNet's towers: each
+    GPU normalised the kernel maps it held).
     """
 
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, *,
+                 groups: int = 1):
+        self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 
     def __call__(self, x, train: bool = False):
-        y = fastops.lrn(x, self.size, self.alpha, self.beta, self.k)
+        towers = x.reshape(*x.shape[:-1], self.groups, x.shape[-1] // self.groups)
+        y = fastops.lrn(towers, self.size, self.alpha, self.beta, self.k).reshape(x.shape)
         trace.record(self, x, y, kind="lrn", params=0)
         return y
 
