@@ -29,13 +29,14 @@ def main():
     from cnnbench.perf import flags
 
     flags.apply()
-    from cnnbench.perf.bench import Prepared, _mesh
+    from cnnbench.parallel import make_mesh
+    from cnnbench.perf.bench import Prepared
 
     batches = [int(b) for b in args.batches.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
     top_b, top_s = max(batches), max(sizes)
     configs = [(b, top_s) for b in batches] + [(top_b, s) for s in sizes if s != top_s]
-    mesh = _mesh(1)
+    mesh = make_mesh(1)
     work = {}
     for b, s in configs:
         work[b, s] = Prepared(args.arch, args.mode, b, input_size=s, mesh=mesh)

@@ -58,7 +58,8 @@ def main():
     flags.apply()
     from cnnbench.archs import fastops, get_arch
     from cnnbench.errors import UsageError
-    from cnnbench.perf.bench import Prepared, _mesh
+    from cnnbench.parallel import make_mesh
+    from cnnbench.perf.bench import Prepared
 
     try:
         for arch in args.archs.split(","):
@@ -84,7 +85,7 @@ def main():
 
     def prepare(arch, opts, on):
         with fastops.use(on):  # read while the step is traced, inside Prepared
-            return Prepared(arch, args.mode, args.batch_size, mesh=_mesh(1), compiler_options=opts)
+            return Prepared(arch, args.mode, args.batch_size, mesh=make_mesh(1), compiler_options=opts)
 
     for arch in args.archs.split(","):
         runs = [(name, prepare(arch, opts, on)) for name, opts, on in variants]

@@ -227,9 +227,10 @@ def main():
     xla_flags = flags.apply()
     import jax
 
-    from cnnbench.perf.bench import Prepared, _mesh, matmul_peak
+    from cnnbench.parallel import make_mesh
+    from cnnbench.perf.bench import Prepared, matmul_peak
 
-    mesh = _mesh(1)
+    mesh = make_mesh(1)
     peer_env = dict(os.environ)
     if args.peer_malloc == "default":
         peer_env.pop("GLIBC_TUNABLES", None)

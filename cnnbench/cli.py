@@ -43,6 +43,10 @@ def cli():
         fastops.check_env()
 
 
+MODEL_PARALLEL_HELP = ("Split each copy of the model over M devices (mesh axis 'model': the paper AlexNet's two "
+                       "towers, the channels of every other network); batches split over devices / M.")
+
+
 def parse_options(pairs: tuple[str, ...]) -> dict:
     """``-o key=value`` pairs; values are read as TOML (``false``, ``0.3``, ``[100, 100]``) or text."""
     options = {}
@@ -103,8 +107,10 @@ def archs(family, fmt):
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Architecture option, e.g. -o lrn=false -o activation=tanh.")
 @click.option("--all-layers", is_flag=True, help="Also list activations, batch norm and dropout.")
+@click.option("--model-parallel", type=int, metavar="M", default=1, show_default=True,
+              help="Show the model split over M devices: per-device memory and what crosses devices.")
 @format_option
-def summary(arch, input_size, num_classes, in_channels, options, all_layers, fmt):
+def summary(arch, input_size, num_classes, in_channels, options, all_layers, model_parallel, fmt):
     """Per-layer table of ARCH: shapes, parameters, multiply-adds, memory, receptive fields.
 
     \b
@@ -115,10 +121,11 @@ def summary(arch, input_size, num_classes, in_channels, options, all_layers, fmt
     from cnnbench.analysis.summary import summarize
 
     s = summarize(arch, input_size=input_size, num_classes=num_classes, in_channels=in_channels,
-                  **parse_options(options))
+                  model_parallel=model_parallel, **parse_options(options))
     doc = s.to_dict(all_layers=all_layers)
     rows = [dict(layer, output="x".join(map(str, layer["output_shape"])),
-                 window=_window(layer), memory=human_bytes(layer["activation_bytes"]))
+                 window=_window(layer), memory=human_bytes(layer["activation_bytes"]),
+                 moved=human_bytes(layer.get("moved_bytes_per_image")) if layer.get("moved_bytes_per_image") else "")
             for layer in doc["layers"]]
     footer = {"name": "total", "params": s.params, "macs": s.macs, "activations": s.activations,
               "memory": human_bytes(s.activation_bytes)}
@@ -128,6 +135,11 @@ def summary(arch, input_size, num_classes, in_channels, options, all_layers, fmt
                Column("activations", "activations", integer), Column("memory", "memory"),
                Column("receptive_field", "RF"), Column("effective_stride", "eff. stride")]
     notes = list(doc["observations"])
+    if model_parallel > 1:
+        columns[5:5] = [Column("split", "split", justify="left"),
+                        Column("device_params", "params/device", integer),
+                        Column("moved", "crosses devices/img")]
+        notes += _model_parallel_notes(s, doc)
     hidden = [r for r in s.layers if r not in s.shown]
     if hidden and not all_layers:
         notes.append(f"{len(hidden)} element-wise layers (activation, batch norm, dropout) are not "
@@ -139,6 +151,19 @@ def summary(arch, input_size, num_classes, in_channels, options, all_layers, fmt
     h, w, c = s.input_shape
     emit(rows, columns, fmt, title=f"{arch}: input {h}x{w}x{c}, {s.num_classes} classes",
          notes=notes, document=doc, footer=footer)
+
+
+def _model_parallel_notes(s, doc) -> list[str]:
+    """What one device holds and what crosses devices, for `summary --model-parallel`."""
+    per, m = doc["per_device"], s.model_parallel
+    crossing = ", ".join(f"{c['layer']} {human_bytes(c['bytes_per_image'])}" for c in doc["communication"])
+    return [f"Split over {m} devices: each holds {per['params']:,} of the {s.params:,} parameters "
+            f"({human_bytes(per['param_bytes'])}, {100 * per['params'] / s.params:.1f}%), "
+            f"{human_bytes(per['optimizer_state_bytes'])} of optimiser state (SGD momentum; Adam twice that) "
+            f"and {human_bytes(per['activation_bytes_per_image'])} of activations per image.",
+            f"Crossing devices, received by each device per image: {crossing or 'nothing'}. "
+            f"split: column = whole input, 1/{m} of the output channels; tower = own maps only; "
+            f"row = own inputs, partial outputs summed; whole = not split."]
 
 
 def _window(layer: dict) -> str:
@@ -176,6 +201,7 @@ def _window(layer: dict) -> str:
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]))
 @click.option("--seed", type=int)
 @click.option("--devices", type=int, help="Use the first N devices (default: all).")
+@click.option("--model-parallel", type=int, metavar="M", help=MODEL_PARALLEL_HELP + " [default: 1]")
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Run directory (default: runs/ARCH-DATASET-TIME); an existing one is resumed.")
 @click.option("--resume", type=click.Path(file_okay=False, exists=True),
@@ -192,6 +218,7 @@ def train(arch, config_file, options, resume, run_dir, coordinator, num_processe
       cnnbench train lenet5
       cnnbench train alexnet --config experiments/alexnet_imagenet.toml --manual-dir ~/ILSVRC2012
       cnnbench train resnet20 --dataset cifar10 --epochs 2 --precision bf16
+      cnnbench train alexnet --model-parallel 2 --input-size 67 --epochs 2
       cnnbench train --resume runs/lenet5-digits-20261122-031500
     """
     from pathlib import Path
@@ -251,7 +278,8 @@ def _train_with_progress(cfg, run_dir, fmt):
                                    highlight=False)
 
         def announce(path, resumed):
-            progress.console.print(f"{'resuming' if resumed else 'run directory'}: {path}", highlight=False)
+            split = f" (the model split over {cfg.model_parallel} devices)" if cfg.model_parallel > 1 else ""
+            progress.console.print(f"{'resuming' if resumed else 'run directory'}: {path}{split}", highlight=False)
 
         return run_training(cfg, run_dir=run_dir, events=Events(epoch_start, step, validation),
                             on_run_dir=announce)
@@ -286,9 +314,10 @@ def _pct(v) -> str:
               help="Label range when scoring --predictions.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="TFDS data directory (default: the run's).")
 @click.option("--manual-dir", type=click.Path(file_okay=False), help="Manual download folder (default: the run's).")
+@click.option("--model-parallel", type=int, metavar="M", default=1, show_default=True, help=MODEL_PARALLEL_HELP)
 @format_option
 def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, report_file, submission, class_map,
-          ground_truth, predictions, num_classes, data_dir, manual_dir, fmt):
+          ground_truth, predictions, num_classes, data_dir, manual_dir, model_parallel, fmt):
     """Top-1/top-5 of trained RUNS (default: the latest under ./runs); several runs add their ensemble.
 
     \b
@@ -317,7 +346,8 @@ def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, report_file,
     with err_console().status("loading checkpoints ..."):
         loaded = [load_run(Path(r), which=checkpoint) for r in (runs or [latest_run()])]
     result, final = _evaluate_with_progress(loaded, split=split, crops=crops, scales=scale_sizes,
-                                            batch_size=batch_size, data_dir=data_dir, manual_dir=manual_dir)
+                                            batch_size=batch_size, data_dir=data_dir, manual_dir=manual_dir,
+                                            model_parallel=model_parallel)
     result["report"] = analyse(final, loaded[0].class_names)
     notes = []
     if report_file:
@@ -482,6 +512,7 @@ def compare(items, sort_key, plot_dir, bench, batch_size, steps, archs_only, fmt
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]))
 @click.option("--seed", type=int)
 @click.option("--devices", type=int)
+@click.option("--model-parallel", type=int, metavar="M", help=MODEL_PARALLEL_HELP + " [default: 1]")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Default: runs/ARCH-DATASET-TIME.")
 @format_option
 def finetune(source, dataset, strategy, trainable, lr_mults, run_dir, fmt, **values):
@@ -1001,6 +1032,7 @@ def bench(dataset, data_dir, manual_dir, split, train, ops, size, channels, seed
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed steps after compiling.")
 @click.option("--auto-batch", is_flag=True, help="Halve the batch size until it fits in memory.")
 @click.option("--devices", type=int, help="Use the first N devices (default: all).")
+@click.option("--model-parallel", type=int, metavar="M", default=1, show_default=True, help=MODEL_PARALLEL_HELP)
 @format_option
 def bench_command(archs, mode, fmt, **options):
     """Time training and inference steps of ARCH... on synthetic data: samples/s, step time,
@@ -1010,12 +1042,13 @@ def bench_command(archs, mode, fmt, **options):
     Examples:
       cnnbench bench alexnet-owt resnet18 vgg11 --mode both
       cnnbench bench resnet50 --precision bf16 --batch-size 256 --auto-batch --format json
+      cnnbench bench alexnet --model-parallel 2 --batch-size 64
     """
-    from cnnbench.perf.report import COLUMNS, notes, run_with_progress
+    from cnnbench.perf.report import columns, notes, run_with_progress
 
     modes = ("train", "infer") if mode == "both" else (mode,)
     rows = run_with_progress(list(archs), modes=modes, **options)
-    emit(rows, COLUMNS, fmt, title=f"cnnbench bench ({options['precision']})", notes=notes(rows))
+    emit(rows, columns(rows), fmt, title=f"cnnbench bench ({options['precision']})", notes=notes(rows))
 
 
 def main(argv=None):

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cnnbench.cli import cli
+from cnnbench.parallel import make_mesh
 from cnnbench.perf import bench, flags
 
 
@@ -80,7 +81,7 @@ def test_memory_check_refuses_a_program_larger_than_free_memory(monkeypatch):
     import jax.numpy as jnp
 
     compiled = jax.jit(lambda x: x @ x).lower(jnp.ones((256, 256))).compile()
-    mesh = bench._mesh(1)
+    mesh = make_mesh(1)
     bench._check_fits(compiled, mesh, "x")  # fits
     monkeypatch.setattr(bench, "_available_bytes", lambda device: 1000)
     with pytest.raises(bench.OutOfMemory, match="GiB of working memory"):
@@ -120,7 +121,7 @@ def test_training_step_options_drop_copies_and_keep_every_bit():
     import jax
     import numpy as np
 
-    mesh = bench._mesh(1)
+    mesh = make_mesh(1)
     runs = []
     for options in (None, {REGION: False}):  # the tool's default step, then the option turned off
         step, args, advance, _ = bench._workload("alexnet-owt", "train", 4, 67, "fp32", mesh)

@@ -1,5 +1,6 @@
 """What `cnnbench summary` and `cnnbench archs` print: per-layer shapes, parameters, multiply-adds,
-activation memory, receptive fields, all derived by tracing the model itself.
+activation memory, receptive fields, all derived by tracing the model itself; for a model split
+over devices (``--model-parallel``), what one device holds and what crosses devices at each layer.
 
 Multiply-adds count convolutions and dense layers only (one multiply-add per weight use, bias and
 element-wise work excluded), which is how torchvision's published "GFLOPS" are counted.
@@ -16,6 +17,7 @@ from collections import defaultdict
 from cnnbench.archs import get_arch
 from cnnbench.archs.state import abstract_model
 from cnnbench.archs.trace import LayerRecord, count_params, trace_model
+from cnnbench.parallel import plan
 
 #: layer kinds hidden from the default table (shown with ``--all-layers``)
 ELEMENTWISE = frozenset({"act", "dropout", "batchnorm"})
@@ -31,6 +33,8 @@ class Summary:
     num_classes: int
     params: int           # every trainable parameter of the model
     layers: list[LayerRecord]
+    model_parallel: int = 1
+    device_params: int = 0  # parameters one device of a model group holds (all of them when not split)
 
     @property
     def shown(self) -> list[LayerRecord]:
@@ -58,6 +62,28 @@ class Summary:
     @property
     def activation_bytes(self) -> int:
         return sum(r.activations * r.itemsize for r in self.shown)
+
+    @property
+    def device_activation_bytes(self) -> int:
+        """Activation memory per image on one device of a model group (split outputs count a share)."""
+        return sum(r.activations * r.itemsize // (self.model_parallel if r.split_output else 1)
+                   for r in self.shown)
+
+    @property
+    def communication(self) -> list[dict]:
+        """The layers whose input crosses devices (or whose partial outputs are summed across
+        them), with the bytes each device receives there per image."""
+        return [{"layer": r.name, "bytes_per_image": r.moved_bytes,
+                 "collective": "all-reduce (sum)" if r.split == "row" else "all-gather"}
+                for r in self.layers if r.moved_bytes]
+
+    def per_device(self) -> dict:
+        """What one device of a model group holds: parameters, their bytes (float32), the optimiser
+        state of the default SGD with momentum (one float32 per parameter; Adam keeps two) and the
+        activations of one image."""
+        return {"params": self.device_params, "param_bytes": 4 * self.device_params,
+                "optimizer_state_bytes": 4 * self.device_params,
+                "activation_bytes_per_image": self.device_activation_bytes}
 
     @property
     def inference_params(self) -> int:
@@ -89,6 +115,8 @@ class Summary:
         return notes
 
     def layer_dict(self, r: LayerRecord) -> dict:
+        split = {"split": r.split, "device_params": r.device_params, "moved_bytes_per_image": r.moved_bytes} \
+            if self.model_parallel > 1 else {}
         return {
             "name": r.name, "type": r.kind, "kernel": r.kernel, "stride": r.stride,
             "padding": r.padding, "output_shape": list(r.output_shape[1:]), "params": r.params,
@@ -96,7 +124,7 @@ class Summary:
             "activation_bytes": r.activations * r.itemsize,
             "receptive_field": r.geometry.receptive_field,
             "effective_stride": r.geometry.effective_stride,
-            "effective_padding": r.geometry.effective_padding,
+            "effective_padding": r.geometry.effective_padding, **split,
         }
 
     def to_dict(self, all_layers: bool = False) -> dict:
@@ -106,13 +134,19 @@ class Summary:
             "activation_bytes": self.activation_bytes,
             "layers": [self.layer_dict(r) for r in (self.layers if all_layers else self.shown)],
             "observations": self.observations(),
+            "model_parallel": self.model_parallel, "per_device": self.per_device(),
+            "communication": self.communication,
         }
 
 
 def summarize(name: str, *, input_size: int | None = None, num_classes: int | None = None,
-              in_channels: int | None = None, **options) -> Summary:
+              in_channels: int | None = None, model_parallel: int = 1, **options) -> Summary:
+    """The summary of ``name``; with ``model_parallel`` M > 1, of the model split over M devices
+    as :func:`cnnbench.parallel.plan` splits it (no device is needed)."""
     info = get_arch(name)
     size, channels = input_size or info.input_size, in_channels or info.in_channels
     model = abstract_model(name, input_size=size, num_classes=num_classes, in_channels=channels, **options)
+    plan(model, model_parallel)
     return Summary(arch=name, input_shape=(size, size, channels), num_classes=model.num_classes,
-                   params=count_params(model), layers=trace_model(model, (size, size, channels)))
+                   params=count_params(model), layers=trace_model(model, (size, size, channels)),
+                   model_parallel=model_parallel, device_params=count_params(model, per_device_of=model_parallel))

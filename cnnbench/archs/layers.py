@@ -49,13 +49,26 @@ class Conv(nnx.Conv):
                          use_bias=bias, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs,
                          conv_general_dilated=fastops.conv_general_dilated)
         self.k, self.s, self.p, self.groups = kernel, stride, padding, groups
+        #: its split over a mesh's ``model`` axis (:func:`cnnbench.parallel.plan`); None: whole
+        self.partition = None
 
     def __call__(self, x, train: bool = False):
-        y = super().__call__(x)
+        if self.partition is None:
+            y = super().__call__(x)
+        else:
+            y = self.partition.run(self._one_group, super().__call__, x, self.kernel, self.bias)
         per_output = self.k * self.k * self.in_features // self.groups
         trace.record(self, x, y, kind="conv", kernel=self.k, stride=self.s, padding=self.p,
                      macs=np.prod(y.shape[1:]) * per_output)
         return y
+
+    def _one_group(self, x, kernel, bias):
+        """The plain convolution of ``x`` with ``kernel``: one device's share of a split layer (a
+        tower's group, or some of the output channels)."""
+        x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
+        y = self.conv_general_dilated(x, kernel, (self.s, self.s), ((self.p, self.p), (self.p, self.p)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y if bias is None else y + bias
 
 
 class Dense(nnx.Linear):
@@ -63,11 +76,22 @@ class Dense(nnx.Linear):
                  kernel_init=init.lecun_normal(), bias_init=init.zeros, rngs: nnx.Rngs):
         super().__init__(in_features, out_features, use_bias=bias, kernel_init=kernel_init,
                          bias_init=bias_init, rngs=rngs)
+        self.partition = None  # as Conv's
 
     def __call__(self, x, train: bool = False):
-        y = super().__call__(x)
+        if self.partition is None:
+            y = super().__call__(x)
+        else:
+            y = self.partition.run(self._product, super().__call__, x, self.kernel, self.bias)
         trace.record(self, x, y, kind="dense", macs=self.in_features * self.out_features)
         return y
+
+    def _product(self, x, kernel, bias):
+        """``x @ kernel + bias`` on one device's share of a split layer."""
+        x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
+        y = (self.dot_general or lax.dot_general)(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
+                                                  precision=self.precision)
+        return y if bias is None else y + bias
 
 
 class BatchNorm(nnx.BatchNorm):

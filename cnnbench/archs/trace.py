@@ -6,6 +6,11 @@ and multiply-adds. Receptive fields are propagated per tensor (keyed by the iden
 array), so branching blocks (Inception, residual) merge them correctly: a merge takes the largest
 receptive field of its inputs. Depth (weight layers on the longest path) propagates the same way.
 Outside a recording this module costs one context-variable lookup.
+
+For a model split over devices (:func:`cnnbench.parallel.plan`), whether each tensor is split by
+channel over the ``model`` axis propagates the same way, so each weight layer's record says what
+crosses devices there: the split input it gathers (once per tensor: Inception's branches share one
+gather) or the partial outputs it sums.
 """
 
 from __future__ import annotations
@@ -54,6 +59,16 @@ class LayerRecord:
     itemsize: int
     #: weight layers (conv, dense) on the longest path from the input to this layer's output
     depth: int = 0
+    #: split over a model axis: "column", "tower", "row", "whole" (a weight layer that does not
+    #: split), "" (not a weight layer, or the model is not split)
+    split: str = ""
+    #: whether this layer's output is split by channel over the model axis
+    split_output: bool = False
+    #: bytes each device of a model group receives per image at this layer: the parts of a split
+    #: input it gathers, or (ring all-reduce) the partial sums of a ``row`` layer's output
+    moved_bytes: int = 0
+    #: parameters one device of a model group holds
+    device_params: int = 0
 
     @property
     def activations(self) -> int:
@@ -62,11 +77,14 @@ class LayerRecord:
 
 
 class Recorder:
-    def __init__(self, names: dict[int, str]):
+    def __init__(self, names: dict[int, str], ways: int = 1):
         self.names = names
+        self.ways = ways  # devices the model is split over
         self.records: list[LayerRecord] = []
         self._geometry: dict[int, Geometry] = {}
         self._depth: dict[int, int] = {}
+        self._split: dict[int, bool] = {}
+        self._gathered: set[int] = set()
         self._alive: list[Any] = []  # keeps traced arrays alive so their ids are never reused
 
     def geometry(self, x) -> Geometry:
@@ -75,17 +93,39 @@ class Recorder:
     def depth(self, x) -> int:
         return self._depth.get(id(x), 0)
 
-    def set_geometry(self, y, geometry: Geometry, depth: int) -> None:
+    def split(self, x) -> bool:
+        return self._split.get(id(x), False)
+
+    def set_geometry(self, y, geometry: Geometry, depth: int, split: bool = False) -> None:
         self._geometry[id(y)] = geometry
         self._depth[id(y)] = depth
+        self._split[id(y)] = split
         self._alive.append(y)
+
+    def crossing(self, module, kind: str, x, y) -> tuple[str, bool, int]:
+        """(split, output split, bytes received per device per image) of a layer."""
+        split_in = self.split(x)
+        if self.ways == 1:
+            return "", False, 0
+        if kind not in WEIGHT_LAYERS:
+            return "", split_in, 0
+        partition = getattr(module, "partition", None)
+        how = partition.kind if partition is not None else "whole"
+        per_image = lambda a: int(np.prod(a.shape[1:])) * np.dtype(a.dtype).itemsize  # noqa: E731
+        moved = 0
+        if how in ("column", "whole") and split_in and id(x) not in self._gathered:
+            self._gathered.add(id(x))
+            moved = per_image(x) * (self.ways - 1) // self.ways
+        elif how == "row":
+            moved = 2 * per_image(y) * (self.ways - 1) // self.ways
+        return how, how in ("column", "tower"), moved
 
 
 @contextlib.contextmanager
-def recording(names: dict[int, str]) -> Iterator[Recorder]:
+def recording(names: dict[int, str], ways: int = 1) -> Iterator[Recorder]:
     from cnnbench.archs import fastops  # shapes only: the plain lax ops trace fastest
 
-    recorder = Recorder(names)
+    recorder = Recorder(names, ways)
     token = _ACTIVE.set(recorder)
     try:
         with fastops.use(False):
@@ -104,7 +144,8 @@ def record(module, x, y, *, kind: str, kernel: int | None = None, stride: int | 
     if kernel is not None:
         geometry = geometry.then(kernel, stride or 1, padding)
     depth = recorder.depth(x) + (kind in WEIGHT_LAYERS)
-    recorder.set_geometry(y, geometry, depth)
+    split, split_output, moved = recorder.crossing(module, kind, x, y)
+    recorder.set_geometry(y, geometry, depth, split_output)
     if params is None:
         params = count_params(module)
     recorder.records.append(LayerRecord(
@@ -120,6 +161,10 @@ def record(module, x, y, *, kind: str, kernel: int | None = None, stride: int | 
         geometry=geometry,
         itemsize=np.dtype(y.dtype).itemsize,
         depth=depth,
+        split=split,
+        split_output=split_output,
+        moved_bytes=moved,
+        device_params=count_params(module, per_device_of=recorder.ways) if params else 0,
     ))
 
 
@@ -130,15 +175,24 @@ def merge(inputs, y) -> None:
     if recorder is None:
         return
     widest = max((recorder.geometry(x) for x in inputs), key=lambda g: g.receptive_field)
-    recorder.set_geometry(y, widest, max(recorder.depth(x) for x in inputs))
+    recorder.set_geometry(y, widest, max(recorder.depth(x) for x in inputs),
+                          any(recorder.split(x) for x in inputs))
 
 
-def count_params(module) -> int:
-    """Trainable parameters (``nnx.Param``) of a module; batch-norm statistics are not parameters."""
+def count_params(module, *, per_device_of: int = 1) -> int:
+    """Trainable parameters (``nnx.Param``) of a module; batch-norm statistics are not parameters.
+    ``per_device_of``: of a model split over that many devices, those one device holds (a
+    parameter split over the ``model`` axis counts a share)."""
     import jax
     from flax import nnx
 
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(module, nnx.Param)))
+    def held(variable) -> int:
+        size = int(np.prod(variable.shape))
+        split = "model" in (variable.get_metadata().get("out_sharding") or ())
+        return size // per_device_of if split else size
+
+    return sum(held(v) for v in jax.tree.leaves(nnx.state(module, nnx.Param),
+                                                is_leaf=lambda v: isinstance(v, nnx.Variable)))
 
 
 def trace_model(model, input_shape: tuple[int, ...], *, train: bool = False) -> list[LayerRecord]:
@@ -154,7 +208,7 @@ def trace_model(model, input_shape: tuple[int, ...], *, train: bool = False) -> 
     def forward(state, x):
         m = nnx.merge(graphdef, state)
         names = {id(module): ".".join(map(str, path)) for path, module in nnx.iter_modules(m)}
-        with recording(names) as recorder:
+        with recording(names, getattr(model, "model_parallel", 1)) as recorder:
             m(x, train=train)
         records.extend(recorder.records)
 

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
+from cnnbench import parallel
 from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.eval import metrics
 from cnnbench.eval.runs import LoadedRun
@@ -75,10 +76,13 @@ class Predictions:
 
 def probabilities_fn(model: nnx.Module, finish, mesh: Mesh | None = None) -> Callable:
     """A jitted ``(images, shift) -> (B, classes)`` softmax, averaged over any crop axes; with a
-    ``mesh`` the weights are replicated over its devices (batches come sharded over them)."""
+    ``mesh`` the model is split over its ``model`` axis (:func:`cnnbench.parallel.plan`) and its
+    weights placed so (batches come sharded over ``data``)."""
+    if mesh is not None:
+        parallel.plan(model, parallel.model_size(mesh), mesh)
     graphdef, state = nnx.split(model)
     if mesh is not None:
-        state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+        state = parallel.place(state, mesh)
 
     @jax.jit
     def probs(state, images, shift):
@@ -100,8 +104,9 @@ def _display(images: np.ndarray, crops: str) -> np.ndarray:
 
 
 def predict_split(run: LoadedRun, source, *, split: str, crops: str, scales=None, batch_size: int = 64,
-                  advance: Callable[[int], None] = lambda n: None) -> Predictions:
-    """Softmax outputs of ``run`` for every image of ``split`` under the crop protocol ``crops``."""
+                  model_parallel: int = 1, advance: Callable[[int], None] = lambda n: None) -> Predictions:
+    """Softmax outputs of ``run`` for every image of ``split`` under the crop protocol ``crops``,
+    on every local device (each copy of the model split over ``model_parallel`` of them)."""
     from cnnbench.pipeline.loader import Pipeline
 
     if jax.process_count() > 1:
@@ -110,12 +115,12 @@ def predict_split(run: LoadedRun, source, *, split: str, crops: str, scales=None
         raise UsageError(f"{run.name} was trained for {len(run.class_names)} classes; "
                          f"{source.name} has {source.num_classes}")
     spec = crop_spec(run.eval_spec, crops, size=run.input_size, scales=scales)
-    devices = jax.local_devices()
-    batch_size = -(-batch_size // len(devices)) * len(devices)  # a multiple of the device count
+    mesh = parallel.make_mesh(None, model_parallel)
+    groups = parallel.data_size(mesh)
+    batch_size = -(-batch_size // groups) * groups  # a multiple of the batch's split
     pipeline = Pipeline(source, split, batch_size, spec, train=False, channels=run.channels,
                         device_finish=True, with_ids=True)
-    mesh = Mesh(np.array(devices), ("data",))
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    sharding = parallel.batch_sharding(mesh)
     probs_of = probabilities_fn(run.model, pipeline.finish, mesh)
     out = {"probs": [], "label": [], "index": [], "id": []}
     samples: list[np.ndarray] = []
@@ -179,12 +184,13 @@ def paper_rows(arch: str, dataset: str, split: str) -> list[dict]:
 
 def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str = "center", scales=None,
                   batch_size: int = 64, data_dir: str | None = None, manual_dir: str | None = None,
-                  advance: Callable[[int], None] = lambda n: None,
+                  model_parallel: int = 1, advance: Callable[[int], None] = lambda n: None,
                   on_model: Callable[[LoadedRun, int], None] = lambda run, n: None) -> tuple[dict, Predictions]:
     """Evaluate each run and, when there are several, their ensemble. Returns the JSON document of
     ``cnnbench eval`` and the final (ensemble or single) predictions, for reports and submissions."""
     from cnnbench.pipeline.sources import resolve
 
+    parallel.make_mesh(None, model_parallel)  # a --model-parallel that cannot split the devices fails first
     datasets = {r.cfg.dataset for r in runs}
     if len(datasets) > 1:
         raise UsageError(f"the runs were trained on different datasets ({', '.join(sorted(datasets))}); "
@@ -197,7 +203,7 @@ def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str
     for run in runs:
         on_model(run, total)
         p = predict_split(run, source, split=split, crops=crops, scales=scales, batch_size=batch_size,
-                          advance=advance)
+                          model_parallel=model_parallel, advance=advance)
         predictions.append(p)
         models.append({"model": run.name, "run_dir": str(run.run_dir), "arch": run.cfg.arch,
                        "checkpoint": str(run.checkpoint), "epoch": run.epoch, "spec": p.spec,

@@ -40,17 +40,6 @@ class Events:
     note: Callable[[str], None] = lambda text: None                  # something the user should know
 
 
-def _mesh(devices: int | None):
-    import jax
-    import numpy as np
-    from jax.sharding import Mesh
-
-    available = jax.devices()
-    if devices is not None and not 1 <= devices <= len(available):
-        raise UsageError(f"--devices {devices}: JAX sees {len(available)} device(s)")
-    return Mesh(np.array(available[:devices] if devices else available), ("data",))
-
-
 def _dtype(precision: str):
     import jax.numpy as jnp
 
@@ -71,7 +60,7 @@ def matmul_peak(mesh, precision: str = "fp32", size: int | None = None, repeats:
     n_dev = mesh.devices.size
     if size is None:
         size = 2048 if mesh.devices.flat[0].platform == "cpu" else 8192
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    sharding = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))  # one matrix per device
     dtype = _dtype(precision)
     make = jax.jit(lambda k: jax.random.normal(k, (n_dev, size, size), dtype), out_shardings=sharding)
     a, b = make(jax.random.key(1)), make(jax.random.key(2))
@@ -130,13 +119,14 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     import jax
     import jax.numpy as jnp
     from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec
 
+    from cnnbench import parallel
     from cnnbench.archs import create_model, get_arch
     from cnnbench.archs.trace import count_params, trace_model
+    from cnnbench.parallel.mesh import model_size
     from cnnbench.train.config import TrainConfig
     from cnnbench.train.optim import optimizer
-    from cnnbench.train.step import jit_train_step, make_steps, set_compute_dtype
+    from cnnbench.train.step import jit_train_step, make_steps, set_compute_dtype, train_state
 
     info = get_arch(arch)
     size = size or info.input_size
@@ -147,29 +137,30 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     dtype = _dtype(precision)
     if precision == "bf16":
         set_compute_dtype(model, dtype)
-    replicated, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    parallel.plan(model, model_size(mesh), mesh)
+    replicated, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     # Made on the devices, already sharded: the host never holds the batch.
     images = jax.jit(lambda k: jax.random.normal(k, (batch_size, *shape), jnp.float32),
                      out_shardings=data)(jax.random.key(0))
     labels = jax.jit(lambda k: jax.random.randint(k, (batch_size,), 0, model.num_classes),
                      out_shardings=data)(jax.random.key(1))
-    graphdef, params, batch_stats, other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    other = jax.device_put(other, replicated)
     if mode == "train":
         # The defaults of `cnnbench train`: SGD, momentum 0.9, weight decay 5e-4, cosine schedule.
         tx, _ = optimizer(TrainConfig(arch=arch, batch_size=batch_size, epochs=1), steps_per_epoch=1000)
-        state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
-                                "batch_stats": batch_stats, "opt_state": tx.init(params)}, replicated)
+        graphdef, state, other = train_state(model, tx, mesh)
         train_step, _ = make_steps(graphdef, other, tx, seed=0, finish=None, dtype=dtype)
-        step = jit_train_step(train_step, replicated)
+        step = jit_train_step(train_step, state, mesh)
         batch = {"image": images, "label": labels}
         return step, (state, batch), lambda out: (out[0], batch), facts
+
+    graphdef, params, batch_stats, other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    other = jax.device_put(other, replicated)
 
     def forward(state, images):
         model = nnx.merge(graphdef, state["params"], state["batch_stats"], jax.tree.map(lambda v: v, other))
         return model(images.astype(dtype), train=False)
 
-    state = jax.device_put({"params": params, "batch_stats": batch_stats}, replicated)
+    state = parallel.place({"params": params, "batch_stats": batch_stats}, mesh)
     step = jax.jit(forward, out_shardings=replicated)
     return step, (state, images), lambda out: (state, images), facts
 
@@ -180,7 +171,9 @@ class Prepared:
 
     def __init__(self, arch: str, mode: str, batch_size: int, *, input_size: int | None = None,
                  precision: str = "fp32", mesh=None, compiler_options: dict | None = None):
-        self.mesh = mesh if mesh is not None else _mesh(None)
+        from cnnbench.parallel import make_mesh
+
+        self.mesh = mesh if mesh is not None else make_mesh()
         self.arch, self.mode, self.batch_size, self.precision = arch, mode, batch_size, precision
         self.label = f"{arch} {mode} batch {batch_size}"
         with self._oom_as_error():
@@ -225,6 +218,13 @@ class Prepared:
         return times
 
     @property
+    def collectives(self) -> dict[str, dict[str, int]]:
+        """Count and bytes of each kind of collective in the compiled step."""
+        from cnnbench.parallel.collectives import totals
+
+        return totals(self.compiled.as_text())
+
+    @property
     def flops_per_step(self) -> int:
         return 2 * self.facts["macs"] * self.batch_size * (3 if self.mode == "train" else 1)
 
@@ -239,12 +239,13 @@ def measure(arch: str, mode: str, batch_size: int, *, input_size: int | None = N
     times = work.run(steps, events.advance)
     step_s = statistics.median(times)
     result = {"arch": arch, "mode": mode, "batch_size": batch_size, "input_size": work.facts["input_size"],
-              "precision": precision, "devices": int(work.mesh.devices.size), "steps": steps,
+              "precision": precision, "devices": int(work.mesh.devices.size),
+              "model_parallel": int(work.mesh.shape["model"]), "steps": steps,
               "compile_s": work.compile_s, "step_time_ms": 1e3 * step_s,
               "step_time_ms_min": 1e3 * min(times), "samples_per_sec": batch_size / step_s,
               "params": work.facts["params"], "macs": work.facts["macs"],
               "flops_per_step": work.flops_per_step, "flops_per_sec": work.flops_per_step / step_s,
-              **_memory(work.mesh)}
+              "collectives": work.collectives, **_memory(work.mesh)}
     del work
     return result
 
@@ -258,7 +259,8 @@ def _memory(mesh) -> dict:
 
 def run(archs: list[str], *, modes: tuple[str, ...] = ("train",), batch_size: int = 32,
         input_size: int | None = None, precision: str = "fp32", steps: int = 10, warmup: int = 2,
-        auto_batch: bool = False, devices: int | None = None, events: Events = Events()) -> list[dict]:
+        auto_batch: bool = False, devices: int | None = None, model_parallel: int = 1,
+        events: Events = Events()) -> list[dict]:
     """Every (arch, mode) workload in order, plus the matmul peak they are compared with."""
     from cnnbench.archs import get_arch
 
@@ -273,10 +275,14 @@ def run(archs: list[str], *, modes: tuple[str, ...] = ("train",), batch_size: in
         raise UsageError("--batch-size and --steps must be at least 1, --warmup at least 0")
     if input_size is not None and input_size < 1:
         raise UsageError("--input-size must be at least 1")
-    mesh = _mesh(devices)
-    n_dev = int(mesh.devices.size)
+    from cnnbench.parallel import make_mesh
+    from cnnbench.parallel.mesh import data_size
+
+    mesh = make_mesh(devices, model_parallel)
+    n_dev = data_size(mesh)  # the batch is split over the model groups
     if batch_size % n_dev:
-        raise UsageError(f"batch size {batch_size} does not divide over {n_dev} devices; "
+        raise UsageError(f"batch size {batch_size} does not divide over {n_dev} "
+                         f"{'devices' if model_parallel == 1 else 'model groups'}; "
                          f"use a multiple of {n_dev} (or --devices)")
     events.start(f"matmul peak ({precision})", 1)
     peak = matmul_peak(mesh, precision)

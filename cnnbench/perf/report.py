@@ -46,6 +46,16 @@ COLUMNS = [
 ]
 
 
+def columns(rows: list[dict]) -> list[Column]:
+    """:data:`COLUMNS`, and the compiled steps' collectives when any step has some (several devices)."""
+    from cnnbench.parallel.collectives import describe
+
+    if not any(v["count"] for r in rows for v in r.get("collectives", {}).values()):
+        return COLUMNS
+    return COLUMNS + [Column("collectives", "collectives per step (count, bytes per device)", describe,
+                             justify="left", wrap=True)]
+
+
 def notes(rows: list[dict]) -> list[str]:
     if not rows:
         return []
@@ -55,6 +65,9 @@ def notes(rows: list[dict]) -> list[str]:
              f"median of {first['steps']} timed steps after the warm-up; FLOP/s count 2 per multiply-add, "
              f"x3 for a training step",
              f"XLA_FLAGS: {first['xla_flags'] or '(none)'}"]
+    if first.get("model_parallel", 1) > 1:
+        lines.append(f"each copy of the model split over {first['model_parallel']} devices (--model-parallel), "
+                     f"the batch over {first['devices'] // first['model_parallel']} copies")
     for r in rows:
         if r["batch_size"] != r["requested_batch_size"]:
             lines.append(f"{r['arch']} {r['mode']}: batch {r['requested_batch_size']} did not fit; "

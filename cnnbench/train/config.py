@@ -58,6 +58,7 @@ class TrainConfig:
     run_dir: str | None = None
     keep_checkpoints: int = 2
     devices: int | None = None          # default: every device JAX sees
+    model_parallel: int = 1             # devices each copy of the model is split over (mesh axis "model")
 
     def validate(self) -> TrainConfig:
         def choice(name, options):
@@ -67,7 +68,7 @@ class TrainConfig:
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)
         choice("precision", PRECISIONS)
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "model_parallel"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1")
         if self.lr <= 0:

@@ -12,9 +12,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cnnbench import parallel
 from cnnbench.archs import create_model, get_arch
 from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
@@ -24,7 +23,7 @@ from cnnbench.train.checkpoint import Checkpoints
 from cnnbench.train.config import TrainConfig
 from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
 from cnnbench.train.rundir import MetricsLog, new_run_dir, read_metrics, write_dataset
-from cnnbench.train.step import jit_train_step, make_steps, set_compute_dtype
+from cnnbench.train.step import jit_train_step, make_steps, set_compute_dtype, train_state
 
 
 @dataclasses.dataclass
@@ -47,23 +46,18 @@ def init_distributed(coordinator: str | None, num_processes: int | None, process
                                    process_id=process_id)
 
 
-def make_mesh(devices: int | None):
-    available = jax.devices()
-    if devices is not None and not 1 <= devices <= len(available):
-        raise UsageError(f"--devices {devices}: JAX sees {len(available)} device(s)")
-    return Mesh(np.array(available[:devices] if devices else available), ("data",))
-
-
 def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Events(),
           on_run_dir: Callable[[Path, bool], None] = lambda path, resumed: None) -> dict:
     started = time.time()
-    mesh = make_mesh(cfg.devices)
-    n_devices = mesh.devices.size
-    if cfg.batch_size % n_devices:
-        raise UsageError(f"global batch size {cfg.batch_size} does not divide over {n_devices} devices; "
-                         f"use a multiple of {n_devices}")
-    replicated = NamedSharding(mesh, PartitionSpec())
-    data = NamedSharding(mesh, PartitionSpec("data"))
+    mesh = parallel.make_mesh(cfg.devices, cfg.model_parallel)
+    groups = parallel.data_size(mesh)
+    if cfg.batch_size % groups:
+        where = f"{groups} devices" if cfg.model_parallel == 1 else \
+            f"{groups} model groups ({mesh.devices.size} devices / --model-parallel {cfg.model_parallel})"
+        raise UsageError(f"global batch size {cfg.batch_size} does not divide over {where}; "
+                         f"use a multiple of {groups}")
+    replicated = parallel.replicated(mesh)
+    data = parallel.batch_sharding(mesh)
     main = jax.process_index() == 0
 
     # ---- data
@@ -85,7 +79,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
         raise UsageError(f"batch size {cfg.batch_size} is larger than the {train_data.num_examples} "
                          f"training images of {source.name}")
 
-    # ---- model, optimiser, state (replicated over the mesh)
+    # ---- model, optimiser, state (placed on the mesh as the model's split says)
     model = create_model(cfg.arch, num_classes=source.num_classes, input_size=size, in_channels=channels,
                          seed=cfg.seed, **cfg.arch_options)
     group, transfer = None, {}
@@ -96,15 +90,13 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
     if cfg.precision == "bf16":
         set_compute_dtype(model, dtype)
-    graphdef, params, batch_stats, other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    parallel.plan(model, cfg.model_parallel, mesh)
     tx, lr_schedule = optimizer(cfg, steps_per_epoch, group)
-    state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
-                            "opt_state": tx.init(params)}, replicated)
-    other = jax.device_put(other, replicated)
+    graphdef, state, other = train_state(model, tx, mesh)
     train_step, eval_step = make_steps(graphdef, other, tx, seed=cfg.seed, finish=train_data.finish,
                                        eval_finish=eval_data.finish, dtype=dtype,
                                        label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
-    train_step = jit_train_step(train_step, replicated)
+    train_step = jit_train_step(train_step, state, mesh)
     eval_step = jax.jit(eval_step, out_shardings=replicated)
 
     # ---- run directory, resume
@@ -134,6 +126,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
         log.close()
     summary = summarize_run(run_dir, cfg, source.name, time.time() - started)
     summary["params_digest"] = params_digest(state["params"])
+    summary["mesh"] = {axis: int(size) for axis, size in mesh.shape.items()}
     if transfer:
         summary["transfer"] = transfer
     if main:
@@ -230,10 +223,15 @@ def evaluate(eval_step, state, pipeline, sharding) -> dict:
 
 
 def params_digest(params) -> float:
-    """Sum of |w| over this process's own copy of the (replicated) parameters: equal on every host
-    when the hosts agree."""
-    return float(sum(np.abs(np.asarray(leaf.addressable_shards[0].data, np.float64)).sum()
-                     for leaf in jax.tree.leaves(params)))
+    """Sum of |w| over this process's own copy of the parameters (of a split one, each part its
+    devices hold, once): equal on every host when the hosts agree."""
+    total = 0.0
+    for leaf in jax.tree.leaves(params):
+        parts = {}
+        for shard in leaf.addressable_shards:
+            parts.setdefault(tuple((s.start, s.stop) for s in shard.index), shard)
+        total += sum(np.abs(np.asarray(shard.data, np.float64)).sum() for shard in parts.values())
+    return float(total)
 
 
 def summarize_run(run_dir: Path, cfg: TrainConfig, dataset: str, wall_time: float) -> dict:

@@ -1,6 +1,7 @@
 """The pure, jitted train and eval steps.
 
-State is a plain dict ``{"step", "params", "batch_stats", "opt_state"}`` replicated over the mesh;
+State is a plain dict ``{"step", "params", "batch_stats", "opt_state"}`` placed on the mesh as the
+model's split says (:mod:`cnnbench.parallel`: replicated, or split over the ``model`` axis);
 batches are sharded on the ``data`` axis, so batch-norm statistics and the loss are computed over
 the global batch (XLA inserts the collectives). Dropout keys are ``fold_in(seed, step)``: a run is
 a pure function of its seed, resumed or not.
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from cnnbench.parallel.mesh import place, replicated, shardings
 from cnnbench.perf.flags import step_options
 from cnnbench.pipeline.preprocess import Finish
 
@@ -34,11 +36,22 @@ def _topk_correct(logits, labels, k):
     return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def jit_train_step(train_step, replicated):
+def train_state(model: nnx.Module, tx, mesh):
+    """``(graphdef, state, other)`` of a (planned) model: its graph, the training state
+    ``{"step", "params", "batch_stats", "opt_state"}`` placed on ``mesh`` as the layers' split
+    says (the optimiser state like the parameters it belongs to), and the rest (dropout RNG
+    state) replicated. What `cnnbench train` and `cnnbench bench` start from."""
+    graphdef, params, batch_stats, other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    state = place({"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
+                   "opt_state": tx.init(params)}, mesh)
+    return graphdef, state, jax.device_put(other, replicated(mesh))
+
+
+def jit_train_step(train_step, state, mesh):
     """``train_step`` jitted as `cnnbench train` and `cnnbench bench` run it: the state donated
-    (updated in place), both outputs ``replicated``, and XLA's options for training steps
-    (:func:`cnnbench.perf.flags.step_options`)."""
-    return jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated),
+    (updated in place) and returned where it was (``state``'s shardings on ``mesh``), the metrics
+    replicated, and XLA's options for training steps (:func:`cnnbench.perf.flags.step_options`)."""
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings(state, mesh), replicated(mesh)),
                    compiler_options=step_options() or None)
 
 

@@ -1,0 +1,72 @@
+"""The one device mesh of every command: ``data`` x ``model``.
+
+``--model-parallel M`` splits the devices JAX sees (or the first ``--devices N``) into groups of M
+neighbours: each group holds one copy of the network, split over its M devices (axis ``model``),
+and the batch is sharded over the groups (axis ``data``). M = 1 is plain data parallelism: every
+device holds every parameter.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from cnnbench.errors import UsageError
+
+AXES = ("data", "model")
+
+
+def check_model_parallel(model_parallel: int, devices: int) -> None:
+    """One usage line when ``model_parallel`` cannot split ``devices`` devices into equal groups."""
+    if model_parallel < 1:
+        raise UsageError(f"--model-parallel {model_parallel}: must be at least 1")
+    if devices % model_parallel:
+        raise UsageError(f"--model-parallel {model_parallel} does not divide the {devices} device(s) in use; "
+                         f"use a divisor of {devices} (or --devices)")
+
+
+def make_mesh(devices: int | None = None, model_parallel: int = 1) -> Mesh:
+    """The mesh over the first ``devices`` devices (all by default), shaped
+    (devices / model_parallel, model_parallel); each model group is ``model_parallel`` consecutive
+    devices (on a multi-GPU host, the neighbours with the fastest link)."""
+    available = jax.devices()
+    if devices is not None and not 1 <= devices <= len(available):
+        raise UsageError(f"--devices {devices}: JAX sees {len(available)} device(s)")
+    chosen = available[:devices] if devices else available
+    check_model_parallel(model_parallel, len(chosen))
+    return Mesh(np.array(chosen).reshape(len(chosen) // model_parallel, model_parallel), AXES)
+
+
+def data_size(mesh: Mesh) -> int:
+    """How many ways a batch is split: the ``data`` axis (every device when the mesh has no ``model``)."""
+    return int(mesh.shape.get("data", mesh.devices.size))
+
+
+def model_size(mesh: Mesh | None) -> int:
+    return int(mesh.shape.get("model", 1)) if mesh is not None else 1
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches: the leading axis sharded over ``data``, each model group holding its part whole."""
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def shardings(tree, mesh: Mesh):
+    """A sharding per array of ``tree`` (``nnx.State`` trees, optimiser states, plain arrays): the
+    split each ``nnx.Variable`` carries (:func:`cnnbench.parallel.partition.plan` writes it into
+    the variables' ``out_sharding``; optimiser states built from the parameters inherit it), and
+    replicated for everything else."""
+    from flax import nnx
+
+    return nnx.get_named_sharding(tree, mesh)
+
+
+def place(tree, mesh: Mesh):
+    """``tree`` on the mesh as :func:`shardings` says (orbax restores into the same shardings, so a
+    checkpoint written on one mesh restores on any other)."""
+    return jax.device_put(tree, shardings(tree, mesh))
