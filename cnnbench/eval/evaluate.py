@@ -23,6 +23,7 @@ from cnnbench import parallel
 from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.eval import metrics
 from cnnbench.eval.runs import LoadedRun
+from cnnbench.train.step import probabilities
 
 CROPS = ("center", "10", "multiscale")
 CROP_LABEL = {"center": "centre crop", "10": "10-crop (corners + centre, with flips)",
@@ -86,12 +87,8 @@ def probabilities_fn(model: nnx.Module, finish, mesh: Mesh | None = None) -> Cal
 
     @jax.jit
     def probs(state, images, shift):
-        m = nnx.merge(graphdef, state)
         x = images if finish is None else finish(images, shift, xp=jnp)
-        x = x.astype(jnp.float32)
-        flat = x.reshape((-1,) + x.shape[-3:])
-        p = jax.nn.softmax(m(flat, train=False).astype(jnp.float32))
-        return p.reshape((x.shape[0], -1, p.shape[-1])).mean(axis=1)
+        return probabilities(nnx.merge(graphdef, state), x.astype(jnp.float32))
 
     return lambda images, shift: probs(state, images, shift)
 

@@ -55,6 +55,14 @@ def jit_train_step(train_step, state, mesh):
                    compiler_options=step_options() or None)
 
 
+def probabilities(model: nnx.Module, images):
+    """Softmax of ``model`` in inference mode, float32, for ``images`` of shape (B, [crops ...,] H, W, C),
+    averaged over the crops of each image (10-crop, multi-scale): (B, classes)."""
+    flat = images.reshape((-1,) + images.shape[-3:])
+    probs = jax.nn.softmax(model(flat, train=False).astype(jnp.float32))
+    return probs.reshape((images.shape[0], -1, probs.shape[-1])).mean(axis=1)
+
+
 def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=jnp.float32,
                label_smoothing: float = 0.0, aux_weight: float = 0.3, eval_finish: Finish | None = None):
     """(train_step, eval_step); ``finish`` completes training batches, ``eval_finish`` (default: the
@@ -95,12 +103,8 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
 
     def eval_step(state, batch):
         """Sums over the real (unpadded) examples; several crops per image average their softmax."""
-        model = merge(state)
         images, labels, mask = _images(batch, eval_finish, dtype), batch["label"], batch["mask"]
-        crops = images.shape[1:-3]
-        flat = images.reshape((-1,) + images.shape[-3:])
-        probs = jax.nn.softmax(model(flat, train=False).astype(jnp.float32))
-        probs = probs.reshape((images.shape[0], -1, probs.shape[-1])).mean(axis=1) if crops else probs
+        probs = probabilities(merge(state), images)
         nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0] + 1e-12)
         return {"loss": (nll * mask).sum(), "top1": (_topk_correct(probs, labels, 1) * mask).sum(),
                 "top5": (_topk_correct(probs, labels, 5) * mask).sum(), "count": mask.sum()}
