@@ -14,7 +14,7 @@ from flax import nnx
 
 from cnnbench import parallel
 from cnnbench.analysis.summary import summarize
-from cnnbench.archs import create_model
+from cnnbench.archs import create_model, fastops
 from cnnbench.cli import cli
 from cnnbench.errors import UsageError
 from cnnbench.parallel.collectives import collectives, totals
@@ -121,6 +121,30 @@ def test_alexnet_forward_communicates_only_where_the_paper_does():
                                         ("all-reduce", CLASSES)]), ops  # fc8: partial scores summed
     # no kernel of a tower layer (conv2 5x5x48x256, conv4 3x3x192x384, conv5 3x3x192x256) moves
     assert not [op for op in ops if re.search(r"\[(5,5,48|3,3,192),", op["shape"])]
+
+
+def test_data_parallel_alexnet_never_gathers_the_batch():
+    """Plain data parallelism (8 x 1): XLA's own partitioning of a batch-sharded grouped
+    convolution (the accelerators' path) gathered all images before conv2, conv4 and conv5, and the
+    CPU formulations' loops over chunks of the batch gathered it in the training step: each device
+    then computed the whole batch. Each layer now runs on its device's images: the forward pass
+    has no collective at all, the training step only sums gradients (and gathers the logits for
+    its metrics)."""
+    mesh = parallel.make_mesh(8, 1)
+    model = parallel.plan(create_model("alexnet", num_classes=CLASSES, input_size=67, seed=0), 1, mesh)
+    graphdef, state = nnx.split(model)
+    images = jax.device_put(jnp.zeros((16, 67, 67, 3)), parallel.batch_sharding(mesh))
+    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x), out_shardings=parallel.batch_sharding(mesh))
+    with fastops.use(False):
+        assert collectives(forward.lower(parallel.place(state, mesh), images).compile().as_text()) == []
+
+    tx, _ = optimizer(TrainConfig(arch="alexnet", batch_size=16, epochs=1), steps_per_epoch=10)
+    graphdef, state, other = train_state(model, tx, mesh)
+    step = jit_train_step(make_steps(graphdef, other, tx, seed=0, finish=None)[0], state, mesh)
+    batch = jax.device_put({"image": images, "label": jnp.zeros(16, jnp.int32)}, parallel.batch_sharding(mesh))
+    ops = collectives(step.lower(state, batch).compile().as_text())
+    gathered = [op for op in ops if op["kind"] != "all-reduce"]
+    assert [op["shape"] for op in gathered] == [f"f32[16,{CLASSES}]"], ops
 
 
 def test_each_device_holds_its_towers_half_of_the_kernels():

@@ -56,18 +56,19 @@ class Conv(nnx.Conv):
         if self.partition is None:
             y = super().__call__(x)
         else:
-            y = self.partition.run(self._one_group, super().__call__, x, self.kernel, self.bias)
+            y = self.partition.run(self._on_device, super().__call__, x, self.kernel, self.bias)
         per_output = self.k * self.k * self.in_features // self.groups
         trace.record(self, x, y, kind="conv", kernel=self.k, stride=self.s, padding=self.p,
                      macs=np.prod(y.shape[1:]) * per_output)
         return y
 
-    def _one_group(self, x, kernel, bias):
-        """The plain convolution of ``x`` with ``kernel``: one device's share of a split layer (a
-        tower's group, or some of the output channels)."""
+    def _on_device(self, x, kernel, bias):
+        """This layer on the arrays one device holds (:mod:`cnnbench.parallel.partition`): a
+        tower's group or some output channels (a plain convolution), or, not split, the layer."""
+        groups = self.groups if self.partition.kind == "whole" else 1
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
         y = self.conv_general_dilated(x, kernel, (self.s, self.s), ((self.p, self.p), (self.p, self.p)),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
         return y if bias is None else y + bias
 
 
@@ -87,7 +88,7 @@ class Dense(nnx.Linear):
         return y
 
     def _product(self, x, kernel, bias):
-        """``x @ kernel + bias`` on one device's share of a split layer."""
+        """``x @ kernel + bias`` on the arrays one device holds."""
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
         y = (self.dot_general or lax.dot_general)(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
                                                   precision=self.precision)

@@ -16,6 +16,7 @@ KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective
 
 _OP = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<shape>.+?)\s+(?P<op>" + "|".join(KINDS)
                  + r")(?P<suffix>-start|-done)?\(")
+_LAYOUT = re.compile(r"\{[^{}]*\}")
 _ARRAY = re.compile(r"\b(?P<dtype>pred|[a-z]+\d+)\[(?P<dims>[\d,]*)\]")
 _ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
              "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
@@ -39,7 +40,7 @@ def collectives(hlo_text: str) -> list[dict]:
         m = _OP.match(line)
         if m is None or m["suffix"] == "-start":
             continue
-        found.append({"kind": m["op"], "bytes": _bytes(m["shape"]), "shape": m["shape"].split("{")[0]})
+        found.append({"kind": m["op"], "bytes": _bytes(m["shape"]), "shape": _LAYOUT.sub("", m["shape"])})
     return found
 
 

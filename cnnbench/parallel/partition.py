@@ -13,7 +13,13 @@ The rule is Krizhevsky et al.'s (2012, section 3.2 and Figure 2), generalised to
 - ``row``: a classifier (a dense layer producing the class scores) takes the split input as it is,
   each device multiplies its part by its rows of the kernel, and the partial scores are summed
   over the devices (AlexNet's fc8: 1000 outputs from both towers' fc7 neurons).
-- a layer whose output channels do not divide over ``M`` devices stays whole (replicated).
+- ``whole``: a layer whose output channels do not divide over ``M`` devices stays whole
+  (replicated over ``model``).
+
+Every weight layer of a model on a mesh of several devices, split or not, computes on the images
+its device holds (``shard_map`` over ``data`` too): XLA's own partitioning of a batch-sharded
+grouped convolution gathered the whole batch first (the paper AlexNet's conv2, conv4 and conv5
+under plain data parallelism), and so did the CPU formulations' loops over chunks of the batch.
 
 Batch norm's scale, bias and statistics are split with the channels they normalise, so each
 device computes the statistics of its own channels. Element-wise layers, pooling and LRN (which the
@@ -37,8 +43,8 @@ from jax.sharding import Mesh, PartitionSpec
 
 from cnnbench.errors import UsageError
 
-#: the kinds of split a weight layer can have (see the module's docstring)
-KINDS = ("column", "tower", "row")
+#: the kinds of split a weight layer can have (see the module's docstring; "whole": not split)
+KINDS = ("column", "tower", "row", "whole")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,35 +59,39 @@ class Partition:
 
     def run(self, local, whole, x, kernel, bias):
         """The layer's output, computed on the mesh as its split says: ``local(x, kernel, bias)``
-        is the layer's own computation on the arrays one device holds (for ``tower`` and
-        ``column`` a plain, ungrouped convolution or product with that device's output channels),
-        run by ``shard_map`` over ``model`` with the only collectives the split needs: XLA gathers
-        a split input before a ``column`` layer, and a ``row`` layer sums its partial products
-        (``psum``) before its bias is added. ``kernel`` and ``bias`` are the layer's
-        ``nnx.Variable``s (``bias`` may be None); ``whole(x)`` computes the layer on one device,
-        which an analysis without a mesh does."""
+        is the layer's own computation on the arrays one device holds (a plain, ungrouped
+        convolution or product: for ``tower`` and ``column`` with that device's output channels;
+        for every kind on that device's images), run by ``shard_map`` over the mesh with the only
+        collectives the split needs: XLA gathers a split input before a ``column`` layer, a
+        ``row`` layer sums its partial products (``psum``) before its bias is added, and the
+        weight gradients are summed over the ``data`` axis. ``kernel`` and ``bias`` are the
+        layer's ``nnx.Variable``s (``bias`` may be None); ``whole(x)`` computes the layer as on one
+        device, which an analysis without a mesh does."""
         if self.mesh is None:
             return whole(x)
-        split_in = self.kind in ("tower", "row")
-        k = kernel[...]
-        if self.kind == "row":
-            def on_device(x, k):
-                return jax.lax.psum(local(x, k, None), "model")
+        groups = int(self.mesh.shape["data"])
+        data = "data" if groups > 1 and x.shape[0] % groups == 0 else None
+        axes = ({"data"} if data else set()) | ({"model"} if self.ways > 1 else set())
+        if not axes:
+            return whole(x)
+        split_in, split_out = self.kind in ("tower", "row"), self.kind in ("column", "tower")
+        variables = [kernel] if bias is None or self.kind == "row" else [kernel, bias]
+        specs = [PartitionSpec(*(v.get_metadata().get("out_sharding") or ())) for v in variables]
 
-            y = jax.shard_map(on_device, mesh=self.mesh, in_specs=(_last(x.ndim), PartitionSpec("model")),
-                              out_specs=PartitionSpec(), axis_names={"model"})(x, k)
-            return y if bias is None else y + bias[...].astype(y.dtype)
-        params = (k,) if bias is None else (k, bias[...])
-
-        def on_device(x, k, b=None):
-            if not split_in:  # the same whole input on every device: its gradient sums theirs
+        def on_device(x, *params):
+            if self.ways > 1 and not split_in:  # the same input on every device of a group
                 x = jax.lax.pcast(x, "model", to="varying")
-            return local(x, k, b)
+            if data:  # the same weights for every group's images: their gradient sums the groups'
+                params = [jax.lax.pcast(p, "data", to="varying") for p in params]
+            y = local(x, params[0], params[1] if len(params) > 1 else None)
+            return jax.lax.psum(y, "model") if self.kind == "row" else y
 
-        return jax.shard_map(on_device, mesh=self.mesh,
-                             in_specs=(_last(x.ndim) if split_in else PartitionSpec(),
-                                       *(_last(p.ndim) for p in params)),
-                             out_specs=_last(x.ndim), axis_names={"model"})(x, *params)
+        def batch(split: bool) -> PartitionSpec:
+            return PartitionSpec(data, *([None] * (x.ndim - 2)), "model" if split else None)
+
+        y = jax.shard_map(on_device, mesh=self.mesh, in_specs=(batch(split_in), *specs),
+                          out_specs=batch(split_out), axis_names=axes)(x, *(v[...] for v in variables))
+        return y + bias[...].astype(y.dtype) if self.kind == "row" and bias is not None else y
 
 
 def _last(ndim: int) -> PartitionSpec:
@@ -95,7 +105,9 @@ def _split_last(variable) -> None:
 
 def plan(model, ways: int, mesh: Mesh | None = None):
     """Split ``model`` over ``ways`` devices (a mesh's ``model`` axis; ``mesh`` None for analysis
-    only) by the rule of this module; returns the model. ``ways`` 1 leaves it as it is.
+    only) by the rule of this module; returns the model. On one device (or without a mesh, for
+    ``ways`` 1) it leaves the model as it is; on a mesh of several devices every weight layer also
+    computes on its own device's images.
 
     A grouped convolution's towers cannot be cut across devices: its group count must equal
     ``ways`` (the paper AlexNet: ``--model-parallel 2``), else this is a usage error."""
@@ -106,8 +118,38 @@ def plan(model, ways: int, mesh: Mesh | None = None):
     if mesh is not None and int(mesh.shape.get("model", 1)) != ways:
         raise ValueError(f"mesh {dict(mesh.shape)} does not have {ways} devices on its model axis")
     model.model_parallel = ways
-    if ways == 1:
-        return model
+    if ways == 1 and (mesh is None or mesh.devices.size == 1):
+        return model  # one device: the layers compute as they always do
+    num_classes = getattr(model, "num_classes", None)
+    for path, module in nnx.iter_modules(model):
+        name = ".".join(map(str, path))
+        if isinstance(module, nnx.Conv) and hasattr(module, "partition"):  # the layers that can split
+            groups = module.feature_group_count
+            if ways > 1 and groups > 1 and groups != ways:
+                raise UsageError(f"{name} is a grouped convolution of {groups} towers: it splits over "
+                                 f"--model-parallel {groups} (or 1), not {ways}")
+            kind = "whole" if ways == 1 or module.out_features % ways else "tower" if groups > 1 else "column"
+            module.partition = Partition(kind, ways, mesh)
+            if kind != "whole":
+                _split_last(module.kernel)
+                if module.bias is not None:
+                    _split_last(module.bias)
+        elif isinstance(module, nnx.Linear) and hasattr(module, "partition"):
+            if ways > 1 and module.out_features == num_classes and module.in_features % ways == 0:
+                module.partition = Partition("row", ways, mesh)
+                module.kernel.set_metadata(out_sharding=("model", None))
+            elif ways > 1 and module.out_features % ways == 0:
+                module.partition = Partition("column", ways, mesh)
+                _split_last(module.kernel)
+                if module.bias is not None:
+                    _split_last(module.bias)
+            else:
+                module.partition = Partition("whole", ways, mesh)
+        elif isinstance(module, nnx.BatchNorm) and ways > 1 and module.num_features % ways == 0:
+            for variable in (module.scale, module.bias, module.mean, module.var):
+                if variable is not None:
+                    _split_last(variable)
+    return model
     num_classes = getattr(model, "num_classes", None)
     for path, module in nnx.iter_modules(model):
         name = ".".join(map(str, path))
