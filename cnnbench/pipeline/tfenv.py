@@ -1,16 +1,42 @@
 """The one door to TensorFlow: imported lazily, quietly, and with every GPU hidden from it, so
-that JAX owns the accelerators and TensorFlow only decodes and augments images on the CPU."""
+that JAX owns the accelerators and TensorFlow only decodes and augments images on the CPU.
+
+Quietly: TensorFlow's C++ libraries log while they load ("WARNING: All log messages before
+absl::InitializeLog() ...", "I0000 ... oneDNN custom operations are on ..."), twice, whatever
+``TF_CPP_MIN_LOG_LEVEL`` says; the import runs with the process's standard error sent to
+/dev/null, unless ``CNNBENCH_VERBOSE`` is set (``cnnbench --verbose``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 to /dev/null for the block (C++ code writes there, not to sys.stderr)."""
+    if os.environ.get("CNNBENCH_VERBOSE"):
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @functools.cache
 def tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow
+    with _stderr_silenced():
+        import tensorflow
 
     try:
         tensorflow.config.set_visible_devices([], "GPU")
