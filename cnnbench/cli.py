@@ -29,7 +29,9 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cnnbench")
-def cli():
+@click.option("--verbose", is_flag=True,
+              help="Also show the libraries' own start-up logs (TensorFlow's C++ lines); CNNBENCH_VERBOSE=1 does the same.")
+def cli(verbose):
     """Train, evaluate and compare the classic image-classification CNNs.
 
     \b
@@ -37,6 +39,8 @@ def cli():
       cnnbench archs                     # every architecture, counted
       cnnbench summary alexnet           # the per-layer table of the AlexNet stats slide
     """
+    if verbose:
+        os.environ["CNNBENCH_VERBOSE"] = "1"
     if os.environ.get("CNNBENCH_FASTOPS"):  # (fastops imports JAX: only when the variable is set)
         from cnnbench.archs import fastops
 
@@ -224,17 +228,20 @@ def train(arch, config_file, options, resume, run_dir, coordinator, num_processe
     from pathlib import Path
 
     from cnnbench.train import config as config_lib
-    from cnnbench.train.loop import init_distributed
+    from cnnbench.train.loop import init_distributed, is_first_process
+    from cnnbench.train.rundir import check_free
 
     init_distributed(coordinator, num_processes, process_id)  # before anything touches a device
     if options:
         values["arch_options"] = parse_options(options)
     target = Path(resume or run_dir) if (resume or run_dir) else None
-    if resume or (target is not None and (target / "config.json").exists()):
-        saved = config_lib.from_run(target)
-        cfg = config_lib.load(None, saved.arch, {**vars(saved), **{k: v for k, v in values.items() if v is not None}})
-    else:
-        cfg = config_lib.load(config_file, arch, values)
+    if target is not None and is_first_process():
+        check_free(target)  # a second writer hears who holds the run first (process 0 writes it)
+    if resume:
+        config_lib.from_run(target)  # --resume names a run: one line if it is none
+    cfg = config_lib.requested(target, arch, config_file, values)
+    if target is not None:
+        config_lib.check_continues(target, cfg)  # before anything loads
     summary = _train_with_progress(cfg, target, fmt)
     rows = [{"run": summary["run_dir"], "epochs": summary["epochs"], **{f"final_{k}": v for k, v in summary["final"].items()},
              "best_top1": summary["best"].get("top1"), "best_epoch": summary["best"].get("epoch"),
@@ -281,7 +288,10 @@ def _train_with_progress(cfg, run_dir, fmt):
             split = f" (the model split over {cfg.model_parallel} devices)" if cfg.model_parallel > 1 else ""
             progress.console.print(f"{'resuming' if resumed else 'run directory'}: {path}{split}", highlight=False)
 
-        return run_training(cfg, run_dir=run_dir, events=Events(epoch_start, step, validation),
+        def note(text):
+            progress.console.print(f"Warning: {text}", highlight=False, markup=False, soft_wrap=True)
+
+        return run_training(cfg, run_dir=run_dir, events=Events(epoch_start, step, validation, note),
                             on_run_dir=announce)
 
 

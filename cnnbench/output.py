@@ -31,6 +31,11 @@ def err_console() -> Console:
     return Console(stderr=True)
 
 
+def warn(text: str) -> None:
+    """Something the user should know that does not stop the command (one line on stderr)."""
+    err_console().print(f"Warning: {text}", highlight=False, markup=False, soft_wrap=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class Column:
     key: str

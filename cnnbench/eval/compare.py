@@ -9,7 +9,6 @@ saved evaluations; a short synthetic-data benchmark adds measured throughput.
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ import numpy as np
 
 from cnnbench.errors import UsageError
 from cnnbench.eval.runs import is_run
-from cnnbench.train.rundir import RUNS, read_dataset, read_metrics
+from cnnbench.train.rundir import RUNS, read_dataset, read_json, read_metrics
 
 
 def resolve_items(items: list[str], *, root: Path = RUNS, archs_only: bool = False) -> list[dict]:
@@ -71,7 +70,7 @@ def run_facts(run_dir: Path) -> dict:
              "train_images_per_sec": statistics.median(r["images_per_sec"] for r in train) if train else None}
     transfer = run_dir / "transfer.json"
     if transfer.is_file():  # a fine-tune: where it started, what it froze
-        info = json.loads(transfer.read_text())
+        info = read_json(transfer)
         facts.update(started_from=Path(info["init_from"]).name if info.get("init_from") else None,
                      frozen_params=info.get("frozen_params"))
     from cnnbench.transfer.probe import saved_probes

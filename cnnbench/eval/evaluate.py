@@ -23,6 +23,8 @@ from cnnbench import parallel
 from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.eval import metrics
 from cnnbench.eval.runs import LoadedRun
+from cnnbench.output import warn
+from cnnbench.train.rundir import RunLock, describe_holder, read_json, write_text
 from cnnbench.train.step import probabilities
 
 CROPS = ("center", "10", "multiscale")
@@ -217,14 +219,23 @@ def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str
 
 
 def _save(run: LoadedRun, split: str, crops: str, row: dict) -> None:
-    """Keep the result in the run directory (``eval/<split>-<crops>.json``) for `cnnbench compare`."""
-    folder = run.run_dir / "eval"
-    folder.mkdir(exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in split)
-    (folder / f"{safe}-{crops}.json").write_text(json.dumps(row, indent=2))
+    """Keep the result in the run directory (``eval/<split>-<crops>.json``) for `cnnbench compare`,
+    holding the run's lock for the write; a run another process is writing (still training) is
+    evaluated all the same, and the result is not kept there (a warning says so)."""
+    lock = RunLock(run.run_dir)
+    holder = lock.try_acquire()
+    if holder is not None:
+        warn(f"result not kept in {run.run_dir}/eval: the run is being written by {describe_holder(holder)}")
+        return
+    try:
+        folder = run.run_dir / "eval"
+        folder.mkdir(exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in split)
+        write_text(folder / f"{safe}-{crops}.json", json.dumps(row, indent=2))
+    finally:
+        lock.release()
 
 
 def saved_results(run_dir: Path) -> list[dict]:
     folder = Path(run_dir) / "eval"
-    return [json.loads(p.read_text()) | {"file": p.name} for p in sorted(folder.glob("*.json"))] \
-        if folder.is_dir() else []
+    return [read_json(p) | {"file": p.name} for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []

@@ -12,6 +12,13 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+from cnnbench.errors import UsageError
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:200]
+
 
 class Checkpoints:
     def __init__(self, run_dir: Path, keep: int = 2):
@@ -30,16 +37,30 @@ class Checkpoints:
             self.latest.wait_until_finished()
             self.best.save(step, args=args)
 
-    def restore(self, template: dict, *, which: str = "latest") -> tuple[dict, dict] | None:
-        """(state, meta) of the newest checkpoint, placed like ``template``; None if there is none."""
+    def restore(self, template: dict, *, which: str = "latest",
+                note=lambda text: None) -> tuple[dict, dict] | None:
+        """(state, meta) of the newest intact checkpoint, placed like ``template``; None if there is
+        none. A damaged newest one (files truncated or missing) is passed over for the newest intact
+        one that is kept, and ``note`` says so; if none is intact, a usage error names the folder."""
         manager = self.latest if which == "latest" else self.best
-        step = manager.latest_step()
-        if step is None:
+        steps = sorted(manager.all_steps(), reverse=True)
+        if not steps:
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        return restored.state, restored.meta
+        damaged = []
+        for step in steps:
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            except Exception as e:  # orbax / tensorstore: OUT_OF_RANGE, NOT_FOUND, bad metadata, ...
+                damaged.append(f"step {step} ({_first_line(e)})")
+                continue
+            if damaged:
+                note(f"damaged checkpoint(s) in {manager.directory} passed over: {'; '.join(damaged)}; "
+                     f"continuing from step {step}")
+            return restored.state, restored.meta
+        raise UsageError(f"no intact checkpoint in {manager.directory}: {'; '.join(damaged)}; "
+                         f"restore the files or start a new run")
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -50,11 +71,39 @@ class Checkpoints:
         self.best.close()
 
 
-def _step_dir(run_dir: Path, which: str) -> Path | None:
-    root = Path(run_dir).absolute() / "checkpoints" / which
-    steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True) \
-        if root.is_dir() else []
-    return root / str(steps[0]) if steps else None
+def _step_dirs(run_dir: Path, which: str) -> list[Path]:
+    """The checkpoint folders of ``checkpoints/which``, newest first, then those of
+    ``checkpoints/latest`` (each once): the candidates, in order, for a run's weights."""
+    found = []
+    for name in dict.fromkeys((which, "latest")):
+        root = Path(run_dir).absolute() / "checkpoints" / name
+        steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True) \
+            if root.is_dir() else []
+        found += [root / str(step) for step in steps]
+    return found
+
+
+def _first_intact(run_dir: Path, which: str, read):
+    """``read(step_dir)`` of the newest checkpoint folder it succeeds on (:func:`_step_dirs`
+    order), warning about each damaged one passed over; a :class:`UsageError` (the weights do not
+    fit the model) is not damage and stops the search."""
+    from cnnbench.output import warn
+
+    damaged = []
+    for step_dir in _step_dirs(run_dir, which):
+        try:
+            result = read(step_dir)
+        except UsageError:
+            raise
+        except Exception as e:  # truncated or missing files, unreadable metadata
+            damaged.append(f"{step_dir} ({_first_line(e)})")
+            continue
+        for text in damaged:
+            warn(f"damaged checkpoint passed over: {text}; using {step_dir}")
+        return result
+    if damaged:
+        raise UsageError(f"no intact checkpoint in {Path(run_dir) / 'checkpoints'}: {'; '.join(damaged)}")
+    raise UsageError(f"{run_dir} has no checkpoint (checkpoints/{which} and checkpoints/latest are empty)")
 
 
 def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -68,11 +117,10 @@ def restore_matching(run_dir: Path, template: dict, *, which: str = "best") -> t
     as NumPy arrays in a tree like ``template`` (``None`` elsewhere), and the paths it lacks or
     holds with another shape (a new head for another class count, a first convolution for another
     channel count), which keep their fresh initialisation."""
-    from cnnbench.errors import UsageError
+    return _first_intact(run_dir, which, lambda step_dir: _restore_matching(step_dir, template))
 
-    step_dir = _step_dir(run_dir, which) or _step_dir(run_dir, "latest")
-    if step_dir is None:
-        raise UsageError(f"{run_dir} has no checkpoint to start from")
+
+def _restore_matching(step_dir: Path, template: dict) -> tuple[dict, list[str], Path]:
     checkpointer = ocp.PyTreeCheckpointer()
     saved = _saved_shapes(checkpointer, step_dir)
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
@@ -123,11 +171,10 @@ def restore_weights(run_dir: Path, template: dict, *, which: str = "best") -> tu
     with the checkpoint's metadata and directory. The optimiser state is not read. A checkpoint
     whose tensors do not match the template (another architecture or class count) is one error
     naming the first mismatching tensors."""
-    from cnnbench.errors import UsageError
+    return _first_intact(run_dir, which, lambda step_dir: _restore_weights(step_dir, template))
 
-    step_dir = _step_dir(run_dir, which) or _step_dir(run_dir, "latest")
-    if step_dir is None:
-        raise UsageError(f"{run_dir} has no checkpoint (checkpoints/{which} and checkpoints/latest are empty)")
+
+def _restore_weights(step_dir: Path, template: dict) -> tuple[dict, dict, Path]:
     checkpointer = ocp.PyTreeCheckpointer()
     saved = _saved_shapes(checkpointer, step_dir)
     wanted = _flat_shapes(template)

@@ -82,20 +82,26 @@ class TrainConfig:
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+def _file_values(path: str | Path | None) -> dict:
+    """The settings of an experiment file (TOML); none for no file."""
+    if path is None:
+        return {}
+    try:
+        values = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"experiment file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"experiment file {path} is not valid TOML: {e}") from None
+    values.pop("description", None)
+    unknown = set(values) - FIELDS
+    if unknown:
+        raise UsageError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    return values
+
+
 def load(path: str | Path | None, arch: str | None, overrides: dict) -> TrainConfig:
     """Defaults, then the experiment file's values, then the command line's (``None`` = not given)."""
-    values: dict = {}
-    if path is not None:
-        try:
-            values = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UsageError(f"experiment file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UsageError(f"experiment file {path} is not valid TOML: {e}") from None
-        values.pop("description", None)
-        unknown = set(values) - FIELDS
-        if unknown:
-            raise UsageError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    values = _file_values(path)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if arch:
         values["arch"] = arch
@@ -104,8 +110,55 @@ def load(path: str | Path | None, arch: str | None, overrides: dict) -> TrainCon
     return TrainConfig(**values).validate()
 
 
+#: what may differ between a run directory's configuration and a request to continue it: how long,
+#: where the data and checkpoints are kept, and on which devices; everything else defines the run
+RESUMABLE = ("epochs", "run_dir", "keep_checkpoints", "data_dir", "manual_dir", "devices", "model_parallel")
+
+
 def from_run(run_dir: Path) -> TrainConfig:
+    from cnnbench.train.rundir import read_json
+
     path = Path(run_dir) / "config.json"
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{run_dir} is not a run directory (no config.json); nothing to resume")
-    return TrainConfig(**json.loads(path.read_text()))
+    values = read_json(path)
+    if not isinstance(values, dict) or "arch" not in values:
+        raise UsageError(f"{path} is not a run configuration (no arch); restore it or start a new run")
+    unknown = set(values) - FIELDS
+    if unknown:
+        raise UsageError(f"{path} has unknown setting(s) {', '.join(sorted(unknown))} (written by another version?)")
+    return TrainConfig(**values)
+
+
+def requested(run_dir: Path | None, arch: str | None, path: str | Path | None, overrides: dict) -> TrainConfig:
+    """What `cnnbench train` asks for. Into a directory that holds a run (``--resume``, or a
+    ``--run-dir`` with a ``config.json``): that run's configuration with the architecture, the
+    experiment file's and the command line's values on top, which :func:`check_continues` then
+    compares with the run. Elsewhere: :func:`load`."""
+    if run_dir is None or not (Path(run_dir) / "config.json").exists():
+        return load(path, arch, overrides)
+    saved = from_run(run_dir)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return load(None, arch or saved.arch, {**vars(saved), **_file_values(path), **given})
+
+
+def conflicts(saved: TrainConfig, requested: TrainConfig) -> list[str]:
+    """The settings that define a run (all but :data:`RESUMABLE`) on which ``requested`` differs
+    from the run ``saved`` describes, each as ``name: saved (requested new)``."""
+    old, new = (json.loads(c.to_json()) for c in (saved, requested))
+    return [f"{name} {old[name]!r} (requested {new[name]!r})" for name in sorted(FIELDS - set(RESUMABLE))
+            if old.get(name) != new.get(name)]
+
+
+def check_continues(run_dir: Path, cfg: TrainConfig) -> None:
+    """A run directory that already holds a run may only be continued as that run: otherwise one
+    usage line lists what differs and the two ways out."""
+    if not (Path(run_dir) / "config.json").exists():
+        return
+    differing = conflicts(from_run(run_dir), cfg)
+    if differing:
+        may = ", ".join("--" + name.replace("_", "-") for name in RESUMABLE
+                        if name not in ("run_dir", "keep_checkpoints")) + " (and keep_checkpoints)"
+        raise UsageError(f"{run_dir} holds another run: {'; '.join(differing)}. Continue it as it was "
+                         f"(cnnbench train --resume {run_dir}; only {may} may change) "
+                         f"or train into a new --run-dir")

@@ -20,9 +20,9 @@ from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
 from cnnbench.pipeline.preprocess import default_recipe, expand
 from cnnbench.pipeline.sources import resolve
 from cnnbench.train.checkpoint import Checkpoints
-from cnnbench.train.config import TrainConfig
+from cnnbench.train.config import TrainConfig, check_continues
 from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
-from cnnbench.train.rundir import MetricsLog, new_run_dir, read_metrics, write_dataset
+from cnnbench.train.rundir import MetricsLog, RunLock, new_run_dir, read_metrics, write_dataset, write_text
 from cnnbench.train.step import jit_train_step, make_steps, set_compute_dtype, train_state
 
 
@@ -33,6 +33,7 @@ class Events:
     epoch_start: Callable[[int, int], None] = lambda epoch, steps: None
     step: Callable[[dict], None] = lambda record: None
     validation: Callable[[dict], None] = lambda record: None
+    note: Callable[[str], None] = lambda text: None  # something the user should know (a damaged checkpoint)
 
 
 def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
@@ -46,9 +47,29 @@ def init_distributed(coordinator: str | None, num_processes: int | None, process
                                    process_id=process_id)
 
 
+def is_first_process() -> bool:
+    """Process 0 of a multi-host run (the one that writes the run directory), or the only one."""
+    return jax.process_index() == 0
+
+
 def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Events(),
           on_run_dir: Callable[[Path, bool], None] = lambda path, resumed: None) -> dict:
+    """Train (or continue) the run ``cfg`` describes in ``run_dir`` (default: ``cfg.run_dir``, else
+    a new ``runs/ARCH-DATASET-TIME``), holding the run directory's lock throughout (process 0 of
+    a multi-host run). A directory that holds another run is refused (:func:`check_continues`)."""
     started = time.time()
+    main = is_first_process()
+    run_dir = Path(run_dir or cfg.run_dir or new_run_dir(cfg.arch, cfg.dataset))
+    lock = RunLock(run_dir).acquire() if main else None
+    try:
+        check_continues(run_dir, dataclasses.replace(cfg, run_dir=str(run_dir)))
+        return _train(cfg, run_dir, events, on_run_dir, started, main)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started: float, main: bool) -> dict:
     mesh = parallel.make_mesh(cfg.devices, cfg.model_parallel)
     groups = parallel.data_size(mesh)
     if cfg.batch_size % groups:
@@ -58,7 +79,6 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
                          f"use a multiple of {groups}")
     replicated = parallel.replicated(mesh)
     data = parallel.batch_sharding(mesh)
-    main = jax.process_index() == 0
 
     # ---- data
     info = get_arch(cfg.arch)
@@ -100,20 +120,19 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     eval_step = jax.jit(eval_step, out_shardings=replicated)
 
     # ---- run directory, resume
-    run_dir = Path(run_dir or cfg.run_dir or new_run_dir(cfg.arch, cfg.dataset))
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
-    restored = checkpoints.restore(state)
+    restored = checkpoints.restore(state, note=events.note)
     start_epoch, best_top1, plateau = 0, -1.0, {"best_error": math.inf, "bad_epochs": 0}
     if restored is not None:
         state, meta = restored
         start_epoch, best_top1, plateau = meta["epoch"] + 1, meta["best_top1"], meta["plateau"]
     on_run_dir(run_dir, restored is not None)
     if main:
-        (run_dir / "config.json").write_text(dataclasses.replace(cfg, run_dir=str(run_dir)).to_json())
+        write_text(run_dir / "config.json", dataclasses.replace(cfg, run_dir=str(run_dir)).to_json())
         write_dataset(run_dir, source, train_data.ops, eval_data.ops)
         if transfer:
-            (run_dir / "transfer.json").write_text(json.dumps(transfer, indent=2))
+            write_text(run_dir / "transfer.json", json.dumps(transfer, indent=2))
     log = MetricsLog(run_dir / "metrics.jsonl", int(state["step"]) if restored else None, enabled=main)
 
     loop = _Loop(cfg, train_step, eval_step, train_data, eval_data, data, checkpoints, log, events,
@@ -130,7 +149,7 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     if transfer:
         summary["transfer"] = transfer
     if main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -1,15 +1,127 @@
 """Run directories: ``runs/<arch>-<dataset>-<timestamp>/`` with ``config.json``, ``dataset.json``
 (class ids and names, preprocessing), ``metrics.jsonl`` (one JSON object per logged step
-and per validation), ``checkpoints/``, ``summary.json`` and, once evaluated, ``eval/*.json``."""
+and per validation), ``checkpoints/``, ``summary.json`` and, once evaluated, ``eval/*.json``.
+
+One writer at a time: a process that writes into a run holds :class:`RunLock` (an ``flock`` on
+``.lock``, which the kernel releases when the process ends, however it ends). Every JSON file of a
+run is read through :func:`read_json`: a missing, empty or broken file is one line naming it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import json
+import os
 import re
+import socket
+import sys
 import time
 from pathlib import Path
 
+from cnnbench.errors import UsageError
+
 RUNS = Path("runs")
+LOCK = ".lock"
+
+
+def read_json(path: Path, *, required: bool = True):
+    """The JSON value in ``path`` (a run directory's ``config.json``, ``dataset.json``,
+    ``summary.json``, ``transfer.json``, ``imported.json``, ``eval/*.json`` ...); None for a missing
+    file that is not ``required``. A missing required, unreadable, empty or invalid file is a
+    :class:`UsageError` naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if not required:
+            return None
+        raise UsageError(f"{path} is missing: {path.parent} is not a complete run directory") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if not text.strip():
+        raise UsageError(f"{path} is empty (cut short while it was written?); restore it or start a new run")
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"{path} is not valid JSON ({e}); restore it or start a new run") from None
+
+
+class RunLock:
+    """The exclusive right to write into ``run_dir``: ``flock`` on ``run_dir/.lock``, released by
+    the kernel when the holder ends (a SIGKILLed run can be resumed at once). The file names the
+    holder (pid, host, command, since when) for the one-line refusal a second writer gets."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        holder = self.try_acquire()
+        if holder is not None:
+            raise UsageError(f"{self.run_dir} is being written by another process: {describe_holder(holder)}; "
+                             f"wait for it to end, or use another --run-dir")
+        return self
+
+    def try_acquire(self) -> dict | None:
+        """Take the lock and return None, or leave it and return its holder's description."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except ValueError:
+                holder = {}
+            os.close(fd)
+            return holder
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+              "since": datetime.datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self.fd = fd
+        return None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def check_free(run_dir: Path) -> None:
+    """One usage line naming the holder when another process is writing into ``run_dir`` (checked
+    before anything else, so a second writer learns that first)."""
+    if not (Path(run_dir) / LOCK).exists():
+        return
+    lock = RunLock(run_dir)
+    lock.acquire()
+    lock.release()
+
+
+def describe_holder(holder: dict) -> str:
+    return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
+            f"({holder.get('command', 'unknown command')}) since {holder.get('since', '?')}")
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path, enabled: bool = True):
+    """:class:`RunLock` held for the block (``enabled`` False: a process that does not write,
+    e.g. every process but the first of a multi-host run)."""
+    lock = RunLock(run_dir).acquire() if enabled else None
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def new_run_dir(arch: str, dataset: str) -> Path:
@@ -23,18 +135,26 @@ def new_run_dir(arch: str, dataset: str) -> Path:
     return path
 
 
+def write_text(path: Path, text: str) -> None:
+    """``path`` replaced whole or not at all (a temporary file renamed over it): a process killed
+    while writing never leaves a truncated ``config.json``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_dataset(run_dir: Path, source, train_spec: str, eval_spec: str) -> None:
     """What the labels mean and how images were prepared, so a run can predict and name classes
     without its dataset (``dataset.json``)."""
-    (run_dir / "dataset.json").write_text(json.dumps(
+    write_text(run_dir / "dataset.json", json.dumps(
         {"dataset": source.name, "ids": list(source.class_ids), "names": list(source.class_names),
          "image_shape": list(source.image_shape) if source.image_shape else None,
          "train_spec": train_spec, "eval_spec": eval_spec}, indent=1))
 
 
 def read_dataset(run_dir: Path) -> dict | None:
-    path = run_dir / "dataset.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(Path(run_dir) / "dataset.json", required=False)
 
 
 class MetricsLog:
@@ -68,16 +188,30 @@ class MetricsLog:
             self.board.close()
 
 
-def _parse(text: str) -> list[dict]:
-    records = []
+def _parse(text: str, path: Path | None = None) -> list[dict]:
+    """The records of a ``metrics.jsonl``; a broken line (torn by a killed process, or damaged) is
+    skipped, and counted in one warning per file."""
+    records, broken = [], 0
     for line in text.splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
-            pass  # a line torn by a killed process
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif line.strip():
+            broken += 1
+    if broken and path is not None and str(path) not in _REPORTED:
+        from cnnbench.output import warn
+
+        _REPORTED.add(str(path))
+        warn(f"{path}: {broken} broken line(s) skipped")
     return records
 
 
+_REPORTED: set[str] = set()
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return _parse(path.read_text()) if path.exists() else []
+    path = Path(run_dir) / "metrics.jsonl"
+    return _parse(path.read_text(), path) if path.exists() else []

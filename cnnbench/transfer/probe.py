@@ -132,4 +132,6 @@ def run_probe(run_dir: Path, *, dataset: str | None, layer: str, kind: str, per_
 
 def saved_probes(run_dir: Path) -> list[dict]:
     folder = Path(run_dir) / "probes"
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    from cnnbench.train.rundir import read_json
+
+    return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
