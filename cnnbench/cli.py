@@ -5,6 +5,7 @@ Heavy imports (JAX, Flax, TensorFlow) happen inside commands, so `cnnbench --hel
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 
@@ -13,6 +14,7 @@ import click
 from cnnbench import __version__
 from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.output import Column, emit, err_console, format_option, giga, human_bytes, integer
+from cnnbench.train.config import OPTIMIZERS, PRECISIONS, SCHEDULES
 
 
 class _Group(click.Group):
@@ -51,13 +53,15 @@ MODEL_PARALLEL_HELP = ("Split each copy of the model over M devices (mesh axis '
                        "towers, the channels of every other network); batches split over devices / M.")
 
 
-def parse_options(pairs: tuple[str, ...]) -> dict:
-    """``-o key=value`` pairs; values are read as TOML (``false``, ``0.3``, ``[100, 100]``) or text."""
+def parse_options(pairs: tuple[str, ...], what: str = "-o") -> dict:
+    """``-o key=value`` (or ``--set``) pairs; values are read as TOML (``false``, ``0.3``,
+    ``[100, 100]``) or text."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UsageError(f"option {pair!r} is not KEY=VALUE (e.g. -o activation=relu)")
+            example = "activation=relu" if what == "-o" else "plateau_patience=3"
+            raise UsageError(f"{what} {pair!r} is not KEY=VALUE (e.g. {what} {example})")
         try:
             options[key.replace("-", "_")] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
@@ -179,33 +183,46 @@ def _window(layer: dict) -> str:
 
 # --------------------------------------------------------------------------- train
 
+def _default(name: str, text: str = "") -> str:
+    """An option's help with TrainConfig's default for it, which an experiment file's value
+    replaces (the options themselves default to "not given", so that the file can)."""
+    from cnnbench.train.config import TrainConfig
+
+    value = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+    shown = str(value).lower() if isinstance(value, bool) else value
+    return f"{text + ' ' if text else ''}[default: {shown}]"
+
+
 @cli.command()
 @click.argument("arch", required=False)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Experiment file (TOML).")
 @click.option("--dataset", help="Dataset (default: digits, offline).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="TFDS data directory.")
 @click.option("--manual-dir", type=click.Path(file_okay=False), help="Manually downloaded archives (ImageNet).")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int, help="Global batch size (over all devices and hosts).")
-@click.option("--lr", type=float, help="Peak learning rate.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]))
-@click.option("--momentum", type=float)
-@click.option("--nesterov/--no-nesterov", default=None)
-@click.option("--weight-decay", type=float, help="L2 on weights.")
-@click.option("--schedule", type=click.Choice(["constant", "step", "cosine", "exponential", "plateau"]))
-@click.option("--warmup-epochs", type=float)
-@click.option("--label-smoothing", type=float)
-@click.option("--grad-clip", type=float, help="Clip the global gradient norm.")
+@click.option("--epochs", type=int, help=_default("epochs"))
+@click.option("--batch-size", type=int, help=_default("batch_size", "Global batch size (over all devices and hosts)."))
+@click.option("--lr", type=float, help=_default("lr", "Peak learning rate."))
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=_default("optimizer"))
+@click.option("--momentum", type=float, help=_default("momentum"))
+@click.option("--nesterov/--no-nesterov", default=None, help=_default("nesterov"))
+@click.option("--weight-decay", type=float, help=_default("weight_decay", "L2 on weights."))
+@click.option("--schedule", type=click.Choice(SCHEDULES), help=_default("schedule"))
+@click.option("--warmup-epochs", type=float, help=_default("warmup_epochs"))
+@click.option("--label-smoothing", type=float, help=_default("label_smoothing"))
+@click.option("--grad-clip", type=float, help="Clip the global gradient norm. [default: none]")
 @click.option("--input-size", type=int)
 @click.option("--train-ops", help="Train preprocessing recipe or spec (see `cnnbench data show`).")
 @click.option("--eval-ops", help="Validation preprocessing recipe or spec.")
 @click.option("--train-split")
 @click.option("--eval-split")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Architecture option.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]))
-@click.option("--seed", type=int)
+@click.option("--precision", type=click.Choice(PRECISIONS), help=_default("precision"))
+@click.option("--seed", type=int, help=_default("seed"))
 @click.option("--devices", type=int, help="Use the first N devices (default: all).")
-@click.option("--model-parallel", type=int, metavar="M", help=MODEL_PARALLEL_HELP + " [default: 1]")
+@click.option("--model-parallel", type=int, metavar="M", help=_default("model_parallel", MODEL_PARALLEL_HELP))
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any other setting of an experiment file (TOML value), e.g. --set plateau_patience=3 "
+                   "--set decay_epochs=[30,60] --set aux_weight=0.3 --set keep_checkpoints=5.")
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Run directory (default: runs/ARCH-DATASET-TIME); an existing one is resumed.")
 @click.option("--resume", type=click.Path(file_okay=False, exists=True),
@@ -214,7 +231,8 @@ def _window(layer: dict) -> str:
 @click.option("--num-processes", type=int, help="Multi-host: number of processes.")
 @click.option("--process-id", type=int, help="Multi-host: this process's index.")
 @format_option
-def train(arch, config_file, options, resume, run_dir, coordinator, num_processes, process_id, fmt, **values):
+def train(arch, config_file, options, settings, resume, run_dir, coordinator, num_processes, process_id, fmt,
+          **values):
     """Train ARCH (default dataset: the offline digits).
 
     \b
@@ -232,6 +250,7 @@ def train(arch, config_file, options, resume, run_dir, coordinator, num_processe
     from cnnbench.train.rundir import check_free
 
     init_distributed(coordinator, num_processes, process_id)  # before anything touches a device
+    values.update(config_lib.settings(parse_options(settings, what="--set")))
     if options:
         values["arch_options"] = parse_options(options)
     target = Path(resume or run_dir) if (resume or run_dir) else None

@@ -2,6 +2,7 @@
 real TFDS builder, image folders with broken files, crop geometry, order, sharding."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -350,3 +351,35 @@ def test_spec_keyword_arguments_round_trip():
     smooth = compile_ops("resize_shorter(21)")(board, seed).numpy()
     sharp = compile_ops("resize_shorter(21, antialias=False)")(board, seed).numpy()
     assert smooth.std() < 0.5 * sharp.std()
+
+
+def _norm(spec: str) -> str:
+    found = re.findall(r"normalize\(([^)]*)\)", spec)
+    assert len(found) == 1, spec
+    return found[0]
+
+
+def test_train_and_eval_normalise_alike_for_every_source_and_recipe(tmp_path, digits):
+    """One answer per dataset and channel count (preprocess.normalization), whatever recipe the
+    training or the evaluation uses: a folder of photos trained into a grey model (lenet5) was
+    normalised with ImageNet's statistics in training (the inception recipe wrote it in) and
+    MNIST's in evaluation."""
+    import types
+
+    folder = resolve(f"folder:{write_image_folder(tmp_path / 'pets')}")
+    with tfds().testing.mock_data(num_examples=4, data_dir=str(tmp_path / "tfds")):
+        flowers = tfds_source(tfds().builder("oxford_flowers102", data_dir=str(tmp_path / "tfds")),
+                              "oxford_flowers102", splits={"train": 4, "test": 4})
+    cifar = types.SimpleNamespace(name="cifar10", image_shape=(32, 32, 3))  # a mocked TFDS set's facts
+    cases = [(digits, 1, "mnist"), (digits, 3, "imagenet"), (folder, 1, "mnist"), (folder, 3, "imagenet"),
+             (resolve("synthetic:12x12x3:4:8"), 3, "imagenet"), (flowers, 3, "imagenet"), (cifar, 3, "cifar10")]
+    for source, channels, expected in cases:
+        assert preprocess.normalization(source, channels) == expected
+        specs = {"train": preprocess.recipe_for(source, None, train=True, size=32, channels=channels),
+                 "eval": preprocess.recipe_for(source, None, train=False, size=32, channels=channels)}
+        specs.update({recipe: preprocess.recipe_for(source, recipe, train=True, size=32, channels=channels)
+                      for recipe in preprocess.RECIPES})
+        assert {name: _norm(spec) for name, spec in specs.items()} == {name: expected for name in specs}, source.name
+    # a spec that names its own normalisation keeps it
+    own = preprocess.recipe_for(folder, "resize(32)|normalize(unit)", train=True, size=32, channels=1)
+    assert _norm(own) == "unit"

@@ -106,11 +106,36 @@ def test_plateau_schedule_lowers_the_learning_rate(tmp_path):
     assert lrs[0] < 0.01 and lrs[-1] == 1.0  # validation never improves at lr 1e-9: /10 per epoch
 
 
-def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_and_says_which_checkpoint_is_intact(tmp_path):
+    """Before any checkpoint: the message says none exists yet; after one: its step. Either way
+    summary.json records the stop."""
     cfg = load(None, "mlp2", {**SMALL, "epochs": 3, "devices": 1, "lr": 1e30, "schedule": "constant"})
-    with pytest.raises(CnnbenchError, match=r"loss is (nan|inf) at step \d+"):
+    with pytest.raises(CnnbenchError, match=r"loss is (nan|inf) at step \d+ \(epoch 1\).*no checkpoint was written yet"):
         train(cfg, run_dir=tmp_path / "run")
-    assert not (tmp_path / "run" / "summary.json").exists()
+    stopped = json.loads((tmp_path / "run" / "summary.json").read_text())["stopped"]
+    assert stopped["epoch"] == 1 and stopped["intact_checkpoint_step"] is None and stopped["step"] >= 1
+    # one good epoch (6 steps), then a learning rate that blows up: the intact checkpoint is step 6
+    good = load(None, "mlp2", {**SMALL, "epochs": 1, "devices": 1, "schedule": "constant"})
+    train(good, run_dir=tmp_path / "later")
+    bad = load(None, "mlp2", {**SMALL, "epochs": 3, "devices": 1, "schedule": "constant"})
+    from cnnbench.train import config as config_lib
+
+    config_lib.check_continues(tmp_path / "later", bad)  # only epochs differ: it continues
+    from cnnbench.train import loop
+
+    original = loop._Loop.train_epoch
+
+    def poisoned(self, state, epoch):  # the second epoch's loss is NaN
+        state = dict(state, params=jax.tree.map(lambda p: p * jnp.nan, state["params"])) if epoch == 1 else state
+        return original(self, state, epoch)
+
+    loop._Loop.train_epoch = poisoned
+    try:
+        with pytest.raises(CnnbenchError, match=r"at step \d+ \(epoch 2\).*checkpoint \(step 6\) is intact"):
+            train(bad, run_dir=tmp_path / "later")
+    finally:
+        loop._Loop.train_epoch = original
+    assert json.loads((tmp_path / "later" / "summary.json").read_text())["stopped"]["intact_checkpoint_step"] == 6
 
 
 def test_batch_must_divide_over_devices(tmp_path):
@@ -212,3 +237,32 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
     np.testing.assert_allclose(two[0]["params_digest"], one["params_digest"], rtol=1e-5)
     for key in ("top1", "top5"):
         assert two[0]["final"][key] == two[1]["final"][key] == one["final"][key]
+
+
+def test_train_help_shows_every_default_and_set_reaches_any_setting(tmp_path):
+    runner = CliRunner()
+    text = " ".join(runner.invoke(cli, ["train", "--help"], terminal_width=200).output.split())
+    for option, default in (("--epochs", "30"), ("--batch-size", "64"), ("--lr", "0.05"), ("--optimizer", "sgd"),
+                            ("--schedule", "cosine"), ("--weight-decay", "0.0005"), ("--precision", "fp32")):
+        segment = text.split("Options:", 1)[1].split(f" {option} ", 1)[1].split(" --", 1)[0]  # to the next option
+        assert f"[default: {default}]" in segment, (option, segment)
+    result = runner.invoke(cli, ["train", "mlp2", "--dataset", SMALL["dataset"], "--input-size", "12",
+                                 "--batch-size", "16", "--epochs", "1", "--devices", "1", "--schedule", "plateau",
+                                 "--set", "plateau_patience=5", "--set", "decay_factor=0.5", "--set", "aux_weight=0.2",
+                                 "--set", "keep_checkpoints=1", "--run-dir", str(tmp_path / "set")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "set" / "config.json").read_text())
+    assert (config["plateau_patience"], config["decay_factor"], config["aux_weight"], config["keep_checkpoints"]) == \
+        (5, 0.5, 0.2, 1)
+    for args, message in ((["--set", "plateau_patiense=5"], "unknown setting(s) plateau_patiense"),
+                          (["--set", "oops"], "is not KEY=VALUE")):
+        result = runner.invoke(cli, ["train", "mlp2", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_usage_error_comes_before_any_progress():
+    result = CliRunner().invoke(cli, ["train", "alexnett"])
+    assert result.exit_code == 2
+    assert [line for line in result.output.splitlines() if line.strip()] == [
+        "Error: unknown architecture 'alexnett'; did you mean alexnet, alexnet-owt, lenet5? "
+        "(`cnnbench archs` lists all 35)"], result.output

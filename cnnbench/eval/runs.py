@@ -57,12 +57,11 @@ def dataset_info(run_dir: Path, cfg: TrainConfig, size: int, channels: int) -> d
     saved = read_dataset(run_dir)
     if saved is not None:
         return saved
-    from cnnbench.pipeline.preprocess import default_recipe, expand
+    from cnnbench.pipeline.preprocess import recipe_for
     from cnnbench.pipeline.sources import resolve
 
     source = resolve(cfg.dataset, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir)
-    spec = expand(cfg.eval_ops, size=size) if cfg.eval_ops else \
-        default_recipe(source, train=False, size=size, channels=channels)
+    spec = recipe_for(source, cfg.eval_ops, train=False, size=size, channels=channels)
     return {"dataset": source.name, "ids": list(source.class_ids), "names": list(source.class_names),
             "eval_spec": spec}
 

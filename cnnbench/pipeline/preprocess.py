@@ -214,9 +214,9 @@ RECIPES = {
     # train
     # (training crops resample without antialiasing, as the Flax and big_vision ImageNet pipelines
     # do: a third cheaper, and the augmentation hides the difference; evaluation keeps it)
-    "alexnet": "resize_shorter({resize}, antialias=False)|random_crop({size})|flip|lighting(0.1)|normalize(imagenet)",
-    "vgg": "resize_shorter(256, 512, antialias=False)|random_crop({size})|flip|normalize(imagenet)",
-    "inception": "random_resized_crop({size}, antialias=False)|flip|normalize(imagenet)",
+    "alexnet": "resize_shorter({resize}, antialias=False)|random_crop({size})|flip|lighting(0.1)|normalize({norm})",
+    "vgg": "resize_shorter(256, 512, antialias=False)|random_crop({size})|flip|normalize({norm})",
+    "inception": "random_resized_crop({size}, antialias=False)|flip|normalize({norm})",
     "cifar": "resize({size})|pad_crop({size}, 4)|flip|normalize({norm})",
     "small": "resize({size})|normalize({norm})",
     "shift": "resize({size})|pad_crop({size}, {pad})|normalize({norm})",  # small grey images: +-10% shifts
@@ -238,6 +238,25 @@ def expand(recipe_or_spec: str, *, size: int, norm: str = "imagenet") -> str:
     return spec.format(size=size, resize=eval_resize(size), norm=norm, pad=max(size // 10, 1))
 
 
+def normalization(source, channels: int) -> str:
+    """The one answer to "how are this dataset's images normalised for a model of ``channels``
+    input channels" (a :data:`NORMALIZATION` preset): every recipe of a run, for training and for
+    evaluation, fills its ``{norm}`` from here, so the two can never differ. CIFAR's own
+    statistics for CIFAR; ImageNet's for colour input, MNIST's for grey."""
+    if source.name.startswith("cifar"):
+        return "cifar10"
+    return "imagenet" if channels == 3 else "mnist"
+
+
+def recipe_for(source, ops: str | None, *, train: bool, size: int, channels: int) -> str:
+    """The spec a run applies to ``source``: ``ops`` (a recipe name or a spec, as the command line
+    or the experiment file gave it) with the dataset's :func:`normalization`, else the
+    :func:`default_recipe`. (A spec that names its own ``normalize(...)`` keeps it.)"""
+    if ops:
+        return expand(ops, size=size, norm=normalization(source, channels))
+    return default_recipe(source, train=train, size=size, channels=channels)
+
+
 def default_recipe(source, *, train: bool, size: int, channels: int) -> str:
     """What a run uses when neither the command line nor the experiment file says: small datasets
     of fixed shape (MNIST, CIFAR, digits) are resized to the model's input; in training, colour
@@ -245,10 +264,7 @@ def default_recipe(source, *, train: bool, size: int, channels: int) -> str:
     without flips (a mirrored 2 is no 2). Natural images get the Inception-style crop for training
     and resize-256 + centre crop for evaluation."""
     shape = source.image_shape
-    if source.name.startswith("cifar"):
-        norm = "cifar10"
-    else:
-        norm = "imagenet" if channels == 3 else "mnist"
+    norm = normalization(source, channels)
     if shape is not None and max(shape[:2]) <= 64:
         if not train or source.name.startswith("synthetic"):
             return expand("small", size=size, norm=norm)

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from cnnbench.pipeline.loader import Pipeline
-from cnnbench.pipeline.preprocess import default_recipe, expand
+from cnnbench.pipeline.preprocess import recipe_for
 from cnnbench.pipeline.sources import Source
 
 
@@ -24,7 +24,7 @@ def describe(source: Source) -> dict:
 
 def pipeline_for(source: Source, *, split: str, train: bool, size: int, channels: int, batch_size: int,
                  ops: str | None = None, seed: int = 0) -> Pipeline:
-    spec = expand(ops, size=size) if ops else default_recipe(source, train=train, size=size, channels=channels)
+    spec = recipe_for(source, ops, train=train, size=size, channels=channels)
     return Pipeline(source, split, batch_size, spec, train=train, channels=channels, seed=seed)
 
 

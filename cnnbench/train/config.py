@@ -73,6 +73,9 @@ class TrainConfig:
                 raise UsageError(f"{name} must be at least 1")
         if self.lr <= 0:
             raise UsageError("lr must be positive")
+        from cnnbench.archs import get_arch
+
+        get_arch(self.arch)  # an unknown name is one line before anything loads or shows progress
         return self
 
     def to_json(self) -> str:
@@ -80,6 +83,14 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def settings(values: dict) -> dict:
+    """``--set KEY=VALUE`` settings: any field of an experiment file, checked by name."""
+    unknown = set(values) - FIELDS
+    if unknown:
+        raise UsageError(f"--set: unknown setting(s) {', '.join(sorted(unknown))}; settings: {', '.join(sorted(FIELDS))}")
+    return values
 
 
 def _file_values(path: str | Path | None) -> dict:

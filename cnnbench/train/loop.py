@@ -17,7 +17,7 @@ from cnnbench import parallel
 from cnnbench.archs import create_model, get_arch
 from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
-from cnnbench.pipeline.preprocess import default_recipe, expand
+from cnnbench.pipeline.preprocess import recipe_for
 from cnnbench.pipeline.sources import resolve
 from cnnbench.train.checkpoint import Checkpoints
 from cnnbench.train.config import TrainConfig, check_continues
@@ -87,7 +87,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
 
     def pipeline(train: bool) -> Pipeline:
         ops = cfg.train_ops if train else cfg.eval_ops
-        spec = expand(ops, size=size) if ops else default_recipe(source, train=train, size=size, channels=channels)
+        spec = recipe_for(source, ops, train=train, size=size, channels=channels)
         split = (cfg.train_split or source.train_split) if train else (cfg.eval_split or source.eval_split)
         return Pipeline(source, split, cfg.batch_size, spec, train=train, channels=channels, seed=cfg.seed,
                         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -139,6 +139,12 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
                  lr_schedule, run_dir, started)
     try:
         state = loop.run(state, start_epoch, best_top1, plateau)
+    except NonFiniteLoss as stop:
+        if main:  # what the run did until it stopped, and why
+            write_text(run_dir / "summary.json", json.dumps(
+                {**summarize_run(run_dir, cfg, source.name, time.time() - started), "stopped": stop.record},
+                indent=2))
+        raise
     finally:
         checkpoints.wait()  # an interrupted run still completes the checkpoint it was writing
         checkpoints.close()
@@ -151,6 +157,19 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     if main:
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+class NonFiniteLoss(CnnbenchError):
+    """A NaN or infinite loss: the run stops, saying which checkpoint (if any) is intact."""
+
+    def __init__(self, loss: float, step: int, epoch: int, checkpoint_step: int | None, run_dir: Path):
+        self.record = {"reason": f"loss is {loss}", "step": step, "epoch": epoch,
+                       "intact_checkpoint_step": checkpoint_step}
+        kept = (f"the last good checkpoint (step {checkpoint_step}) is intact in {run_dir}/checkpoints/latest"
+                if checkpoint_step is not None else
+                "no checkpoint was written yet (the first comes at the end of epoch 1), so a --resume "
+                "would start again from step 0")
+        super().__init__(f"loss is {loss} at step {step} (epoch {epoch}): training stopped; {kept}")
 
 
 @dataclasses.dataclass
@@ -202,9 +221,8 @@ class _Loop:
             values = {k: float(v) for k, v in jax.device_get(metrics).items()}
             step = int(state["step"])
             if not math.isfinite(values["loss"]):
-                raise CnnbenchError(f"loss is {values['loss']} at step {step} (epoch {epoch + 1}): training "
-                                    f"stopped; the last good checkpoint is intact in "
-                                    f"{self.run_dir}/checkpoints/latest")
+                raise NonFiniteLoss(values["loss"], step, epoch + 1, self.checkpoints.latest.latest_step(),
+                                    self.run_dir)
             now = time.time()
             record = {"kind": "train", "step": step, "epoch": epoch + 1,
                       "lr": float(self.lr_schedule(step - 1)) * plateau_scale(state["opt_state"]),
