@@ -43,17 +43,13 @@ from jax.sharding import Mesh, PartitionSpec
 
 from cnnbench.errors import UsageError
 
-#: the kinds of split a weight layer can have (see the module's docstring; "whole": not split)
-KINDS = ("column", "tower", "row", "whole")
-
-
 @dataclasses.dataclass(frozen=True)
 class Partition:
     """How one convolution or dense layer runs over the ``model`` axis of ``mesh`` (``ways``
     devices). ``mesh`` is None for an analysis (``cnnbench summary``): the layer then computes as
     on one device and only reports its split."""
 
-    kind: str
+    kind: str  # "column", "tower", "row" or "whole" (not split): see the module's docstring
     ways: int
     mesh: Mesh | None = None
 
@@ -92,11 +88,6 @@ class Partition:
         y = jax.shard_map(on_device, mesh=self.mesh, in_specs=(batch(split_in), *specs),
                           out_specs=batch(split_out), axis_names=axes)(x, *(v[...] for v in variables))
         return y + bias[...].astype(y.dtype) if self.kind == "row" and bias is not None else y
-
-
-def _last(ndim: int) -> PartitionSpec:
-    """Split over ``model`` on the last axis (channels, a kernel's outputs)."""
-    return PartitionSpec(*([None] * (ndim - 1)), "model")
 
 
 def _split_last(variable) -> None:

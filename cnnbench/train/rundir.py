@@ -9,7 +9,6 @@ run is read through :func:`read_json`: a missing, empty or broken file is one li
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import fcntl
 import json
@@ -110,18 +109,6 @@ def check_free(run_dir: Path) -> None:
 def describe_holder(holder: dict) -> str:
     return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} "
             f"({holder.get('command', 'unknown command')}) since {holder.get('since', '?')}")
-
-
-@contextlib.contextmanager
-def writing(run_dir: Path, enabled: bool = True):
-    """:class:`RunLock` held for the block (``enabled`` False: a process that does not write,
-    e.g. every process but the first of a multi-host run)."""
-    lock = RunLock(run_dir).acquire() if enabled else None
-    try:
-        yield lock
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def new_run_dir(arch: str, dataset: str) -> Path:
