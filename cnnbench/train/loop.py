@@ -192,14 +192,15 @@ class _Loop:
     def run(self, state, start_epoch: int, best_top1: float, plateau: dict) -> dict:
         """Train from ``start_epoch`` to the end; returns the final state."""
         for epoch in range(start_epoch, self.cfg.epochs):
-            state = self.train_epoch(state, epoch)
+            state, means = self.train_epoch(state, epoch)
             validation = evaluate(self.eval_step, state, self.eval_data, self.sharding)
             if self.cfg.schedule == "plateau":
                 state, plateau = self.plateau(state, plateau, validation)
             is_best = validation["top1"] > best_top1
             best_top1 = max(best_top1, validation["top1"])
             record = {"kind": "validation", "step": int(state["step"]), "epoch": epoch + 1, **validation,
-                      "best_top1": best_top1, "skipped_images": self.train_data.skipped + self.eval_data.skipped,
+                      "best_top1": best_top1, **{f"train_{k}": v for k, v in means.items()},
+                      "skipped_images": self.train_data.skipped + self.eval_data.skipped,
                       "wall_time": time.time() - self.started}
             self.log.write(record)
             self.events.validation(record)
@@ -209,16 +210,24 @@ class _Loop:
         return state
 
     def train_epoch(self, state, epoch: int):
+        """One epoch; returns the state and the epoch's mean training metrics (loss, top1)."""
         steps = self.train_data.steps_per_epoch
         log_every = max(1, steps // 10)
         self.events.epoch_start(epoch, steps)
-        window_start, window_images = time.time(), 0
+        window_start, window_images, window, sums, done = time.time(), 0, None, {}, 0
         for i, batch in enumerate(prefetch_to_device(self.train_data.epoch(epoch), self.sharding)):
             state, metrics = self.train_step(state, batch)
+            # the logged loss and top-1 are means over the steps since the last record (summed on
+            # the device, so no step waits for the host), and the epoch's means go to validation
+            window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
             window_images += self.cfg.batch_size
             if (i + 1) % log_every and i + 1 != steps:
                 continue
-            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            n = window_images // self.cfg.batch_size
+            values = {k: float(v) / n for k, v in jax.device_get(window).items()}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+            window, done = None, done + n
             step = int(state["step"])
             if not math.isfinite(values["loss"]):
                 raise NonFiniteLoss(values["loss"], step, epoch + 1, self.checkpoints.latest.latest_step(),
@@ -231,7 +240,7 @@ class _Loop:
             self.log.write(record)
             self.events.step(record)
             window_start, window_images = now, 0
-        return state
+        return state, {k: v / max(done, 1) for k, v in sums.items()}
 
     def plateau(self, state, plateau: dict, validation: dict):
         """Reduce-on-plateau: lr *= decay_factor after ``plateau_patience`` epochs without a lower
