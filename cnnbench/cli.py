@@ -1049,6 +1049,107 @@ def bench(dataset, data_dir, manual_dir, split, train, ops, size, channels, seed
          title=f"{pipeline.source.name} {pipeline.split}, batch {batch_size}")
 
 
+# --------------------------------------------------------------------------- reproduce
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--list", "list_", is_flag=True, help="List the findings, their papers, numbers and budgets.")
+@click.option("--budget", default="small", show_default=True,
+              help="smoke (about a minute), small (at most 15 minutes on a 2-core CPU, offline data) or paper "
+                   "(the paper's own setup and data).")
+@click.option("--seeds", type=int, help="Train seeds 0..N-1 of every variant (default: the budget's).")
+@click.option("--dataset", help="Train on this dataset instead of the budget's (e.g. cifar10 at the small budget).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder of the runs, report and figures (default: reproductions/NAME).")
+@format_option
+def reproduce(name, list_, budget, seeds, dataset, out, fmt):
+    """Reproduce a paper's finding: train its variants, test the claim, write a report with a verdict.
+
+    \b
+    Examples:
+      cnnbench reproduce --list
+      cnnbench reproduce resnet-degradation                  # the small budget: digits, 3 seeds
+      cnnbench reproduce relu-vs-tanh --budget smoke --seeds 2
+      cnnbench reproduce nin-gap-vs-fc --budget paper        # CIFAR-10, the paper's solver
+
+    Running the same command again reuses finished runs and continues unfinished ones.
+    """
+    from cnnbench.reproduce import get_finding, list_findings
+
+    if list_ or not name:
+        if not list_:
+            raise UsageError("name a finding (cnnbench reproduce --list shows them)")
+        findings = [f.describe() for f in list_findings()]
+        minutes = lambda b: "cluster" if b["estimated_minutes"] is None else f"~{b['estimated_minutes']:g} min"
+        rows = [{**f, "small": f"{f['budgets']['small']['dataset']}, {f['budgets']['small']['seeds']} seeds, "
+                               f"{minutes(f['budgets']['small'])}",
+                 "paper_budget": f"{f['budgets']['paper']['dataset']}"} for f in findings]
+        emit(rows, [Column("name", "finding", justify="left"), Column("paper", "paper", justify="left", wrap=True),
+                    Column("claim", "claim", justify="left", wrap=True),
+                    Column("small", "small budget", justify="left"), Column("paper_budget", "paper budget", justify="left")],
+             fmt, title="the papers' findings (cnnbench reproduce NAME)", document=findings)
+        return
+    from cnnbench.reproduce.run import plan
+
+    p = plan(get_finding(name), budget, seeds=seeds, dataset=dataset, out=out)
+    doc = _reproduce_with_progress(p, fmt)
+    rows = [{"variant": k, **v} for k, v in doc["measured"].items()]
+    spread = lambda v: "" if v is None else f"{v:.2f}"
+    emit(rows, [Column("variant", "variant", justify="left"), Column("mean", doc["unit"], lambda v: f"{v:.2f}"),
+                Column("std", "std", spread), Column("seeds", "seeds"),
+                Column("values", "per seed", lambda v: ", ".join(f"{x:.2f}" for x in v), justify="left", wrap=True)],
+         fmt, title=f"{doc['name']} ({doc['budget']} budget, {doc['dataset']}): {doc['verdict']}", document=doc)
+    if fmt != "json":
+        err_console().print(f"verdict: {doc['verdict']} ({doc['rule']}); report: {p.out / 'report.md'}",
+                            highlight=False, markup=False, soft_wrap=True)
+
+
+def _reproduce_with_progress(p, fmt):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from cnnbench.reproduce.run import Progress as Events, execute
+    from cnnbench.train.loop import Events as TrainEvents
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=err_console(), disable=fmt == "json") as progress:
+        overall = progress.add_task(f"{p.finding.name}: epochs of {len(p.runs)} runs", total=p.epochs_total,
+                                    completed=0)
+        current = progress.add_task("", total=None, visible=False)
+
+        def run_start(planned, index, total):
+            verb = {"done": "finished, reused", "diverged": "diverged earlier, kept", "partial": "continuing",
+                    "new": "training"}[planned.state]
+            progress.console.print(f"[{index + 1}/{total}] {planned.name}: {verb} ({planned.run_dir})",
+                                   highlight=False, markup=False)
+
+        def run_end(planned):  # (a continued run's earlier epochs count here)
+            finished = p.runs[:p.runs.index(planned) + 1]
+            progress.update(overall, completed=sum(r.cfg.epochs for r in finished))
+            progress.update(current, visible=False)
+
+        def train_events(planned):
+            def epoch_start(epoch, steps):
+                progress.reset(current, total=steps, visible=True,
+                               description=f"  {planned.name} epoch {epoch + 1}/{planned.cfg.epochs}")
+
+            def step(r):
+                progress.update(current, completed=r["step_in_epoch"])
+
+            def validation(r):
+                progress.advance(overall, 1)
+
+            def note(text):
+                progress.console.print(f"Warning: {text}", highlight=False, markup=False, soft_wrap=True)
+
+            return TrainEvents(epoch_start, step, validation, note)
+
+        def analysis(what):
+            progress.console.print(f"analysis: {what}", highlight=False, markup=False)
+
+        return execute(p, Events(run_start, train_events, run_end, analysis))
+
+
 # --------------------------------------------------------------------------- bench
 
 @cli.command("bench")
