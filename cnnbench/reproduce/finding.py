@@ -137,7 +137,7 @@ def get_finding(name: str) -> Finding:
     import cnnbench.reproduce.findings  # noqa: F401  (registers them)
 
     if name not in FINDINGS:
-        close = difflib.get_close_matches(name, FINDINGS, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, FINDINGS, n=3, cutoff=0.75)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UsageError(f"unknown finding {name!r}; {hint}(`cnnbench reproduce --list` lists all {len(FINDINGS)})")
     return FINDINGS[name]

@@ -201,11 +201,13 @@ def _ablation(off: str, what: str, paper: dict[str, float], paper_title: str, ti
 
 def _alexnet_budgets(note: str) -> dict[str, Budget]:
     down = (DIGITS_NOTE + ", at 67x67 (the smallest input whose AlexNet maps end at 1x1 after pool5; "
-            "the paper: 224): " + note)
+            "the paper: 224), with He initialisation (the paper's N(0, 0.01) and biases of 1 leave the outputs "
+            "independent of the image for far longer than this budget): " + note)
+    he = {"arch_options": {"weight_init": "he"}}
     return {
-        "smoke": Budget("digits", 1, {**SGD, **SMOKE, "input_size": 67, "lr": 0.01}, 1, down),
-        "small": Budget("digits", 3, {**SGD, "epochs": 8, "batch_size": 64, "input_size": 67, "lr": 0.01,
-                                      "weight_decay": 5e-4, "schedule": "cosine"}, 9, down),
+        "smoke": Budget("digits", 1, {**SGD, **SMOKE, **he, "input_size": 67, "lr": 0.01}, 1, down),
+        "small": Budget("digits", 3, {**SGD, **he, "epochs": 10, "batch_size": 64, "input_size": 67, "lr": 0.01,
+                                      "weight_decay": 5e-4, "schedule": "cosine"}, 8, down),
         "paper": Budget("imagenet2012", 1, {**SGD, "epochs": 90, "batch_size": 128, "input_size": 227, "lr": 0.01,
                                             "weight_decay": 5e-4, "schedule": "plateau", "plateau_patience": 3,
                                             "train_ops": "alexnet", "eval_ops": "center"}, None,
@@ -297,7 +299,7 @@ register(Finding(
         "paper": Budget("imagenet2012", 5, {**SGD, "epochs": 90, "batch_size": 128, "input_size": 227, "lr": 0.01,
                                             "weight_decay": 5e-4, "schedule": "plateau", "plateau_patience": 3,
                                             "train_ops": "alexnet", "eval_ops": "center"}, None,
-                        "five AlexNets on ILSVRC-2012 with the paper's recipe"),
+                        "five AlexNets on ILSVRC-2012 with the paper's recipe", arch="alexnet"),
     },
     analyse=_ensemble,
 ))
@@ -342,7 +344,7 @@ register(Finding(
         "paper": Budget("imagenet2012", 1, {**SGD, "epochs": 90, "batch_size": 128, "input_size": 227, "lr": 0.01,
                                             "weight_decay": 5e-4, "schedule": "plateau", "plateau_patience": 3,
                                             "train_ops": "alexnet", "eval_ops": "center"}, None,
-                        "AlexNet on ILSVRC-2012 with the paper's recipe"),
+                        "AlexNet on ILSVRC-2012 with the paper's recipe", arch="alexnet"),
     },
     analyse=_ten_crop,
 ))
@@ -351,7 +353,9 @@ register(Finding(
 # --------------------------------------------------------------------------- transfer (lectures, DeCAF)
 
 TRANSFER_STRATEGIES = ("scratch", "frozen-base", "partial", "all")
-PROBE_LAYERS = {"s4": "last pooled conv maps (DeCAF5-like)", "act5": "C5 (DeCAF6-like)", "act6": "F6 (DeCAF7-like)"}
+#: per source architecture: (the last pooled conv maps, the first and second fully connected layers)
+PROBE_LAYERS = {"lenet5": ("s4", "act5", "act6"), "alexnet": ("pool5", "relu6", "relu7")}
+PROBE_LABELS = ("pooled conv (DeCAF5-like)", "first FC (DeCAF6-like)", "second FC (DeCAF7-like)")
 PER_CLASS = 10  # target training images per class in the small budgets
 
 
@@ -396,24 +400,22 @@ def _digit_folders(root: Path, budget: str) -> dict:
 
 
 def _transfer(runs: Runs) -> Analysis:
+    from cnnbench.train.config import from_run
     from cnnbench.transfer.probe import run_probe
 
     measured = {s: runs.per_seed(s, final_test_error) for s in TRANSFER_STRATEGIES}
     tests = [exceeds(measured["scratch"], measured["frozen-base"], what="scratch minus frozen-base error")]
-    target = runs.dirs["scratch"][0]
-    from cnnbench.train.config import from_run
-
-    target_dataset = from_run(target).dataset
+    target_dataset = from_run(runs.dirs["scratch"][0]).dataset
     probes = {}
-    for layer, label in PROBE_LAYERS.items():
+    for layer, label in zip(PROBE_LAYERS[from_run(runs.dirs["source"][0]).arch], PROBE_LABELS):
         values = []
         for source in runs.dirs["source"]:
             runs.advance(f"probing {layer} of {source.name}")
             result = run_probe(source, dataset=target_dataset, layer=layer, kind="logreg", per_class=None, count=1)
             values.append(100 * result["top1"])
         probes[label] = stats(values)
-    tests.append(exceeds(probes[PROBE_LAYERS["act6"]], probes[PROBE_LAYERS["s4"]],
-                         what="F6 minus pooled-conv probe accuracy"))
+    tests.append(exceeds(probes[PROBE_LABELS[2]], probes[PROBE_LABELS[0]],
+                         what="second-FC minus pooled-conv probe accuracy"))
     titles = {s: runs.finding_variant(s).title for s in TRANSFER_STRATEGIES}
     figs = [figures.bars({titles[s]: measured[s] for s in TRANSFER_STRATEGIES}, runs.out / "bars.png",
                          unit="target test error %", dataset=runs.dataset, title="Transfer strategies on a small target task"),
@@ -437,7 +439,8 @@ register(Finding(
     metric="target test error (%) of each strategy after fine-tuning, and the target accuracy of a logistic "
            "regression on each layer's features of the source model",
     rule="training from scratch has a target test error above the frozen base's by more than 2 seed standard "
-         "deviations, and the F6 features' probe accuracy exceeds the pooled conv features' by more than 2",
+         "deviations, and a linear probe on the second fully connected layer's features (LeNet-5's F6, "
+         "AlexNet's fc7) is more accurate than on the last pooled conv maps by more than 2",
     variants=(Variant("source", "lenet5", {"dataset": "$source"}, "source model (digits 0-4)"),
               Variant("scratch", "lenet5", {"dataset": "$target"}, "from scratch"),
               Variant("frozen-base", "lenet5", {"dataset": "$target", "init_from": "@source", "trainable": ["head"]},
@@ -456,7 +459,11 @@ register(Finding(
         "paper": Budget("imagenet2012", 1, {**SGD, "epochs": 90, "batch_size": 128, "input_size": 227, "lr": 0.01,
                                             "weight_decay": 5e-4, "schedule": "plateau", "plateau_patience": 3,
                                             "train_ops": "alexnet", "eval_ops": "center"}, None,
-                        "an AlexNet trained on ILSVRC-2012, transferred to Caltech-101"),
+                        "an AlexNet trained on ILSVRC-2012, transferred to Caltech-101 (30 training images per "
+                        "class in TFDS's train split)", arch="alexnet",
+                        variant_settings={"partial": {"trainable": ["conv5", "head"]},
+                                          **{s: {"epochs": 30, "lr": 0.001, "batch_size": 64}
+                                             for s in TRANSFER_STRATEGIES if s != "partial"}}),
     },
     analyse=_transfer,
     prepare=_digit_folders,

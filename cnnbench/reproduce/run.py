@@ -100,8 +100,9 @@ def plan(finding: Finding, budget_name: str, *, seeds: int | None = None, datase
     for variant in finding.variants:
         for seed in range(seeds):
             run_dir = root / f"{variant.name}-seed{seed}"
-            values = {"dataset": dataset, **budget.settings, **variant.settings,
-                      **budget.variant_settings.get(variant.name, {}), "seed": seed}
+            layers = [budget.settings, variant.settings, budget.variant_settings.get(variant.name, {})]
+            values = {"dataset": dataset, **{k: v for layer in layers for k, v in layer.items()}, "seed": seed}
+            values["arch_options"] = {k: v for layer in layers for k, v in layer.get("arch_options", {}).items()}
             for key, value in list(values.items()):
                 if isinstance(value, str) and value.startswith("$"):
                     values[key] = places.get(value[1:], value)
