@@ -230,9 +230,11 @@ def _default(name: str, text: str = "") -> str:
 @click.option("--coordinator", metavar="HOST:PORT", help="Multi-host: address of process 0.")
 @click.option("--num-processes", type=int, help="Multi-host: number of processes.")
 @click.option("--process-id", type=int, help="Multi-host: this process's index.")
+@click.option("--init-timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
+              help="Multi-host: how long each process waits for the others at the coordinator.")
 @format_option
-def train(arch, config_file, options, settings, resume, run_dir, coordinator, num_processes, process_id, fmt,
-          **values):
+def train(arch, config_file, options, settings, resume, run_dir, coordinator, num_processes, process_id, init_timeout,
+          fmt, **values):
     """Train ARCH (default dataset: the offline digits).
 
     \b
@@ -249,7 +251,7 @@ def train(arch, config_file, options, settings, resume, run_dir, coordinator, nu
     from cnnbench.train.loop import init_distributed, is_first_process
     from cnnbench.train.rundir import check_free
 
-    init_distributed(coordinator, num_processes, process_id)  # before anything touches a device
+    init_distributed(coordinator, num_processes, process_id, init_timeout)  # before anything touches a device
     values.update(config_lib.settings(parse_options(settings, what="--set")))
     if options:
         values["arch_options"] = parse_options(options)

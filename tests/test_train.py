@@ -266,3 +266,41 @@ def test_a_usage_error_comes_before_any_progress():
     assert [line for line in result.output.splitlines() if line.strip()] == [
         "Error: unknown architecture 'alexnett'; did you mean alexnet, alexnet-owt, lenet5? "
         "(`cnnbench archs` lists all 35)"], result.output
+
+
+def test_multi_host_mistakes_end_in_one_line_within_the_init_timeout():
+    import socket
+    import threading
+    import time
+
+    from cnnbench.parallel import hosts
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = ["train", "mlp2", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    runner = CliRunner()
+    result = runner.invoke(cli, base + ["--process-id", "5"])
+    assert result.exit_code == 2 and "--process-id 5 is not one of the 2 processes (--process-id 0 to 1)" in result.output
+    started = time.monotonic()
+    result = runner.invoke(cli, base + ["--process-id", "0", "--init-timeout", "1.5"])  # process 1 never starts
+    assert result.exit_code == 2 and time.monotonic() - started < 10
+    assert f"only 1 of 2 processes joined 127.0.0.1:{port} within 1.5 s (missing --process-id 1)" in result.output
+    assert "the same --run-dir" in result.output and len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(cli, base + ["--process-id", "1", "--init-timeout", "1"])  # no process 0
+    assert result.exit_code == 2 and f"process 1: no process 0 answered at 127.0.0.1:{port}" in result.output
+    # all present: every process's check-in returns
+    errors = []
+
+    def join(i):
+        try:
+            hosts.check_in(f"127.0.0.1:{port}", 3, i, timeout=20)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=join, args=(i,)) for i in (2, 0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and not any(t.is_alive() for t in threads)

@@ -99,8 +99,10 @@ def resolve(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
         builder = builder_class()(data_dir=data_dir)
     else:
         base = name.split("/")[0].split(":")[0]
-        if base not in lib.list_builders():
-            close = difflib.get_close_matches(base, list(OWN_NAMES) + lib.list_builders(), n=3, cutoff=0.6)
+        # (TFDS's community catalogue would query Google Cloud Storage and print an auth warning)
+        known = lib.list_builders(with_community_datasets=False)
+        if base not in known:
+            close = difflib.get_close_matches(base, list(OWN_NAMES) + known, n=3, cutoff=0.6)
             hint = f"did you mean {', '.join(close)}? " if close else ""
             raise UsageError(f"unknown dataset {name!r}; {hint}(digits, imagenet2012, folder:PATH, "
                              f"or any TFDS image-classification name)")

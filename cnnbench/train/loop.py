@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnbench import parallel
+from cnnbench.parallel import hosts
 from cnnbench.archs import create_model, get_arch
 from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
@@ -36,15 +37,21 @@ class Events:
     note: Callable[[str], None] = lambda text: None  # something the user should know (a damaged checkpoint)
 
 
-def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
+                     timeout: float = hosts.DEFAULT_TIMEOUT) -> None:
     """``jax.distributed.initialize`` before anything touches a device; without arguments JAX reads
-    what a cluster scheduler (SLURM, Open MPI, ...) set, and a single machine needs nothing."""
+    what a cluster scheduler (SLURM, Open MPI, ...) set, and a single machine needs nothing. With
+    an explicit coordinator every process first checks in there (:func:`hosts.check_in`), so a
+    missing one is one line after ``timeout`` seconds."""
+    hosts.check_numbering(num_processes, process_id)
     if coordinator or num_processes:
+        if coordinator and num_processes is not None and process_id is not None:
+            hosts.check_in(coordinator, num_processes, process_id, timeout)
         # Collectives between CPU processes (tests, CPU clusters) go through gloo; accelerators
         # use their own (NCCL, ICI) whatever this says.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
+                                   process_id=process_id, initialization_timeout=max(int(timeout), 1))
 
 
 def is_first_process() -> bool:
