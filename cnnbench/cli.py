@@ -286,11 +286,14 @@ def _train_with_progress(cfg, run_dir, fmt):
                TextColumn("loss {task.fields[loss]}  top-1 {task.fields[top1]}  {task.fields[rate]} img/s"),
                TimeRemainingColumn()]
     console = err_console()
-    with Progress(*columns, console=console, transient=False, disable=fmt == "json") as progress:
+    # The bar starts with the first epoch: a failure before (data, a run directory) shows no empty bar.
+    progress = Progress(*columns, console=console, transient=False, disable=fmt == "json")
+    try:
         shown = {"epoch": "-", "loss": "-", "top1": "-", "rate": "-"}
         task = progress.add_task("train", total=None, **shown)
 
         def epoch_start(epoch, steps):
+            progress.start()
             shown["epoch"] = f"{epoch + 1}/{cfg.epochs}"
             progress.reset(task, total=steps, **shown)  # reset() forgets fields it is not given
 
@@ -314,6 +317,8 @@ def _train_with_progress(cfg, run_dir, fmt):
 
         return run_training(cfg, run_dir=run_dir, events=Events(epoch_start, step, validation, note),
                             on_run_dir=announce)
+    finally:
+        progress.stop()
 
 
 # --------------------------------------------------------------------------- eval, predict
