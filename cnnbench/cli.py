@@ -277,6 +277,13 @@ def train(arch, config_file, options, settings, resume, run_dir, coordinator, nu
          title=f"{cfg.arch} on {summary['dataset']}", document=summary)
 
 
+def _skipped_note(record: dict) -> str:
+    parts = [f"{record[key]} {what} image{'s' if record[key] != 1 else ''}"
+             for key, what in (("skipped_train_images", "training"), ("skipped_eval_images", "validation"))
+             if record.get(key)]
+    return f"  ({' and '.join(parts)} could not be decoded and were skipped: see skipped.txt)" if parts else ""
+
+
 def _train_with_progress(cfg, run_dir, fmt):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -305,7 +312,7 @@ def _train_with_progress(cfg, run_dir, fmt):
         def validation(r):
             progress.console.print(f"epoch {r['epoch']}/{cfg.epochs}: val top-1 {100 * r['top1']:.2f}%  "
                                    f"top-5 {100 * r['top5']:.2f}%  loss {r['loss']:.4f}"
-                                   + (f"  ({r['skipped_images']} images skipped)" if r["skipped_images"] else ""),
+                                   + _skipped_note(r),
                                    highlight=False)
 
         def announce(path, resumed):

@@ -3,6 +3,7 @@ real TFDS builder, image folders with broken files, crop geometry, order, shardi
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,6 +82,9 @@ def test_folder_dataset_skips_and_counts_broken_images(tmp_path):
     assert pipeline.skipped == 2
     assert sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]
     assert len(batches) == pipeline.steps_per_epoch == 3
+    named = pipeline.undecodable()  # which ones, and why
+    assert [Path(name).name for name, _ in named] == ["9_truncated.jpg", "9_garbage.jpg"]
+    assert all(error and "Traceback" not in error for _, error in named)
 
 
 def test_parallel_decoding_is_fixed_and_still_counts_every_broken_image(tmp_path):

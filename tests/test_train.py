@@ -304,3 +304,23 @@ def test_multi_host_mistakes_end_in_one_line_within_the_init_timeout():
     for t in threads:
         t.join(30)
     assert not errors and not any(t.is_alive() for t in threads)
+
+
+def test_undecodable_images_are_counted_where_met_and_named(tmp_path):
+    from cnnbench.pipeline.synthetic import write_image_folder
+
+    root = write_image_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=8)
+    good = (root / "train" / "cat" / "0.jpg").read_bytes()
+    (root / "train" / "cat" / "9_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "train" / "dog" / "9_garbage.jpg").write_bytes(b"not a jpeg")
+    cfg = load(None, "mlp2", {"dataset": f"folder:{root}", "input_size": 12, "in_channels": 3, "batch_size": 8,
+                              "epochs": 2, "devices": 1})
+    train(cfg, run_dir=tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["kind"] == "validation"]
+    assert [(r["skipped_train_images"], r["skipped_eval_images"]) for r in val] == [(2, 0), (2, 0)]
+    assert val[0]["num_examples"] == 16  # every test image scored
+    lines = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
+    assert lines[0].startswith("#") and len(lines) == 3  # named once, not once per epoch
+    assert {line.split("\t")[0] for line in lines[1:]} == {"train"}
+    assert {Path(line.split("\t")[1]).name for line in lines[1:]} == {"9_truncated.jpg", "9_garbage.jpg"}

@@ -100,6 +100,39 @@ class Pipeline:
         an epoch has been iterated to its end (images in flight count as seen, not yet decoded)."""
         return int(self._seen.numpy() - self._decoded.numpy())
 
+    def undecodable(self) -> list[tuple[str, str]]:
+        """``(image, error)`` for every image of this pipeline's split that cannot be decoded: the
+        file path (folders) or the position in the split, and the decoder's message. One parallel
+        pass finds which positions fail, a second decodes only those to name the error; it runs
+        only for splits where an epoch skipped images."""
+        lib = tf()
+        apply = self._apply
+
+        def examples():
+            return self.source.read(self.ranges, shuffle_files=False, seed=0).enumerate()
+
+        def survives(index, example):
+            image, _ = apply(example["image"], lib.stack([lib.constant(0, "int64"), index]))
+            return index, lib.reduce_sum(lib.cast(image, "float32"))  # (reads the pixels: nothing is pruned)
+
+        ok = examples().map(survives, num_parallel_calls=self.parallelism).ignore_errors().batch(4096)
+        decoded = {int(i) for indices, _ in ok.as_numpy_iterator() for i in indices}
+        failing = sorted(set(range(self.num_examples)) - decoded)
+        if not failing:
+            return []
+        wanted = lib.constant(failing, "int64")
+        found = []
+        for index, example in examples().filter(lambda i, ex: lib.reduce_any(lib.equal(i, wanted))):
+            ident = example.get("id")
+            name = ident.numpy().decode(errors="replace") if ident is not None else ""
+            try:
+                apply(example["image"], lib.stack([lib.constant(0, "int64"), index]))
+                error = "could not be decoded"
+            except lib.errors.OpError as e:
+                error = e.message.split("}}")[-1].split("[Op:")[0].strip() or type(e).__name__
+            found.append((name or f"{self.split} example {int(index)}", error))
+        return found
+
     def dataset(self, epoch: int = 0):
         lib = tf()
         epoch_seed = self.seed * 1_000_003 + epoch

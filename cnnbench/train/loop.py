@@ -195,6 +195,7 @@ class _Loop:
     lr_schedule: Callable
     run_dir: Path
     started: float
+    counted: dict = dataclasses.field(default_factory=dict)  # skipped images counted so far, per split
 
     def run(self, state, start_epoch: int, best_top1: float, plateau: dict) -> dict:
         """Train from ``start_epoch`` to the end; returns the final state."""
@@ -207,14 +208,28 @@ class _Loop:
             best_top1 = max(best_top1, validation["top1"])
             record = {"kind": "validation", "step": int(state["step"]), "epoch": epoch + 1, **validation,
                       "best_top1": best_top1, **{f"train_{k}": v for k, v in means.items()},
-                      "skipped_images": self.train_data.skipped + self.eval_data.skipped,
-                      "wall_time": time.time() - self.started}
+                      **self.skipped(), "wall_time": time.time() - self.started}
             self.log.write(record)
             self.events.validation(record)
             self.checkpoints.save(int(state["step"]), state, {"epoch": epoch, "best_top1": best_top1,
                                                               "plateau": plateau, "validation": validation},
                                   best=is_best)
         return state
+
+    def skipped(self) -> dict:
+        """Images of this epoch that could not be decoded, per split (training, evaluation); the
+        first time a split has any, each is named with its error in the run's ``skipped.txt``."""
+        counts = {}
+        for key, data in (("skipped_train_images", self.train_data), ("skipped_eval_images", self.eval_data)):
+            total = data.skipped
+            counts[key] = total - self.counted.get(key, 0)
+            if counts[key] and key not in self.counted and is_first_process():
+                lines = [f"{data.split}\t{name}\t{error}" for name, error in data.undecodable()]
+                path = self.run_dir / "skipped.txt"
+                old = path.read_text() if path.exists() else "# split\timage\terror: images skipped as undecodable\n"
+                write_text(path, old + "".join(line + "\n" for line in lines))
+            self.counted[key] = total
+        return counts
 
     def train_epoch(self, state, epoch: int):
         """One epoch; returns the state and the epoch's mean training metrics (loss, top1)."""
