@@ -10,11 +10,13 @@ import csv
 import dataclasses
 import io
 import json
+import os
 from typing import Any, Callable
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 FORMATS = ("table", "json", "markdown", "csv")
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table",
@@ -22,9 +24,13 @@ format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), defa
 
 
 def console() -> Console:
-    """The terminal's width on a terminal; wide enough for every table when piped to a file."""
+    """The terminal's width on a terminal; wide enough for every table when piped to a file
+    (``COLUMNS`` sets the width there too)."""
     probe = Console()
-    return probe if probe.is_terminal else Console(width=240)
+    if probe.is_terminal:
+        return probe
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() and int(columns) >= 20 else 240)
 
 
 def err_console() -> Console:
@@ -90,12 +96,44 @@ def emit(rows: list[dict], columns: list[Column], fmt: str, *, title: str | None
             click.echo(f"\n- {note}", nl=False)
         click.echo("")
     else:
-        table = Table(title=title, show_footer=False, header_style="bold")
-        for c in columns:
-            table.add_column(c.header, justify=c.justify, no_wrap=c.wrap is False)
-        for i, row in enumerate(cells):
-            table.add_row(*row, end_section=(footer is not None and i == len(rows) - 1),
-                          style="bold" if (footer is not None and i == len(rows)) else None)
-        out.print(table)
+        widths = _widths(columns, cells)
+        if sum(widths) + 3 * len(columns) + 1 > out.width:
+            _vertical(out, title, columns, cells, len(rows))
+        else:
+            table = Table(title=title, show_footer=False, header_style="bold")
+            for c, width in zip(columns, widths):
+                # a number keeps its whole width (never "83.…"); headers and free text wrap instead
+                table.add_column(Text(c.header, overflow="fold"), justify=c.justify, no_wrap=not c.wrap,
+                                 min_width=None if c.wrap else width)
+            for i, row in enumerate(cells):
+                table.add_row(*row, end_section=(footer is not None and i == len(rows) - 1),
+                              style="bold" if (footer is not None and i == len(rows)) else None)
+            out.print(table)
         for note in notes:
             out.print(f"• {note}", highlight=False)
+
+
+WRAPPED_MIN = 12  # the narrowest a wrapping (free-text) column becomes before the layout turns vertical
+
+
+def _widths(columns: list[Column], cells: list[list[str]]) -> list[int]:
+    """The narrowest each column can be: its longest value (free text: up to ``WRAPPED_MIN``), and
+    at least its header's longest word."""
+    widths = []
+    for i, c in enumerate(columns):
+        longest = max((len(row[i]) for row in cells), default=0)
+        word = max((len(w) for w in c.header.split()), default=0)
+        widths.append(max(min(longest, WRAPPED_MIN) if c.wrap else longest, word))
+    return widths
+
+
+def _vertical(out: Console, title: str | None, columns: list[Column], cells: list[list[str]], rows: int) -> None:
+    """Too narrow a terminal for the table: one block per row, ``header  value`` per line."""
+    if title:
+        out.print(Text(title, style="bold"))
+    label = max(len(c.header) for c in columns)
+    for i, row in enumerate(cells):
+        out.print(Text("─" * min(out.width, 40) + (" total" if i == rows else ""), style="dim"))
+        for c, value in zip(columns, row):
+            if value:
+                out.print(Text(f"{c.header:<{label}}  ", style="bold") + Text(value), overflow="fold")

@@ -92,3 +92,18 @@ def test_a_misspelt_fastops_name_is_a_usage_error(monkeypatch):
     assert bad.exit_code == 2 and "CNNBENCH_FASTOPS names batchnrom" in bad.output
     monkeypatch.setenv("CNNBENCH_FASTOPS", "conv, pool")
     assert runner.invoke(cli, ["archs", "--format", "json"]).exit_code == 0
+
+
+@pytest.mark.parametrize("args, numbers", [
+    (["summary", "alexnet"], ["60,965,224", "105,415,200"]),
+    (["archs"], ["60,965,224", "138,357,544"]),
+    (["compare", "lenet5", "alexnet", "--no-bench"], ["61,706", "60,965,224"]),
+    (["reproduce", "--list"], ["resnet-degradation"]),
+])
+def test_tables_fit_an_80_column_terminal_without_eliding_a_number(args, numbers):
+    narrow = CliRunner().invoke(cli, args, env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    assert "…" not in narrow.stdout and max(len(line) for line in narrow.stdout.splitlines()) <= 80
+    assert all(n in narrow.stdout for n in numbers)
+    wide = CliRunner().invoke(cli, args, env={"COLUMNS": "240"})
+    assert "…" not in wide.stdout and all(n in wide.stdout for n in numbers)

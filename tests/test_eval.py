@@ -200,8 +200,10 @@ def test_ensemble_of_two_runs(runs, data_dir):
 
 def test_report_and_submission_round_trip(runs, data_dir, tmp_path):
     report, sub = tmp_path / "report.md", tmp_path / "sub.txt"
-    result = CliRunner().invoke(cli, ["eval", str(runs[0]), "--report", str(report), "--submission", str(sub)])
+    result = CliRunner().invoke(cli, ["eval", str(runs[0]), "--report", str(report), "--submission", str(sub)],
+                                env={"COLUMNS": "80"})  # an 80-column terminal: every number whole
     assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout and max(len(line) for line in result.stdout.splitlines()) <= 80
     text = report.read_text()
     assert "Hardest classes" in text and "Most confused pairs" in text and "Calibration" in text
     figure = tmp_path / "report-samples.png"

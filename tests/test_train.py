@@ -249,8 +249,11 @@ def test_train_help_shows_every_default_and_set_reaches_any_setting(tmp_path):
     result = runner.invoke(cli, ["train", "mlp2", "--dataset", SMALL["dataset"], "--input-size", "12",
                                  "--batch-size", "16", "--epochs", "1", "--devices", "1", "--schedule", "plateau",
                                  "--set", "plateau_patience=5", "--set", "decay_factor=0.5", "--set", "aux_weight=0.2",
-                                 "--set", "keep_checkpoints=1", "--run-dir", str(tmp_path / "set")])
+                                 "--set", "keep_checkpoints=1", "--run-dir", str(tmp_path / "set")],
+                           env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout and max(len(line) for line in result.stdout.splitlines()) <= 80
+    assert f"{json.loads((tmp_path / 'set' / 'summary.json').read_text())['steps']}" in result.stdout
     config = json.loads((tmp_path / "set" / "config.json").read_text())
     assert (config["plateau_patience"], config["decay_factor"], config["aux_weight"], config["keep_checkpoints"]) == \
         (5, 0.5, 0.2, 1)
