@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from cnnbench.cli import cli
-from cnnbench.errors import UsageError
+from cnnbench.errors import CnnbenchError, UsageError
+from cnnbench.train import config as config_lib
 from cnnbench.train.config import load
 from cnnbench.train.loop import Events, train
 from cnnbench.train.rundir import RunLock, read_metrics
@@ -181,3 +182,55 @@ def test_training_starts_quietly(tmp_path):
     noise = [line for line in (result.stderr + result.stdout).splitlines()
              if line.startswith(("WARNING: All log messages", "I0000", "W0000", "E0000"))]
     assert noise == [], noise
+
+
+@pytest.mark.parametrize("where, message", [("/proc/cnnbench-run", "cannot write the run directory /proc/cnnbench-run"),
+                                            ("FILE/sub", "Not a directory")])
+def test_an_unwritable_run_dir_is_one_line_before_anything_loads(tmp_path, where, message):
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    target = where if where.startswith("/") else str(tmp_path / where)
+    result = CliRunner().invoke(cli, ["train", "mlp2", "--epochs", "1", "--run-dir", target])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_full_disk_stops_training_in_one_line_naming_the_intact_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from cnnbench.train import rundir
+
+    original, calls = rundir.MetricsLog.write, {"n": 0}
+
+    def full_after_epoch_one(self, record):
+        if record["kind"] == "validation":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        return original(self, record)
+
+    monkeypatch.setattr(rundir.MetricsLog, "write", full_after_epoch_one)
+    run = tmp_path / "full"
+    with pytest.raises(CnnbenchError) as caught:
+        train(load(None, "mlp2", {**SMALL, "epochs": 3}), run_dir=run)
+    text = str(caught.value)
+    assert f"cannot write {run / 'metrics.jsonl'}: No space left on device" in text
+    assert "checkpoint (step " in text and f"--resume {run}" in text and "\n" not in text
+
+
+def test_resume_without_checkpoints_refuses_and_stale_saves_are_cleaned(finished, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished, run)
+    stale = run / "checkpoints" / "latest" / "99.orbax-checkpoint-tmp-1234"
+    stale.mkdir()
+    cfg = config_lib.from_run(run)
+    train(cfg, run_dir=run)  # continues (nothing left to train) and clears the killed save's folder
+    assert not stale.exists()
+    lines = (run / "metrics.jsonl").read_text()
+    for step in (run / "checkpoints" / "latest").iterdir():
+        shutil.rmtree(step)
+    shutil.rmtree(run / "checkpoints" / "best")
+    with pytest.raises(UsageError, match="finished epochs in metrics.jsonl but no checkpoint to continue from"):
+        train(cfg, run_dir=run)
+    assert (run / "metrics.jsonl").read_text() == lines  # nothing overwritten

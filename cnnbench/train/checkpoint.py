@@ -20,6 +20,17 @@ def _first_line(error: BaseException) -> str:
     return (text[0] if text else type(error).__name__)[:200]
 
 
+def remove_stale(run_dir: Path) -> list[Path]:
+    """Delete the temporary folders of saves that were killed before they completed
+    (``*.orbax-checkpoint-tmp*``): they are never restored, only take space. Returns them."""
+    import shutil
+
+    stale = [p for name in ("latest", "best") for p in (Path(run_dir) / "checkpoints" / name).glob("*orbax-checkpoint-tmp*")]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 class Checkpoints:
     def __init__(self, run_dir: Path, keep: int = 2):
         root = (run_dir / "checkpoints").absolute()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import time
@@ -20,7 +21,7 @@ from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
 from cnnbench.pipeline.preprocess import recipe_for
 from cnnbench.pipeline.sources import resolve
-from cnnbench.train.checkpoint import Checkpoints
+from cnnbench.train.checkpoint import Checkpoints, remove_stale
 from cnnbench.train.config import TrainConfig, check_continues
 from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
 from cnnbench.train.rundir import MetricsLog, RunLock, new_run_dir, read_metrics, write_dataset, write_text
@@ -71,9 +72,27 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     try:
         check_continues(run_dir, dataclasses.replace(cfg, run_dir=str(run_dir)))
         return _train(cfg, run_dir, events, on_run_dir, started, main)
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        raise CnnbenchError(_write_failure(e, run_dir)) from None
     finally:
         if lock is not None:
             lock.release()
+
+
+#: the errors of a file system that takes no more (full, over quota, read-only, no permission)
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _write_failure(e: OSError, run_dir: Path) -> str:
+    """One line for a run directory that stopped taking writes: what failed and what was kept."""
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints" / "latest").glob("*") if p.name.isdigit()) \
+        if (run_dir / "checkpoints" / "latest").is_dir() else []
+    kept = (f"the last complete checkpoint (step {steps[-1]}) is intact in {run_dir}/checkpoints/latest; "
+            f"free space and continue with cnnbench train --resume {run_dir}") if steps else \
+        "no checkpoint was complete yet"
+    return f"cannot write {e.filename or run_dir}: {e.strerror or e}; training stopped; {kept}"
 
 
 def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started: float, main: bool) -> dict:
@@ -128,8 +147,13 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
 
     # ---- run directory, resume
     run_dir.mkdir(parents=True, exist_ok=True)
+    interrupted_save = remove_stale(run_dir) if main else []
     checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
     restored = checkpoints.restore(state, note=events.note)
+    if restored is None and not interrupted_save and any(r["kind"] == "validation" for r in read_metrics(run_dir)):
+        checkpoints.close()  # epochs were finished and their checkpoints completed: they were deleted
+        raise UsageError(f"{run_dir} has finished epochs in metrics.jsonl but no checkpoint to continue from "
+                         f"(checkpoints/latest is empty); restore the checkpoints, or train into a new --run-dir")
     start_epoch, best_top1, plateau = 0, -1.0, {"best_error": math.inf, "bad_epochs": 0}
     if restored is not None:
         state, meta = restored

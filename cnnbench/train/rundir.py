@@ -64,9 +64,15 @@ class RunLock:
         return self
 
     def try_acquire(self) -> dict | None:
-        """Take the lock and return None, or leave it and return its holder's description."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock and return None, or leave it and return its holder's description. A run
+        directory that cannot be created or written is one usage line, before anything loads."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UsageError(f"cannot write the run directory {self.run_dir}: {e.strerror or e}"
+                             f"{f' ({e.filename})' if e.filename and str(e.filename) != str(self.run_dir) else ''}; "
+                             f"choose a writable --run-dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
