@@ -459,9 +459,10 @@ def predict(images, run_dir, top, checkpoint, fmt):
     """
     from pathlib import Path
 
-    from cnnbench.eval.predict import predict_files
+    from cnnbench.eval.predict import check_images, predict_files
     from cnnbench.eval.runs import latest_run, load_run
 
+    check_images(list(images))  # a missing or broken image is one line before the model loads
     run = load_run(Path(run_dir) if run_dir else latest_run(), which=checkpoint)
     results = predict_files(run, list(images), top=top)
     rows = [{"image": r["image"] if p["rank"] == 1 else "", **p} for r in results for p in r["predictions"]]

@@ -329,3 +329,16 @@ def test_compare_names_stand_for_their_latest_run_and_measure_speed(runs, monkey
     assert result.exit_code == 0 and result.stdout.splitlines()[0].startswith("name,kind")
     assert "resnet50" in _error("compare", "resnet5O", "--no-bench")
     assert "cannot sort by 'nope'" in _error("compare", "lenet5", "--no-bench", "--sort", "nope")
+
+
+def test_predict_names_a_missing_or_broken_image_before_loading_any_model(tmp_path):
+    import time
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    for path, message in ((tmp_path / "missing.jpg", "does not exist"), (broken, "is not an image that can be decoded")):
+        started = time.monotonic()
+        # a run directory that does not exist: the image is checked first, so its error is the one shown
+        result = CliRunner().invoke(cli, ["predict", str(path), "--run", str(tmp_path / "no-run")])
+        assert result.exit_code == 2 and message in result.output and str(path) in result.output
+        assert len(result.output.strip().splitlines()) == 1 and time.monotonic() - started < 5

@@ -4,6 +4,7 @@ model sees an 8x8-like grey image resized as in training, an ImageNet model a ce
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,20 @@ def image_loader(run: LoadedRun, spec: str | None = None):
         return image.numpy(), (np.zeros(run.channels, np.float32) if shift is None else shift.numpy())
 
     return load, finish
+
+
+def check_images(paths: list[str]) -> None:
+    """One usage line for the first path that is not a readable image, before any model loads."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        if not os.path.isfile(path):
+            raise UsageError(f"image {path} does not exist" if not os.path.exists(path) else f"{path} is not a file")
+        try:
+            with Image.open(path) as image:
+                image.load()  # decodes the whole image: a truncated file fails here
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise UsageError(f"{path} is not an image that can be decoded ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def predict_files(run: LoadedRun, paths: list[str], *, top: int = 5) -> list[dict]:
