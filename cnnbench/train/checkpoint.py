@@ -31,6 +31,18 @@ def remove_stale(run_dir: Path) -> list[Path]:
     return stale
 
 
+class _QuietWaits(logging.Filter):
+    """Orbax warns on every save that waited for the previous one ("consider checkpointing less
+    frequently"); with one save per epoch of a small model that is every epoch, and it says nothing
+    the user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Waiting for previous save to complete")
+
+
+logging.getLogger("absl").addFilter(_QuietWaits())
+
+
 class Checkpoints:
     def __init__(self, run_dir: Path, keep: int = 2):
         root = (run_dir / "checkpoints").absolute()
