@@ -251,7 +251,8 @@ def train(arch, config_file, options, settings, resume, run_dir, coordinator, nu
     from cnnbench.train.loop import init_distributed, is_first_process
     from cnnbench.train.rundir import check_free
 
-    init_distributed(coordinator, num_processes, process_id, init_timeout)  # before anything touches a device
+    init_distributed(coordinator, num_processes, process_id, init_timeout,  # before anything touches a device
+                     run_dir=resume or run_dir)
     values.update(config_lib.settings(parse_options(settings, what="--set")))
     if options:
         values["arch_options"] = parse_options(options)

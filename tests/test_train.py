@@ -271,7 +271,7 @@ def test_a_usage_error_comes_before_any_progress():
         "(`cnnbench archs` lists all 35)"], result.output
 
 
-def test_multi_host_mistakes_end_in_one_line_within_the_init_timeout():
+def test_multi_host_mistakes_end_in_one_line_within_the_init_timeout(tmp_path):
     import socket
     import threading
     import time
@@ -283,6 +283,9 @@ def test_multi_host_mistakes_end_in_one_line_within_the_init_timeout():
         port = s.getsockname()[1]
     base = ["train", "mlp2", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
     runner = CliRunner()
+    result = runner.invoke(cli, base + ["--process-id", "0"])
+    assert result.exit_code == 2 and "a multi-host run needs --run-dir" in result.output
+    base += ["--run-dir", str(tmp_path / "shared")]
     result = runner.invoke(cli, base + ["--process-id", "5"])
     assert result.exit_code == 2 and "--process-id 5 is not one of the 2 processes (--process-id 0 to 1)" in result.output
     started = time.monotonic()
@@ -292,21 +295,64 @@ def test_multi_host_mistakes_end_in_one_line_within_the_init_timeout():
     assert "the same --run-dir" in result.output and len(result.output.strip().splitlines()) == 1
     result = runner.invoke(cli, base + ["--process-id", "1", "--init-timeout", "1"])  # no process 0
     assert result.exit_code == 2 and f"process 1: no process 0 answered at 127.0.0.1:{port}" in result.output
-    # all present: every process's check-in returns
-    errors = []
+    # all present: every process's check-in returns; one with another run directory: all refuse at once
 
-    def join(i):
-        try:
-            hosts.check_in(f"127.0.0.1:{port}", 3, i, timeout=20)
-        except Exception as e:  # noqa: BLE001 (reported below)
-            errors.append(e)
+    def check_in_all(run_dirs, timeout=20):
+        errors = {}
 
-    threads = [threading.Thread(target=join, args=(i,)) for i in (2, 0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors and not any(t.is_alive() for t in threads)
+        def join(i):
+            try:
+                hosts.check_in(f"127.0.0.1:{port}", 3, i, timeout=timeout, run_dir=run_dirs[i])
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors[i] = str(e)
+
+        threads = [threading.Thread(target=join, args=(i,)) for i in (2, 0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads)
+        return errors
+
+    assert check_in_all(["/shared/run"] * 3) == {}
+    errors = check_in_all(["/shared/run", "/shared/run", "/elsewhere/run"], timeout=4)
+    assert set(errors) == {0, 1, 2}  # (process 1, if it came after process 0 gave up, hears nothing and times out)
+    assert all("process 2 was given --run-dir /elsewhere/run and process 0 /shared/run" in errors[i] for i in (0, 2))
+
+
+def test_sigterm_ends_a_distributed_run_within_seconds(tmp_path):
+    """JAX's distributed runtime catches SIGTERM and carries on; cnnbench ends the run (exit 143)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cnnbench.cli", "train", "mlp2", "--dataset", SMALL["dataset"],
+                             "--input-size", "12", "--batch-size", "16", "--epochs", "500", "--run-dir", str(run),
+                             "--coordinator", f"127.0.0.1:{port}", "--num-processes", "1", "--process-id", "0"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "latest").is_dir() or not any(
+                p.name.isdigit() for p in (run / "checkpoints" / "latest").iterdir()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and time.monotonic() - started < 25
+    assert not (run / "summary.json").exists()
+    resumed = train(load(None, "mlp2", {**SMALL, "epochs": 1}), run_dir=tmp_path / "other")  # JAX still fine here
+    assert resumed["epochs"] == 1
 
 
 def test_undecodable_images_are_counted_where_met_and_named(tmp_path):

@@ -34,20 +34,22 @@ def _how(coordinator: str, num_processes: int) -> str:
             f"(I = 0..{num_processes - 1}) and the same --run-dir on a shared file system, or raise --init-timeout")
 
 
-def check_in(coordinator: str, num_processes: int, process_id: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+def check_in(coordinator: str, num_processes: int, process_id: int, timeout: float = DEFAULT_TIMEOUT,
+             run_dir: str = "") -> None:
     """Return once all ``num_processes`` processes have reached the coordinator (port + 1 of
-    ``coordinator``); a :class:`UsageError` after ``timeout`` seconds says who is missing."""
+    ``coordinator``) with the same ``run_dir``; a :class:`UsageError` after ``timeout`` seconds
+    says who is missing, and at once when a process names another run directory."""
     host, port = _address(coordinator)
     if num_processes == 1:
         return
     deadline = time.monotonic() + timeout
     if process_id == 0:
-        _gather(port + 1, num_processes, deadline, coordinator, timeout)
+        _gather(port + 1, num_processes, deadline, coordinator, timeout, run_dir)
     else:
-        _report(host, port + 1, process_id, num_processes, deadline, coordinator, timeout)
+        _report(host, port + 1, process_id, num_processes, deadline, coordinator, timeout, run_dir)
 
 
-def _gather(port: int, num_processes: int, deadline: float, coordinator: str, timeout: float) -> None:
+def _gather(port: int, num_processes: int, deadline: float, coordinator: str, timeout: float, run_dir: str) -> None:
     try:
         server = socket.create_server(("", port), reuse_port=False)
     except OSError as e:
@@ -68,10 +70,19 @@ def _gather(port: int, num_processes: int, deadline: float, coordinator: str, ti
                 continue
             conn.settimeout(max(remaining, 0.1))
             try:
-                joined.add(int(conn.recv(16).decode().strip()))
+                who, _, theirs = conn.recv(4096).decode().strip().partition("\t")
+                joined.add(int(who))
                 waiting.append(conn)
             except (OSError, ValueError):
                 conn.close()
+                continue
+            if theirs != run_dir:
+                message = (f"process {who} was given --run-dir {theirs or '(none)'} and process 0 "
+                           f"{run_dir or '(none)'}: every process needs the same run directory, on a file "
+                           f"system they share (process 0 writes it)")
+                for other in waiting:
+                    other.sendall(f"no\t{message}\n".encode())
+                raise UsageError(message)
         for conn in waiting:
             conn.sendall(b"go\n")
     finally:
@@ -81,7 +92,7 @@ def _gather(port: int, num_processes: int, deadline: float, coordinator: str, ti
 
 
 def _report(host: str, port: int, process_id: int, num_processes: int, deadline: float, coordinator: str,
-            timeout: float) -> None:
+            timeout: float, run_dir: str) -> None:
     reached = False
     while True:
         remaining = deadline - time.monotonic()
@@ -92,10 +103,34 @@ def _report(host: str, port: int, process_id: int, num_processes: int, deadline:
         try:
             with socket.create_connection((host, port), timeout=min(remaining, 2.0)) as conn:
                 reached = True
-                conn.sendall(f"{process_id}\n".encode())
+                conn.sendall(f"{process_id}\t{run_dir}\n".encode())
                 conn.settimeout(max(deadline - time.monotonic(), 0.1))
-                if conn.recv(8).startswith(b"go"):
+                answer = conn.recv(4096).decode()
+                if answer.startswith("go"):
                     return
+                if answer.startswith("no\t"):
+                    raise UsageError(answer[3:].strip())
         except OSError:
             pass
         time.sleep(0.2)
+
+
+def end_on_sigterm(grace: float = 20.0) -> None:
+    """SIGTERM ends the process: the training loop unwinds (the checkpoint being written
+    completes, the run directory's lock is released) and, should a collective wait on a process
+    that is gone, a watchdog exits after ``grace`` seconds anyway. (JAX's distributed runtime
+    installs a preemption notifier that catches SIGTERM and carries on, so a run could only be
+    stopped with SIGKILL.)"""
+    import os
+    import signal
+    import threading
+
+    def watchdog():
+        time.sleep(grace)
+        os._exit(128 + signal.SIGTERM)
+
+    def handler(signum, frame):
+        threading.Thread(target=watchdog, daemon=True).start()
+        raise SystemExit(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)

@@ -39,20 +39,25 @@ class Events:
 
 
 def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
-                     timeout: float = hosts.DEFAULT_TIMEOUT) -> None:
+                     timeout: float = hosts.DEFAULT_TIMEOUT, run_dir: str | None = None) -> None:
     """``jax.distributed.initialize`` before anything touches a device; without arguments JAX reads
     what a cluster scheduler (SLURM, Open MPI, ...) set, and a single machine needs nothing. With
     an explicit coordinator every process first checks in there (:func:`hosts.check_in`), so a
     missing one is one line after ``timeout`` seconds."""
     hosts.check_numbering(num_processes, process_id)
     if coordinator or num_processes:
+        if (num_processes or 1) > 1 and not run_dir:
+            raise UsageError("a multi-host run needs --run-dir: the same directory for every process, on a file "
+                             "system they share (process 0 writes it)")
         if coordinator and num_processes is not None and process_id is not None:
-            hosts.check_in(coordinator, num_processes, process_id, timeout)
+            hosts.check_in(coordinator, num_processes, process_id, timeout,
+                           str(Path(run_dir).absolute()) if run_dir else "")
         # Collectives between CPU processes (tests, CPU clusters) go through gloo; accelerators
         # use their own (NCCL, ICI) whatever this says.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id, initialization_timeout=max(int(timeout), 1))
+        hosts.end_on_sigterm()
 
 
 def is_first_process() -> bool:
