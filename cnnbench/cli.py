@@ -13,7 +13,7 @@ import click
 
 from cnnbench import __version__
 from cnnbench.errors import CnnbenchError, UsageError
-from cnnbench.output import Column, emit, err_console, format_option, giga, human_bytes, integer
+from cnnbench.output import Column, emit, err_console, format_option, giga, human_bytes, integer, plural
 from cnnbench.train.config import OPTIMIZERS, PRECISIONS, SCHEDULES
 
 
@@ -408,9 +408,9 @@ def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, report_file,
         rows.append({**result, "model": f"ensemble of {len(loaded)}", "protocol": "softmax averaged"})
     rows += [{**r, "num_examples": None} for r in result["paper"]]
     if result["skipped_images"]:
-        notes.append(f"{result['skipped_images']} images could not be decoded and were skipped")
+        notes.append(f"{plural(result['skipped_images'], 'image')} could not be decoded and were skipped")
     _eval_table(rows, result, fmt, top5, f"{result['dataset']} {result['split']}: "
-                                        f"{result['num_examples']:,} images", notes)
+                                        f"{plural(result['num_examples'], 'image')}", notes)
 
 
 def _eval_table(rows, document, fmt, top5, title, notes=()):
@@ -970,9 +970,9 @@ def prepare(dataset, data_dir, manual_dir, fmt):
     rows = [{"split": k, "examples": v} for k, v in info["splits"].items()]
     classes = info["classes"]
     shown = ", ".join(c["name"] for c in classes[:8]) + (", ..." if len(classes) > 8 else "")
-    shape = "x".join(map(str, info["image_shape"])) if info["image_shape"] else "varies"
+    shape = f"images {'x'.join(map(str, info['image_shape']))}" if info["image_shape"] else "image sizes vary"
     emit(rows, [Column("split", "split", justify="left"), Column("examples", "examples", integer)], fmt,
-         title=dataset, notes=[f"{info['num_classes']} classes, images {shape}", f"classes: {shown}"],
+         title=dataset, notes=[f"{plural(info['num_classes'], 'class')}, {shape}", f"classes: {shown}"],
          document=info)
 
 

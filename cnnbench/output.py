@@ -51,6 +51,11 @@ class Column:
     wrap: bool = False  # only long free-text columns should wrap on a narrow terminal
 
 
+def plural(n: int, word: str) -> str:
+    """``1 image``, ``2 images``, ``1,281,167 images``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def integer(v) -> str:
     return "" if v is None else f"{v:,}"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnbench.output import plural
 from cnnbench.eval import metrics
 from cnnbench.eval.evaluate import Predictions
 
@@ -30,8 +31,8 @@ def _pct(v) -> str:
 
 def markdown(result: dict, analysis: dict, *, figure: str | None = None) -> str:
     lines = [f"# Evaluation: {', '.join(m['model'] for m in result['models'])}", "",
-             f"{result['dataset']} `{result['split']}`, {result['num_examples']:,} images, "
-             f"{result['protocol']}." + (f" {result['skipped_images']} images could not be decoded "
+             f"{result['dataset']} `{result['split']}`, {plural(result['num_examples'], 'image')}, "
+             f"{result['protocol']}." + (f" {plural(result['skipped_images'], 'image')} could not be decoded "
                                          f"and were skipped." if result["skipped_images"] else ""), "",
              "| model | top-1 % | top-5 % | top-1 error % | top-5 error % |", "| --- | --- | --- | --- | --- |"]
     rows = list(result["models"])

@@ -12,13 +12,16 @@ def run_with_progress(archs: list[str], **options) -> list[dict]:
     from cnnbench.perf.bench import Events, run
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err_console(), transient=True) as progress:
+    console = err_console()
+    with Progress(*columns, console=console, transient=True) as progress:
         current = {"task": None}
 
         def start(label, steps):
             if current["task"] is not None:
                 progress.remove_task(current["task"])
             current["task"] = progress.add_task(label, total=steps)
+            if not console.is_terminal:  # (no bar off a terminal: a line per workload says it is alive)
+                console.print(f"bench: {label}", highlight=False, markup=False)
 
         def advance():
             progress.advance(current["task"])
@@ -40,7 +43,7 @@ COLUMNS = [
     Column("step_time_ms", "step ms", _ms), Column("compile_s", "compile s", lambda v: f"{v:.1f}"),
     Column("params", "parameters", integer), Column("macs", "M mult-adds/img", lambda v: f"{v / 1e6:,.1f}"),
     Column("flops_per_sec", "GFLOP/s", lambda v: f"{v / 1e9:,.1f}"),
-    Column("utilization", "of peak", lambda v: f"{v:.0%}"),
+    Column("utilization", "of matmul peak", lambda v: f"{v:.0%}"),
     Column("host_peak_bytes", "host peak", human_bytes),
     Column("device_peak_bytes", "device peak", human_bytes),
 ]
@@ -64,6 +67,8 @@ def notes(rows: list[dict]) -> list[str]:
              f"matrix multiplications measured in this run on {first['devices']} device(s)",
              f"median of {first['steps']} timed steps after the warm-up; FLOP/s count 2 per multiply-add, "
              f"x3 for a training step",
+             "'of matmul peak' can exceed 100%: the multiply-adds are counted as direct convolutions, and "
+             "cnnbench computes some with fewer multiplications (Winograd F(2x2,3x3)) than that count",
              f"XLA_FLAGS: {first['xla_flags'] or '(none)'}"]
     if first.get("model_parallel", 1) > 1:
         lines.append(f"each copy of the model split over {first['model_parallel']} devices (--model-parallel), "

@@ -94,8 +94,11 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError ...)
-        raise UsageError(f"{path} is not a plain PyTorch state dict (refused: it cannot be loaded with "
-                         f"weights_only=True: {_first_line(e)})") from None
+        if type(e).__name__ == "UnpicklingError":  # (torch's own message runs to a dozen lines)
+            raise UsageError(f"{path} holds Python objects besides tensors (a pickled model or code), which "
+                             f"could run code when loaded; refused. Save model.state_dict() instead, or "
+                             f"convert to .safetensors") from None
+        raise UsageError(f"{path} is not a readable PyTorch state dict ({_first_line(e)}); refused") from None
     if not isinstance(obj, dict) or not obj or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         what = type(obj).__name__

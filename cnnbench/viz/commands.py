@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from cnnbench.output import plural
 from cnnbench.errors import UsageError
 from cnnbench.viz import features as feat
 from cnnbench.viz import figures as fg
@@ -161,9 +162,9 @@ def top_patches(subject: Subject, out: Path, *, dataset: str | None, split: str 
         axes[r][0].text(-0.15, 0.5, f"ch {c}", transform=axes[r][0].transAxes, rotation=90, va="center",
                         ha="right", fontsize=7)
     path = out / f"top-patches-{layer}.png"
-    title = (f"{subject.title}: the {top} {source.name} {split} patches (of {seen} images) that excite "
+    title = (f"{subject.title}: the {top} {source.name} {split} patches (of {plural(seen, 'image')}) that excite "
              f"{layer} channels most; receptive field {g.receptive_field}px")
-    return [Written(fg.save(fig, path, title), f"{layer}, channels {', '.join(map(str, channels))}, {seen} images",
+    return [Written(fg.save(fig, path, title), f"{layer}, channels {', '.join(map(str, channels))}, {plural(seen, 'image')}",
                     {"layer": layer, "images": seen,
                      "channels": {str(c): [p.value for p in ps] for c, ps in zip(channels, best)}})]
 
@@ -322,7 +323,7 @@ def tsne(subject: Subject, out: Path, *, dataset: str | None, split: str | None,
     path = out / f"tsne-{layer}.png"
     title = (f"{subject.title}: t-SNE of {layer} features ({features.shape[1]}-d) of {len(features)} "
              f"{source.name} {split} images, coloured by class")
-    return [Written(fg.save(fig, path, title), f"{len(features)} images, {layer} ({features.shape[1]}-d)")]
+    return [Written(fg.save(fig, path, title), f"{plural(len(features), 'image')}, {layer} ({features.shape[1]}-d)")]
 
 
 def neighbors(subject: Subject, image_path: str, out: Path, *, dataset: str | None, split: str | None,
