@@ -234,3 +234,40 @@ def test_resume_without_checkpoints_refuses_and_stale_saves_are_cleaned(finished
     with pytest.raises(UsageError, match="finished epochs in metrics.jsonl but no checkpoint to continue from"):
         train(cfg, run_dir=run)
     assert (run / "metrics.jsonl").read_text() == lines  # nothing overwritten
+
+
+def test_a_disk_too_full_for_the_next_checkpoint_stops_before_writing_it(tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    from cnnbench.train import checkpoint
+
+    real, saves = shutil.disk_usage, {"n": 0}
+    original = checkpoint.Checkpoints.check_space
+
+    def counting(self, state, copies=1):
+        saves["n"] += 1
+        if saves["n"] >= 2:  # the disk is full from the second save on
+            monkeypatch.setattr(shutil, "disk_usage", lambda path: collections.namedtuple(
+                "usage", "total used free")(real(path).total, real(path).total, 4096))
+        return original(self, state, copies)
+
+    monkeypatch.setattr(checkpoint.Checkpoints, "check_space", counting)
+    run = tmp_path / "full"
+    with pytest.raises(CnnbenchError) as caught:
+        train(load(None, "mlp2", {**SMALL, "epochs": 3}), run_dir=run)
+    text = str(caught.value)
+    assert text.startswith(f"cannot write {(run / 'checkpoints' / 'latest').absolute()}: No space left on device (0.0 MiB free")
+    assert "the last complete checkpoint (step 6) is intact" in text and "\n" not in text
+    assert not list((run / "checkpoints" / "latest").glob("*tmp*"))  # nothing half-written
+
+
+def test_orbax_file_errors_become_the_os_error_they_were():
+    from cnnbench.train.checkpoint import as_os_error
+
+    orbax = ValueError('OUT_OF_RANGE: Error writing "params.fc1/0" in OCDBT database at local file "/r/c/": Failed '
+                       'writing: "/r/c/d/9b2e": Failed to write 14733 bytes to file 16: No space left on device '
+                       "[os_error_code='28']")
+    error = as_os_error(orbax)
+    assert (error.errno, error.strerror, error.filename) == (28, "No space left on device", "/r/c/d/9b2e")
+    assert as_os_error(ValueError("something else")) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import jax
@@ -31,16 +32,81 @@ def remove_stale(run_dir: Path) -> list[Path]:
     return stale
 
 
-class _QuietWaits(logging.Filter):
+class _OrbaxNoise(logging.Filter):
     """Orbax warns on every save that waited for the previous one ("consider checkpointing less
-    frequently"); with one save per epoch of a small model that is every epoch, and it says nothing
-    the user can act on."""
+    frequently"), with one save per epoch of a small model every epoch, saying nothing the user can
+    act on; and a save that fails on the file system (a full disk) is logged with a traceback by
+    each of its threads, where the run stops with one line naming the file and the error
+    (:func:`as_os_error`). ``CNNBENCH_VERBOSE`` shows both."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Waiting for previous save to complete")
+        import os
+
+        if os.environ.get("CNNBENCH_VERBOSE"):
+            return True
+        message = record.getMessage()
+        if message.startswith("Waiting for previous save to complete"):
+            return False
+        if record.levelno >= logging.ERROR and "orbax" in record.pathname:
+            failure = message + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else "")
+            return not ("os_error_code" in failure or "Handler Commit operations" in message
+                        or "Save Finalize thread" in message)
+        return True
 
 
-logging.getLogger("absl").addFilter(_QuietWaits())
+logging.getLogger("absl").addFilter(_OrbaxNoise())
+
+
+def _quiet_closed_loops(hook):
+    """When a save fails, TensorStore's callbacks into orbax's finished event loops raise "Event
+    loop is closed", printed through ``sys.excepthook`` from C++, once per file: dropped."""
+    import os
+
+    def excepthook(kind, value, traceback):
+        if kind is RuntimeError and str(value) == "Event loop is closed" and not os.environ.get("CNNBENCH_VERBOSE"):
+            return
+        hook(kind, value, traceback)
+
+    return excepthook
+
+
+sys.excepthook = _quiet_closed_loops(sys.excepthook)
+
+
+def as_os_error(error: BaseException) -> OSError | None:
+    """The file-system error inside one of orbax's / TensorStore's (``... Failed writing: "PATH" ...
+    [os_error_code='28']``), as the :class:`OSError` it was; None for any other error."""
+    import errno as _errno
+    import os
+    import re
+
+    text = str(error)
+    code = re.search(r"os_error_code='?(\d+)", text)
+    if not code:
+        return None
+    path = re.search(r'Failed (?:writing|to write|opening)[^"]*"([^"]+)"', text)
+    number = int(code.group(1))
+    return OSError(number, os.strerror(number) if number in _errno.errorcode else text[:200],
+                   path.group(1) if path else None)
+
+
+def _file_errors(method):
+    """Re-raise a checkpoint write that failed on the file system as that :class:`OSError`."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapped(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 (orbax wraps TensorStore's errors in ValueError & co.)
+            os_error = as_os_error(e)
+            if os_error is None:
+                raise
+            raise os_error from None
+
+    return wrapped
 
 
 class Checkpoints:
@@ -51,7 +117,9 @@ class Checkpoints:
         self.best = ocp.CheckpointManager(root / "best", options=ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True))
 
+    @_file_errors
     def save(self, step: int, state: dict, meta: dict, *, best: bool) -> None:
+        self.check_space(state, copies=2 if best else 1)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.latest.save(step, args=args)
         if best:
@@ -85,10 +153,24 @@ class Checkpoints:
         raise UsageError(f"no intact checkpoint in {manager.directory}: {'; '.join(damaged)}; "
                          f"restore the files or start a new run")
 
+    def check_space(self, state: dict, copies: int = 1) -> None:
+        """A save that cannot fit on the disk fails before orbax starts writing (whose threads each
+        log a traceback when the disk fills under them): ENOSPC naming the free and needed space."""
+        import errno
+        import shutil
+
+        need = copies * sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + (1 << 20)
+        free = shutil.disk_usage(self.latest.directory).free
+        if free < need:
+            raise OSError(errno.ENOSPC, f"No space left on device ({free / 2**20:,.1f} MiB free, a checkpoint "
+                                        f"needs about {need / 2**20:,.1f} MiB)", str(self.latest.directory))
+
+    @_file_errors
     def wait(self) -> None:
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
 
+    @_file_errors
     def close(self) -> None:
         self.latest.close()
         self.best.close()

@@ -80,14 +80,15 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
     except OSError as e:
         if e.errno not in WRITE_ERRORS:
             raise
+        _quiet_background_errors()
         raise CnnbenchError(_write_failure(e, run_dir)) from None
     finally:
         if lock is not None:
             lock.release()
 
 
-#: the errors of a file system that takes no more (full, over quota, read-only, no permission)
-WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+#: the errors of a file system that takes no more (full, over quota, a file-size limit, read-only, no permission)
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _write_failure(e: OSError, run_dir: Path) -> str:
@@ -182,9 +183,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
                 indent=2))
         raise
     finally:
-        checkpoints.wait()  # an interrupted run still completes the checkpoint it was writing
-        checkpoints.close()
-        log.close()
+        _finish(checkpoints, log)
     summary = summarize_run(run_dir, cfg, source.name, time.time() - started)
     summary["params_digest"] = params_digest(state["params"])
     summary["mesh"] = {axis: int(size) for axis, size in mesh.shape.items()}
@@ -193,6 +192,34 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     if main:
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _finish(checkpoints: Checkpoints, log: MetricsLog) -> None:
+    """Complete the checkpoint being written (an interrupted run still does), then close
+    everything; the first error (a full disk) is raised once all is closed."""
+    error = None
+    for step in (checkpoints.wait, checkpoints.close, log.close):
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 (re-raised below)
+            error = error or e
+    if error is not None:
+        raise error
+
+
+def _quiet_background_errors() -> None:
+    """After a fatal write error has been reported in one line: orbax's writer threads and their
+    event loops fail too as the process ends, each with a traceback that says nothing new."""
+    import logging
+    import os
+    import sys
+    import threading
+
+    if os.environ.get("CNNBENCH_VERBOSE"):
+        return
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    threading.excepthook = lambda args: None
+    sys.unraisablehook = lambda unraisable: None
 
 
 class NonFiniteLoss(CnnbenchError):
