@@ -209,6 +209,9 @@ def _default(name: str, text: str = "") -> str:
 @click.option("--schedule", type=click.Choice(SCHEDULES), help=_default("schedule"))
 @click.option("--warmup-epochs", type=float, help=_default("warmup_epochs"))
 @click.option("--label-smoothing", type=float, help=_default("label_smoothing"))
+@click.option("--ema", type=float, metavar="DECAY",
+              help="Average the weights after every step (Polyak / EMA, e.g. 0.9999): validated and kept "
+                   "beside the raw ones; eval and predict use them. [default: none]")
 @click.option("--grad-clip", type=float, help="Clip the global gradient norm. [default: none]")
 @click.option("--input-size", type=int)
 @click.option("--train-ops", help="Train preprocessing recipe or spec (see `cnnbench data show`).")
@@ -266,12 +269,14 @@ def train(arch, config_file, options, settings, resume, run_dir, coordinator, nu
         config_lib.check_continues(target, cfg)  # before anything loads
     summary = _train_with_progress(cfg, target, fmt)
     rows = [{"run": summary["run_dir"], "epochs": summary["epochs"], **{f"final_{k}": v for k, v in summary["final"].items()},
+             "ema_top1": summary.get("final_ema", {}).get("top1"),
              "best_top1": summary["best"].get("top1"), "best_epoch": summary["best"].get("epoch"),
              "images_per_sec": summary["images_per_sec"], "wall_time": summary["wall_time"]}]
     pct = lambda v: "" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     emit(rows, [Column("run", "run", justify="left"), Column("epochs", "epochs"),
                 Column("final_top1", "val top-1", pct), Column("final_top5", "val top-5", pct),
                 Column("final_loss", "val loss", lambda v: f"{v:.4f}"),
+                *([Column("ema_top1", "EMA val top-1", pct)] if "final_ema" in summary else []),
                 Column("best_top1", "best top-1", pct), Column("best_epoch", "at epoch"),
                 Column("images_per_sec", "train images/s", lambda v: f"{v:,.0f}"),
                 Column("wall_time", "wall time", lambda v: f"{v:.0f} s")], fmt,
@@ -313,6 +318,7 @@ def _train_with_progress(cfg, run_dir, fmt):
         def validation(r):
             progress.console.print(f"epoch {r['epoch']}/{cfg.epochs}: val top-1 {100 * r['top1']:.2f}%  "
                                    f"top-5 {100 * r['top5']:.2f}%  loss {r['loss']:.4f}"
+                                   + (f"  (EMA: top-1 {100 * r['ema_top1']:.2f}%)" if "ema_top1" in r else "")
                                    + _skipped_note(r),
                                    highlight=False)
 
@@ -345,6 +351,8 @@ def _pct(v) -> str:
 @click.option("--scales", help="Multi-scale shorter sides, e.g. 256,384,512 (default: those, scaled to the input).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--checkpoint", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option("--raw-weights", is_flag=True,
+              help="For a run trained with --ema: the raw weights instead of the averaged ones.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False),
               help="Write a Markdown report (and a PNG of sample predictions beside it).")
 @click.option("--submission", type=click.Path(dir_okay=False),
@@ -360,7 +368,7 @@ def _pct(v) -> str:
 @click.option("--manual-dir", type=click.Path(file_okay=False), help="Manual download folder (default: the run's).")
 @click.option("--model-parallel", type=int, metavar="M", default=1, show_default=True, help=MODEL_PARALLEL_HELP)
 @format_option
-def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, report_file, submission, class_map,
+def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, raw_weights, report_file, submission, class_map,
           ground_truth, predictions, num_classes, data_dir, manual_dir, model_parallel, fmt):
     """Top-1/top-5 of trained RUNS (default: the latest under ./runs); several runs add their ensemble.
 
@@ -388,7 +396,7 @@ def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, report_file,
 
     scale_sizes = _int_list(scales, "--scales") if scales else None
     with err_console().status("loading checkpoints ..."):
-        loaded = [load_run(Path(r), which=checkpoint) for r in (runs or [latest_run()])]
+        loaded = [load_run(Path(r), which=checkpoint, raw=raw_weights) for r in (runs or [latest_run()])]
     result, final = _evaluate_with_progress(loaded, split=split, crops=crops, scales=scale_sizes,
                                             batch_size=batch_size, data_dir=data_dir, manual_dir=manual_dir,
                                             model_parallel=model_parallel)
@@ -450,8 +458,10 @@ def _evaluate_with_progress(loaded, **kwargs):
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), help="Run directory (default: the latest).")
 @click.option("--top", type=int, default=5, show_default=True, help="Classes per image.")
 @click.option("--checkpoint", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option("--raw-weights", is_flag=True,
+              help="For a run trained with --ema: the raw weights instead of the averaged ones.")
 @format_option
-def predict(images, run_dir, top, checkpoint, fmt):
+def predict(images, run_dir, top, checkpoint, raw_weights, fmt):
     """The most probable classes of IMAGES, with their names and probabilities.
 
     \b
@@ -464,7 +474,7 @@ def predict(images, run_dir, top, checkpoint, fmt):
     from cnnbench.eval.runs import latest_run, load_run
 
     check_images(list(images))  # a missing or broken image is one line before the model loads
-    run = load_run(Path(run_dir) if run_dir else latest_run(), which=checkpoint)
+    run = load_run(Path(run_dir) if run_dir else latest_run(), which=checkpoint, raw=raw_weights)
     results = predict_files(run, list(images), top=top)
     rows = [{"image": r["image"] if p["rank"] == 1 else "", **p} for r in results for p in r["predictions"]]
     emit(rows, [Column("image", "image", justify="left"), Column("rank", "rank"),

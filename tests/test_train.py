@@ -373,3 +373,49 @@ def test_undecodable_images_are_counted_where_met_and_named(tmp_path):
     assert lines[0].startswith("#") and len(lines) == 3  # named once, not once per epoch
     assert {line.split("\t")[0] for line in lines[1:]} == {"train"}
     assert {Path(line.split("\t")[1]).name for line in lines[1:]} == {"9_truncated.jpg", "9_garbage.jpg"}
+
+
+def test_ema_is_the_hand_computed_average_of_the_steps():
+    """decay d over three steps from w0: d^3 w0 + (1-d) (d^2 w1 + d w2 + w3), batch-norm statistics too."""
+    from cnnbench.parallel import make_mesh
+    from cnnbench.train.step import train_state
+
+    mesh = make_mesh(1, 1)
+    model = create_model("resnet20", num_classes=10, input_size=8)
+    tx, d = optax.sgd(0.1, momentum=0.9), 0.7
+    graphdef, state, other = train_state(model, tx, mesh, ema=True)
+    step, _ = make_steps(graphdef, other, tx, seed=0, finish=None, ema_decay=d)
+    step = jax.jit(step)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(8, 8, 8, 3)).astype(np.float32), "label": rng.integers(0, 10, 8).astype(np.int32)}
+    seen = [jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})]
+    for _ in range(3):
+        state, _ = step(state, batch)
+        seen.append(jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]}))
+    expected = jax.tree.map(lambda w0, w1, w2, w3: d ** 3 * w0 + (1 - d) * (d ** 2 * w1 + d * w2 + w3), *seen)
+    got = jax.device_get(state["ema"])
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(jax.tree.leaves(got["params"])[0], jax.tree.leaves(seen[-1]["params"])[0])
+
+
+def test_ema_weights_are_validated_kept_and_used_by_eval_unless_raw(tmp_path):
+    from cnnbench.eval.runs import load_run
+
+    summary = train(load(None, "mlp2", {**SMALL, "epochs": 2, "devices": 1, "ema": 0.9}), run_dir=tmp_path / "ema")
+    val = [r for r in read_metrics(tmp_path / "ema") if r["kind"] == "validation"]
+    assert all({"ema_top1", "ema_top5", "ema_loss"} <= set(r) for r in val)
+    assert summary["final_ema"]["top1"] == val[-1]["ema_top1"]
+    averaged, raw = load_run(tmp_path / "ema", which="latest"), load_run(tmp_path / "ema", which="latest", raw=True)
+    assert (averaged.weights, raw.weights) == ("ema", "raw")
+    a, b = (jax.tree.leaves(nnx.state(r.model, nnx.Param)) for r in (averaged, raw))
+    assert not all(np.allclose(x, y) for x, y in zip(a, b))
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "ema"), "--checkpoint", "latest", "--format", "json"])
+    doc = json.loads(result.stdout)
+    assert doc["models"][0]["weights"] == "ema" and doc["top1"] == pytest.approx(val[-1]["ema_top1"])
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "ema"), "--checkpoint", "latest", "--raw-weights",
+                                      "--format", "json"])
+    assert json.loads(result.stdout)["models"][0]["weights"] == "raw"
+    assert json.loads(result.stdout)["top1"] == pytest.approx(val[-1]["top1"])
+    with pytest.raises(UsageError, match="ema .* between 0 and 1"):
+        load(None, "mlp2", {**SMALL, "ema": 1.5})

@@ -205,7 +205,7 @@ def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str
                           model_parallel=model_parallel, advance=advance)
         predictions.append(p)
         models.append({"model": run.name, "run_dir": str(run.run_dir), "arch": run.cfg.arch,
-                       "checkpoint": str(run.checkpoint), "epoch": run.epoch, "spec": p.spec,
+                       "checkpoint": str(run.checkpoint), "weights": run.weights, "epoch": run.epoch, "spec": p.spec,
                        **metrics.accuracy(p.probs, p.labels), "skipped_images": p.skipped})
         _save(run, split, crops, {**models[-1], "dataset": source.name, "split": split, "crops": crops})
     final = combine(predictions) if len(predictions) > 1 else predictions[0]

@@ -28,6 +28,7 @@ class LoadedRun:
     eval_spec: str              # the validation preprocessing it was trained with
     checkpoint: Path            # the checkpoint directory the weights came from
     meta: dict                  # what the loop stored with it: epoch, best_top1, validation
+    weights: str = "raw"        # "ema": the averaged weights of a run trained with --ema; "raw" otherwise
 
     @property
     def name(self) -> str:
@@ -66,9 +67,10 @@ def dataset_info(run_dir: Path, cfg: TrainConfig, size: int, channels: int) -> d
             "eval_spec": spec}
 
 
-def load_run(run_dir: str | Path, *, which: str = "best") -> LoadedRun:
+def load_run(run_dir: str | Path, *, which: str = "best", raw: bool = False) -> LoadedRun:
     """Rebuild the run's model from its ``config.json`` and load the weights of its best
-    (``which="best"``) or latest checkpoint."""
+    (``which="best"``) or latest checkpoint: the averaged (EMA) weights of a run trained with
+    ``--ema``, unless ``raw``."""
     from cnnbench.archs import get_arch
     from cnnbench.archs.state import abstract_model, concrete_rest
     from cnnbench.train.checkpoint import restore_weights
@@ -87,8 +89,10 @@ def load_run(run_dir: str | Path, *, which: str = "best") -> LoadedRun:
     abstract = abstract_model(cfg.arch, num_classes=len(names), input_size=size, in_channels=channels,
                               **cfg.arch_options)
     graphdef, params, batch_stats, rest = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
-    weights, meta, step_dir = restore_weights(run_dir, {"params": params, "batch_stats": batch_stats},
-                                              which=which)
+    kind = "ema" if cfg.ema is not None and not raw else "raw"
+    template = {"params": params, "batch_stats": batch_stats}
+    weights, meta, step_dir = restore_weights(run_dir, {"ema": template} if kind == "ema" else template, which=which)
+    weights = weights["ema"] if kind == "ema" else weights
     model = nnx.merge(graphdef, weights["params"], weights["batch_stats"], concrete_rest(rest))
     model.eval()
-    return LoadedRun(run_dir, cfg, model, ids, names, size, channels, dataset["eval_spec"], step_dir, meta)
+    return LoadedRun(run_dir, cfg, model, ids, names, size, channels, dataset["eval_spec"], step_dir, meta, kind)

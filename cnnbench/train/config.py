@@ -48,6 +48,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None      # global norm
     aux_weight: float = 0.3             # GoogLeNet's auxiliary losses
+    ema: float | None = None            # Polyak / EMA decay of the averaged weights (e.g. 0.9999); None: none
     precision: str = "fp32"
     seed: int = 0
     # transfer learning
@@ -73,6 +74,8 @@ class TrainConfig:
                 raise UsageError(f"{name} must be at least 1")
         if self.lr <= 0:
             raise UsageError("lr must be positive")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise UsageError(f"ema (the averaging decay) must be between 0 and 1, e.g. 0.999, not {self.ema}")
         from cnnbench.archs import get_arch
 
         get_arch(self.arch)  # an unknown name is one line before anything loads or shows progress

@@ -25,7 +25,7 @@ from cnnbench.train.checkpoint import Checkpoints, remove_stale
 from cnnbench.train.config import TrainConfig, check_continues
 from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
 from cnnbench.train.rundir import MetricsLog, RunLock, new_run_dir, read_metrics, write_dataset, write_text
-from cnnbench.train.step import jit_train_step, make_steps, set_compute_dtype, train_state
+from cnnbench.train.step import averaged, jit_train_step, make_steps, set_compute_dtype, train_state
 
 
 @dataclasses.dataclass
@@ -144,9 +144,9 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
         set_compute_dtype(model, dtype)
     parallel.plan(model, cfg.model_parallel, mesh)
     tx, lr_schedule = optimizer(cfg, steps_per_epoch, group)
-    graphdef, state, other = train_state(model, tx, mesh)
+    graphdef, state, other = train_state(model, tx, mesh, ema=cfg.ema is not None)
     train_step, eval_step = make_steps(graphdef, other, tx, seed=cfg.seed, finish=train_data.finish,
-                                       eval_finish=eval_data.finish, dtype=dtype,
+                                       eval_finish=eval_data.finish, dtype=dtype, ema_decay=cfg.ema,
                                        label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
     train_step = jit_train_step(train_step, state, mesh)
     eval_step = jax.jit(eval_step, out_shardings=replicated)
@@ -258,6 +258,9 @@ class _Loop:
         for epoch in range(start_epoch, self.cfg.epochs):
             state, means = self.train_epoch(state, epoch)
             validation = evaluate(self.eval_step, state, self.eval_data, self.sharding)
+            if "ema" in state:  # the averaged weights, beside the raw ones
+                validation.update({f"ema_{k}": v for k, v in evaluate(self.eval_step, averaged(state), self.eval_data,
+                                                                       self.sharding).items() if k != "num_examples"})
             if self.cfg.schedule == "plateau":
                 state, plateau = self.plateau(state, plateau, validation)
             is_best = validation["top1"] > best_top1
@@ -367,6 +370,8 @@ def summarize_run(run_dir: Path, cfg: TrainConfig, dataset: str, wall_time: floa
         "run_dir": str(run_dir), "arch": cfg.arch, "dataset": dataset, "epochs": len(val),
         "steps": train[-1]["step"] if train else 0,
         "final": {k: val[-1][k] for k in ("top1", "top5", "loss")} if val else {},
+        **({"final_ema": {k: val[-1][f"ema_{k}"] for k in ("top1", "top5", "loss")}}
+           if val and "ema_top1" in val[-1] else {}),
         "best": {k: best[k] for k in ("top1", "top5", "loss", "epoch")} if best else {},
         "train_loss": train[-1]["loss"] if train else None,
         "images_per_sec": float(np.median([r["images_per_sec"] for r in train])) if train else None,

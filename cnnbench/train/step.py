@@ -36,15 +36,23 @@ def _topk_correct(logits, labels, k):
     return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def train_state(model: nnx.Module, tx, mesh):
+def train_state(model: nnx.Module, tx, mesh, *, ema: bool = False):
     """``(graphdef, state, other)`` of a (planned) model: its graph, the training state
-    ``{"step", "params", "batch_stats", "opt_state"}`` placed on ``mesh`` as the layers' split
-    says (the optimiser state like the parameters it belongs to), and the rest (dropout RNG
-    state) replicated. What `cnnbench train` and `cnnbench bench` start from."""
+    ``{"step", "params", "batch_stats", "opt_state"}`` (and ``"ema"``, the averaged
+    ``{"params", "batch_stats"}``, with ``ema``) placed on ``mesh`` as the layers' split says (the
+    optimiser state like the parameters it belongs to), and the rest (dropout RNG state)
+    replicated. What `cnnbench train` and `cnnbench bench` start from."""
     graphdef, params, batch_stats, other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    state = place({"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
-                   "opt_state": tx.init(params)}, mesh)
-    return graphdef, state, jax.device_put(other, replicated(mesh))
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
+             "opt_state": tx.init(params)}
+    if ema:
+        state["ema"] = jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
+    return graphdef, place(state, mesh), jax.device_put(other, replicated(mesh))
+
+
+def averaged(state: dict) -> dict:
+    """``state`` with the averaged (EMA) weights in place of the raw ones, for the eval step."""
+    return {**state, **state["ema"]}
 
 
 def jit_train_step(train_step, state, mesh):
@@ -64,9 +72,11 @@ def probabilities(model: nnx.Module, images):
 
 
 def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=jnp.float32,
-               label_smoothing: float = 0.0, aux_weight: float = 0.3, eval_finish: Finish | None = None):
+               label_smoothing: float = 0.0, aux_weight: float = 0.3, eval_finish: Finish | None = None,
+               ema_decay: float | None = None):
     """(train_step, eval_step); ``finish`` completes training batches, ``eval_finish`` (default: the
-    same) evaluation batches."""
+    same) evaluation batches. A state with ``"ema"`` averages the weights after every step:
+    ``ema = decay * ema + (1 - decay) * new`` (Polyak averaging; batch-norm statistics too)."""
     base_key = jax.random.key(seed)
     eval_finish = finish if eval_finish is None else eval_finish
 
@@ -98,8 +108,12 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
         batch_stats = nnx.state(model, nnx.BatchStat)
         metrics = {"loss": loss, "top1": _topk_correct(logits, labels, 1).mean(),
                    "top5": _topk_correct(logits, labels, 5).mean()}
-        return {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
-                "opt_state": opt_state}, metrics
+        new = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats, "opt_state": opt_state}
+        if "ema" in state:
+            d = jnp.float32(ema_decay)
+            new["ema"] = jax.tree.map(lambda e, w: (d * e + (1 - d) * w).astype(e.dtype), state["ema"],
+                                      {"params": params, "batch_stats": batch_stats})
+        return new, metrics
 
     def eval_step(state, batch):
         """Sums over the real (unpadded) examples; several crops per image average their softmax."""
