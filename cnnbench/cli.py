@@ -209,6 +209,10 @@ def _default(name: str, text: str = "") -> str:
 @click.option("--schedule", type=click.Choice(SCHEDULES), help=_default("schedule"))
 @click.option("--warmup-epochs", type=float, help=_default("warmup_epochs"))
 @click.option("--label-smoothing", type=float, help=_default("label_smoothing"))
+@click.option("--accumulate", type=int, metavar="N",
+              help=_default("accumulate", "Gradient accumulation: each batch runs as N micro-batches, one after "
+                                          "the other (1/N of the activation memory), with the update of the whole "
+                                          "batch."))
 @click.option("--ema", type=float, metavar="DECAY",
               help="Average the weights after every step (Polyak / EMA, e.g. 0.9999): validated and kept "
                    "beside the raw ones; eval and predict use them. [default: none]")

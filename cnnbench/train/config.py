@@ -49,6 +49,7 @@ class TrainConfig:
     grad_clip: float | None = None      # global norm
     aux_weight: float = 0.3             # GoogLeNet's auxiliary losses
     ema: float | None = None            # Polyak / EMA decay of the averaged weights (e.g. 0.9999); None: none
+    accumulate: int = 1                 # micro-batches per batch (gradient accumulation): batch_size stays the batch
     precision: str = "fp32"
     seed: int = 0
     # transfer learning
@@ -69,7 +70,7 @@ class TrainConfig:
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)
         choice("precision", PRECISIONS)
-        for name in ("epochs", "batch_size", "model_parallel"):
+        for name in ("epochs", "batch_size", "model_parallel", "accumulate"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1")
         if self.lr <= 0:
@@ -125,8 +126,10 @@ def load(path: str | Path | None, arch: str | None, overrides: dict) -> TrainCon
 
 
 #: what may differ between a run directory's configuration and a request to continue it: how long,
-#: where the data and checkpoints are kept, and on which devices; everything else defines the run
-RESUMABLE = ("epochs", "run_dir", "keep_checkpoints", "data_dir", "manual_dir", "devices", "model_parallel")
+#: where the data and checkpoints are kept, on which devices and in how many micro-batches (memory,
+#: not the result); everything else defines the run
+RESUMABLE = ("epochs", "run_dir", "keep_checkpoints", "data_dir", "manual_dir", "devices", "model_parallel",
+             "accumulate")
 
 
 def from_run(run_dir: Path) -> TrainConfig:

@@ -104,11 +104,13 @@ def _write_failure(e: OSError, run_dir: Path) -> str:
 def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started: float, main: bool) -> dict:
     mesh = parallel.make_mesh(cfg.devices, cfg.model_parallel)
     groups = parallel.data_size(mesh)
-    if cfg.batch_size % groups:
+    if cfg.batch_size % (groups * cfg.accumulate):
         where = f"{groups} devices" if cfg.model_parallel == 1 else \
             f"{groups} model groups ({mesh.devices.size} devices / --model-parallel {cfg.model_parallel})"
+        if cfg.accumulate > 1:
+            where = f"{cfg.accumulate} micro-batches over {where}"
         raise UsageError(f"global batch size {cfg.batch_size} does not divide over {where}; "
-                         f"use a multiple of {groups}")
+                         f"use a multiple of {groups * cfg.accumulate}")
     replicated = parallel.replicated(mesh)
     data = parallel.batch_sharding(mesh)
 
@@ -147,6 +149,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     graphdef, state, other = train_state(model, tx, mesh, ema=cfg.ema is not None)
     train_step, eval_step = make_steps(graphdef, other, tx, seed=cfg.seed, finish=train_data.finish,
                                        eval_finish=eval_data.finish, dtype=dtype, ema_decay=cfg.ema,
+                                       accumulate=cfg.accumulate,
                                        label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
     train_step = jit_train_step(train_step, state, mesh)
     eval_step = jax.jit(eval_step, out_shardings=replicated)

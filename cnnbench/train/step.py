@@ -73,10 +73,13 @@ def probabilities(model: nnx.Module, images):
 
 def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=jnp.float32,
                label_smoothing: float = 0.0, aux_weight: float = 0.3, eval_finish: Finish | None = None,
-               ema_decay: float | None = None):
+               ema_decay: float | None = None, accumulate: int = 1):
     """(train_step, eval_step); ``finish`` completes training batches, ``eval_finish`` (default: the
     same) evaluation batches. A state with ``"ema"`` averages the weights after every step:
-    ``ema = decay * ema + (1 - decay) * new`` (Polyak averaging; batch-norm statistics too)."""
+    ``ema = decay * ema + (1 - decay) * new`` (Polyak averaging; batch-norm statistics too).
+    ``accumulate`` N splits each batch into N micro-batches run one after the other (activations
+    of one micro-batch in memory at a time) and applies the mean of their gradients: the update
+    of the whole batch, up to float rounding (batch norm sees micro-batches, dropout other keys)."""
     base_key = jax.random.key(seed)
     eval_finish = finish if eval_finish is None else eval_finish
 
@@ -85,10 +88,10 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
         # inside the trace, which ``nnx.reseed`` may then overwrite.
         return nnx.merge(graphdef, state["params"], state["batch_stats"], jax.tree.map(lambda v: v, other))
 
-    def train_step(state, batch):
-        model = merge(state)
-        nnx.reseed(model, default=jax.random.fold_in(base_key, state["step"]))
-        images, labels = _images(batch, finish, dtype), batch["label"]
+    def gradients(params, batch_stats, images, labels, key):
+        """Loss, metrics, gradients and updated batch statistics of one (micro-)batch."""
+        model = nnx.merge(graphdef, params, batch_stats, jax.tree.map(lambda v: v, other))
+        nnx.reseed(model, default=key)
 
         def loss_fn(m):
             logits, aux = m.forward_with_aux(images, train=True)
@@ -103,11 +106,37 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
             return loss, logits.astype(jnp.float32)
 
         (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        batch_stats = nnx.state(model, nnx.BatchStat)
         metrics = {"loss": loss, "top1": _topk_correct(logits, labels, 1).mean(),
                    "top5": _topk_correct(logits, labels, 5).mean()}
+        return metrics, grads, nnx.state(model, nnx.BatchStat)
+
+    def accumulated(state, images, labels, key):
+        """The mean gradient of ``accumulate`` micro-batches: example j of micro-batch i is example
+        j * N + i of the batch, so every device's shard of the batch feeds every micro-batch."""
+        def micro(x):
+            return jnp.moveaxis(x.reshape((x.shape[0] // accumulate, accumulate) + x.shape[1:]), 1, 0)
+
+        def body(carry, xs):  # (the parameters ride in the carry: NNX variables stay in the scan's trace)
+            params, batch_stats, sums = carry
+            i, x, y = xs
+            metrics, grads, batch_stats = gradients(params, batch_stats, x, y, jax.random.fold_in(key, i))
+            return (params, batch_stats, jax.tree.map(jnp.add, sums, (metrics, grads))), None
+
+        zero = jax.tree.map(jnp.zeros_like, ({"loss": 0.0, "top1": 0.0, "top5": 0.0}, state["params"]))
+        (_, batch_stats, (metrics, grads)), _ = jax.lax.scan(
+            body, (state["params"], state["batch_stats"], zero), (jnp.arange(accumulate), micro(images), micro(labels)))
+        return jax.tree.map(lambda v: v / accumulate, metrics), jax.tree.map(lambda g: g / accumulate, grads), \
+            batch_stats
+
+    def train_step(state, batch):
+        images, labels = _images(batch, finish, dtype), batch["label"]
+        key = jax.random.fold_in(base_key, state["step"])
+        if accumulate > 1:
+            metrics, grads, batch_stats = accumulated(state, images, labels, key)
+        else:
+            metrics, grads, batch_stats = gradients(state["params"], state["batch_stats"], images, labels, key)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
         new = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats, "opt_state": opt_state}
         if "ema" in state:
             d = jnp.float32(ema_decay)
