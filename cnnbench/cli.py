@@ -1033,9 +1033,18 @@ def show(dataset, data_dir, manual_dir, split, train, ops, size, channels, seed,
 
     from cnnbench.pipeline.tools import sample_grid
 
-    pipeline = _pipeline(dataset, data_dir, manual_dir, split, train, ops, size, channels, seed, count)
-    path = sample_grid(pipeline, Path(out), count=count)
-    click.echo(f"wrote {path} ({count} samples of {pipeline.source.name} {pipeline.split}: {pipeline.ops})")
+    if count < 1:
+        raise UsageError(f"--count must be at least 1, not {count}")
+    from cnnbench.pipeline.sources import resolve
+
+    source = resolve(dataset, data_dir=data_dir, manual_dir=manual_dir)
+    available = source.num_examples(split or (source.train_split if train else source.eval_split))
+    # (a training pipeline yields whole batches only: a split smaller than --count shows what it has)
+    pipeline = _pipeline(dataset, data_dir, manual_dir, split, train, ops, size, channels, seed,
+                         max(1, min(count, available)))
+    path, shown = sample_grid(pipeline, Path(out), count=count)
+    click.echo(f"wrote {path} ({plural(shown, 'sample')} of {pipeline.source.name} {pipeline.split}: {pipeline.ops})"
+               + (f"; the split has {plural(available, 'image')}" if shown < count else ""))
 
 
 @data.command()

@@ -52,8 +52,8 @@ class Column:
 
 
 def plural(n: int, word: str) -> str:
-    """``1 image``, ``2 images``, ``1,281,167 images``."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
+    """``1 image``, ``2 images``, ``1,281,167 images``, ``10 classes``."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}{'es' if word.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
 
 
 def integer(v) -> str:

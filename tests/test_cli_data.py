@@ -26,6 +26,11 @@ def test_show_writes_a_png_grid(tmp_path):
                     "--count", "6", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 2000
+    # a split smaller than --count shows what it has (a training pipeline yields whole batches only)
+    small = invoke("data", "show", "synthetic:40x40x3:3:32", "--split", "train[:5]", "--size", "32",
+                   "--count", "16", "--out", str(tmp_path / "small.png"))
+    assert small.exit_code == 0, small.output
+    assert "wrote" in small.output and "5 samples" in small.output and "the split has 5 images" in small.output
 
 
 def test_bench_reports_throughput_against_decoding():

@@ -208,6 +208,9 @@ def test_report_and_submission_round_trip(runs, data_dir, tmp_path):
     assert "Hardest classes" in text and "Most confused pairs" in text and "Calibration" in text
     figure = tmp_path / "report-samples.png"
     assert figure.read_bytes()[:4] == b"\x89PNG" and figure.stat().st_size > 10_000
+    rows = (tmp_path / "report-confusion.csv").read_text().splitlines()  # the confusion matrix, written
+    assert len(rows) == 11 and sum(int(v) for row in rows[1:] for v in row.split(",")[1:]) == 360
+    assert (tmp_path / "report-confusion.png").read_bytes()[:4] == b"\x89PNG" and "report-confusion.csv" in text
     lines = sub.read_text().splitlines()
     assert len(lines) == 360 and all(len(line.split()) == 5 for line in lines)
     assert all(1 <= int(v) <= 10 for line in lines for v in line.split())

@@ -29,7 +29,7 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.2f}"
 
 
-def markdown(result: dict, analysis: dict, *, figure: str | None = None) -> str:
+def markdown(result: dict, analysis: dict, *, figure: str | None = None, matrix: list[str] = ()) -> str:
     lines = [f"# Evaluation: {', '.join(m['model'] for m in result['models'])}", "",
              f"{result['dataset']} `{result['split']}`, {plural(result['num_examples'], 'image')}, "
              f"{result['protocol']}." + (f" {plural(result['skipped_images'], 'image')} could not be decoded "
@@ -60,6 +60,9 @@ def markdown(result: dict, analysis: dict, *, figure: str | None = None) -> str:
               for b in cal["bins"]]
     if figure:
         lines += ["", "## Sample predictions", "", f"![sample images with their five most probable labels]({figure})"]
+    if matrix:
+        lines += ["", "## Confusion matrix", "", f"Counts per true (row) and predicted (column) class: [{matrix[0]}]({matrix[0]})."]
+        lines += [f"![confusion matrix, each row normalised]({name})" for name in matrix[1:]]
     lines += ["", "<details><summary>Per-class accuracy</summary>", "", "| class | images | top-1 % | top-5 % |",
               "| --- | --- | --- | --- |"]
     lines += [f"| {c['name']} | {c['examples']} | {_pct(c['top1'])} | {_pct(c['top5'])} |"
@@ -112,10 +115,52 @@ def sample_figure(p: Predictions, class_names: list[str], out: Path, *, count: i
     return out
 
 
+MATRIX_FIGURE_CLASSES = 100  # a confusion-matrix picture with more classes shows nothing legible
+
+
+def write_confusion(p: Predictions, class_names: list[str], stem: Path, title: str) -> list[Path]:
+    """The confusion matrix (rows: true class, columns: predicted) as ``<stem>-confusion.csv`` and,
+    up to :data:`MATRIX_FIGURE_CLASSES` classes, as ``<stem>-confusion.png`` (rows normalised)."""
+    import csv
+
+    matrix = metrics.confusion(p.probs, p.labels, len(class_names))
+    table = stem.with_name(stem.name + "-confusion.csv")
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *class_names])
+        writer.writerows([name, *map(int, row)] for name, row in zip(class_names, matrix))
+    written = [table]
+    if len(class_names) <= MATRIX_FIGURE_CLASSES:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        side = min(4 + 0.25 * len(class_names), 24)
+        fig, ax = plt.subplots(figsize=(side, side))
+        shown = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        ticks = np.arange(len(class_names))
+        labels = [n[:16] for n in class_names]
+        ax.set_xticks(ticks, labels, rotation=90, fontsize=7)
+        ax.set_yticks(ticks, labels, fontsize=7)
+        ax.set(xlabel="predicted", ylabel="true", title=title)
+        fig.colorbar(shown, ax=ax, fraction=0.046, label="share of the true class")
+        fig.tight_layout()
+        figure = stem.with_name(stem.name + "-confusion.png")
+        fig.savefig(figure, dpi=100)
+        plt.close(fig)
+        written.append(figure)
+    return written
+
+
 def write_report(result: dict, p: Predictions, class_names: list[str], path: Path) -> tuple[Path, Path]:
-    """The Markdown report at ``path`` and its figure beside it (``<name>-samples.png``)."""
+    """The Markdown report at ``path``, its figure beside it (``<name>-samples.png``) and the
+    confusion matrix (``<name>-confusion.csv``, ``.png``)."""
     figure = sample_figure(p, class_names, path.with_name(path.stem + "-samples.png"),
                            title=f"{result['dataset']} {result['split']}: five most probable labels "
                                  f"(true label in red)")
-    path.write_text(markdown(result, result["report"], figure=figure.name))
+    matrix = write_confusion(p, class_names, path.with_name(path.stem),
+                             title=f"{result['dataset']} {result['split']}: confusion matrix")
+    path.write_text(markdown(result, result["report"], figure=figure.name, matrix=[m.name for m in matrix]))
     return path, figure

@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from cnnbench.errors import UsageError
 from cnnbench.pipeline.loader import Pipeline
 from cnnbench.pipeline.preprocess import recipe_for
 from cnnbench.pipeline.sources import Source
@@ -28,9 +29,10 @@ def pipeline_for(source: Source, *, split: str, train: bool, size: int, channels
     return Pipeline(source, split, batch_size, spec, train=train, channels=channels, seed=seed)
 
 
-def sample_grid(pipeline: Pipeline, out: Path, *, count: int = 16, title: str = "") -> Path:
-    """A PNG grid of the first ``count`` preprocessed examples with their class names; each image
-    is rescaled to [0, 1] for display (the normalisation undone visually, not numerically)."""
+def sample_grid(pipeline: Pipeline, out: Path, *, count: int = 16, title: str = "") -> tuple[Path, int]:
+    """A PNG grid of the first ``count`` preprocessed examples (fewer if the split has fewer) with
+    their class names, and how many it shows; each image is rescaled to [0, 1] for display (the
+    normalisation undone visually, not numerically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,6 +47,8 @@ def sample_grid(pipeline: Pipeline, out: Path, *, count: int = 16, title: str = 
         if len(images) >= count:
             break
     images, labels = images[:count], labels[:count]
+    if not images:
+        raise UsageError(f"no image of {pipeline.source.name} {pipeline.split!r} could be decoded to show")
     cols = min(8, len(images))
     rows = -(-len(images) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows + 0.4), squeeze=False)
@@ -60,7 +64,7 @@ def sample_grid(pipeline: Pipeline, out: Path, *, count: int = 16, title: str = 
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
-    return out
+    return out, len(images)
 
 
 def decode_throughput(pipeline: Pipeline, *, images: int) -> dict:
