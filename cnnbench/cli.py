@@ -143,6 +143,12 @@ def summary(arch, input_size, num_classes, in_channels, options, all_layers, mod
                Column("activations", "activations", integer), Column("memory", "memory"),
                Column("receptive_field", "RF"), Column("effective_stride", "eff. stride")]
     notes = list(doc["observations"])
+    from cnnbench.analysis.summary import CONNECTION_FAMILIES
+    from cnnbench.archs import get_arch
+
+    if get_arch(arch).family in CONNECTION_FAMILIES:  # as LeCun et al. count them
+        columns.insert(6, Column("connections", "connections", integer))
+        footer["connections"] = sum(r.connections for r in s.layers)
     if model_parallel > 1:
         columns[5:5] = [Column("split", "split", justify="left"),
                         Column("device_params", "params/device", integer),

@@ -8,7 +8,7 @@ from cnnbench.archs.trace import count_params
 
 # Every name the foundation issue asks for.
 EXPECTED_NAMES = {
-    "lenet5", "alexnet", "alexnet-owt", "zfnet",
+    "lenet5", "lenet5-1998", "alexnet", "alexnet-owt", "zfnet",
     "vgg11", "vgg11-lrn", "vgg13", "vgg16-c", "vgg16", "vgg19",
     "vgg11-bn", "vgg13-bn", "vgg16-bn", "vgg19-bn",
     "nin", "nin-cifar", "googlenet", "googlenet-bn",
@@ -33,6 +33,7 @@ def test_published_counts_cover_the_reference_table():
     assert published["alexnet"] == 60_965_224
     assert published["alexnet-owt"] == 61_100_840
     assert published["lenet5"] == 61_706
+    assert published["lenet5-1998"] == 60_000
     assert published["mlp2"] == 308_310
     assert published["vgg16"] == 138_357_544
     assert published["resnet50"] == 25_557_032
@@ -95,3 +96,22 @@ def test_alexnet_two_towers_halve_the_grouped_layers():
     two_towers = count_params(abstract_model("alexnet"))
     # conv2, conv4, conv5 see half of their input maps with groups=2
     assert one_tower - two_towers == (5 * 5 * 48 * 256) + (3 * 3 * 192 * 384) + (3 * 3 * 192 * 256)
+
+
+def test_lenet5_1998_has_the_papers_parameters_and_connections():
+    """Section II-B: C1 156, S2 12, C3 1,516, S4 32, C5 48,120, F6 10,164 trainable parameters
+    (60,000; the RBF output's bitmaps are fixed) and C1 122,304, S2 5,880, C3 151,600, S4 2,000,
+    C5 48,120, F6 10,164 connections."""
+    from cnnbench.analysis.summary import summarize
+
+    layers = {r.name.split(".")[-1]: r for r in summarize("lenet5-1998").layers}
+    expected = {"c1": (156, 122_304), "s2": (12, 5_880), "c3": (1_516, 151_600), "s4": (32, 2_000),
+                "c5": (48_120, 48_120), "f6": (10_164, 10_164)}
+    assert {name: (layers[name].params, layers[name].connections) for name in expected} == expected
+    assert layers["output"].params == 0 and layers["output"].connections == 840
+    from click.testing import CliRunner
+
+    from cnnbench.cli import cli
+
+    table = CliRunner().invoke(cli, ["summary", "lenet5-1998"]).stdout
+    assert "connections" in table and "151,600" in table and "60,000" in table

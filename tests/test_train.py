@@ -458,3 +458,13 @@ def test_accumulation_trains_resumes_and_checks_the_batch(tmp_path):
     assert plain["params_digest"] == pytest.approx(straight["params_digest"], rel=1e-5)
     with pytest.raises(UsageError, match="batch size 16 does not divide over 3 micro-batches over 1 devices; use a multiple of 3"):
         train(load(None, "mlp2", {**args, "accumulate": 3}), run_dir=tmp_path / "bad")
+
+
+def test_lenet5_1998_learns_the_digits(data_dir, tmp_path):
+    """The paper's network (connection table, trainable subsampling, RBF output) with its experiment file."""
+    from cnnbench.train.config import load as load_config
+
+    cfg = load_config(Path(__file__).parent.parent / "experiments" / "lenet5_1998_digits.toml", None,
+                      {"epochs": 3, "data_dir": data_dir, "devices": 1})
+    summary = train(cfg, run_dir=tmp_path / "l98")
+    assert summary["final"]["top1"] > 0.6  # 10 classes: chance is 0.1

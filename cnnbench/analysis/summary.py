@@ -21,7 +21,10 @@ from cnnbench.parallel import plan
 
 #: layer kinds hidden from the default table (shown with ``--all-layers``)
 ELEMENTWISE = frozenset({"act", "dropout", "batchnorm"})
-KIND_LABEL = {"conv": "convolution", "dense": "dense", "maxpool": "max pooling",
+#: families whose paper counts connections (LeCun et al. 1998), shown beside the multiply-adds
+CONNECTION_FAMILIES = frozenset({"LeNet"})
+KIND_LABEL = {"conv": "convolution", "dense": "dense", "maxpool": "max pooling", "subsampling": "subsampling",
+              "rbf": "Euclidean RBF",
               "avgpool": "average pooling", "gap": "global average pooling", "lrn": "LRN",
               "batchnorm": "batch norm"}
 
@@ -120,7 +123,7 @@ class Summary:
         return {
             "name": r.name, "type": r.kind, "kernel": r.kernel, "stride": r.stride,
             "padding": r.padding, "output_shape": list(r.output_shape[1:]), "params": r.params,
-            "macs": r.macs, "activations": r.activations,
+            "macs": r.macs, "connections": r.connections, "activations": r.activations,
             "activation_bytes": r.activations * r.itemsize,
             "receptive_field": r.geometry.receptive_field,
             "effective_stride": r.geometry.effective_stride,

@@ -26,7 +26,18 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
     "leaky_relu": jax.nn.leaky_relu,
     "elu": jax.nn.elu,
+    # LeCun et al. 1998, appendix A: f(a) = A tanh(S a) with A = 1.7159 and S = 2/3, so f(1) = 1
+    "lecun_tanh": lambda x: 1.7159 * jnp.tanh(x * (2.0 / 3.0)),
 }
+
+
+def uniform_fan_in(scale: float):
+    """Uniform on [-scale / F, scale / F], F the fan-in of the unit (LeCun et al. 1998, appendix A)."""
+    def initializer(key, shape, dtype=jnp.float32):
+        fan_in = int(np.prod(shape[:-1]))
+        return jax.random.uniform(key, shape, dtype, -scale / fan_in, scale / fan_in)
+
+    return initializer
 
 
 def normal(std: float):
@@ -347,6 +358,65 @@ def concat(xs):
     y = jnp.concatenate(xs, axis=-1)
     trace.merge(xs, y)
     return y
+
+
+class TableConv(nnx.Module):
+    """A convolution whose output map ``j`` sees only the input maps ``table[j]`` (LeNet-5's C3):
+    one kernel per connection, so the parameters are exactly the connections' (no masked zeros)."""
+
+    def __init__(self, table, in_channels: int, kernel: int, *, kernel_init, rngs: nnx.Rngs):
+        self.table = tuple(tuple(t) for t in table)
+        self.k, self.in_channels, self.out_channels = kernel, in_channels, len(self.table)
+        pairs = [(i, j) for j, inputs in enumerate(self.table) for i in inputs]
+        self.pairs = tuple(pairs)  # (input map, output map) per connection, static
+        # (k, k, 1, connections): initialised with the fan-in of the whole output unit
+        fan = [kernel_init(rngs.params(), (kernel, kernel, len(self.table[j]), 1))[..., 0, 0] for _, j in pairs]
+        self.kernel = nnx.Param(jnp.stack(fan, axis=-1))
+        self.bias = nnx.Param(jnp.zeros((self.out_channels,), jnp.float32))
+
+    def __call__(self, x, train: bool = False):
+        i, j = np.array([p[0] for p in self.pairs]), np.array([p[1] for p in self.pairs])
+        full = jnp.zeros((self.k, self.k, self.in_channels, self.out_channels), self.kernel[...].dtype)
+        full = full.at[:, :, i, j].set(self.kernel[...])
+        y = lax.conv_general_dilated(x, full.astype(x.dtype), (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + self.bias[...].astype(x.dtype)
+        macs = int(np.prod(y.shape[1:3])) * len(i) * self.k * self.k
+        trace.record(self, x, y, kind="conv", kernel=self.k, stride=1, padding=0, macs=macs)
+        return y
+
+
+class Subsampling(nnx.Module):
+    """LeNet-5's S2 / S4: each map's 2x2 sums times a trainable coefficient plus a trainable bias."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs):
+        bound = 2.4 / 4  # the initialisation rule of appendix A, fan-in 4
+        self.coefficient = nnx.Param(jax.random.uniform(rngs.params(), (channels,), jnp.float32, -bound, bound))
+        self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+
+    def __call__(self, x, train: bool = False):
+        sums = lax.reduce_window(x, 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        y = sums * self.coefficient[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+        outputs = int(np.prod(y.shape[1:]))
+        trace.record(self, x, y, kind="subsampling", kernel=2, stride=2, padding=0, connections=5 * outputs)
+        return y
+
+
+class Prototypes(nnx.Variable):
+    """Fixed parameter vectors (not trained, not counted as parameters)."""
+
+
+class EuclideanRBF(nnx.Module):
+    """LeNet-5's output: y_i = sum_j (x_j - w_ij)^2 for fixed prototypes w (inputs x classes);
+    returns -y as the logits, so the nearest prototype has the highest score."""
+
+    def __init__(self, prototypes: np.ndarray):
+        self.prototypes = Prototypes(jnp.asarray(prototypes, jnp.float32))
+
+    def __call__(self, x, train: bool = False):
+        w = self.prototypes[...].astype(x.dtype)
+        distances = (x * x).sum(-1, keepdims=True) - 2 * x @ w + (w * w).sum(0)
+        trace.record(self, x, distances, kind="rbf", params=0, connections=int(np.prod(w.shape)))
+        return -distances
 
 
 class Sequential(nnx.Module):

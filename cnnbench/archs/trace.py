@@ -69,6 +69,8 @@ class LayerRecord:
     moved_bytes: int = 0
     #: parameters one device of a model group holds
     device_params: int = 0
+    #: connections (LeCun et al. 1998's count): multiply-adds plus one per bias use
+    connections: int = 0
 
     @property
     def activations(self) -> int:
@@ -135,7 +137,7 @@ def recording(names: dict[int, str], ways: int = 1) -> Iterator[Recorder]:
 
 
 def record(module, x, y, *, kind: str, kernel: int | None = None, stride: int | None = None,
-           padding: int = 0, macs: int = 0, params: int | None = None) -> None:
+           padding: int = 0, macs: int = 0, params: int | None = None, connections: int | None = None) -> None:
     """Called by every primitive layer after computing ``y = layer(x)``."""
     recorder = _ACTIVE.get()
     if recorder is None:
@@ -148,6 +150,9 @@ def record(module, x, y, *, kind: str, kernel: int | None = None, stride: int | 
     recorder.set_geometry(y, geometry, depth, split_output)
     if params is None:
         params = count_params(module)
+    if connections is None:  # a weight layer's bias is one more connection per output value
+        connections = int(macs) + (int(np.prod(y.shape[1:])) if getattr(module, "bias", None) is not None
+                                   and kind in WEIGHT_LAYERS else 0)
     recorder.records.append(LayerRecord(
         name=recorder.names.get(id(module), type(module).__name__),
         kind=kind,
@@ -160,6 +165,7 @@ def record(module, x, y, *, kind: str, kernel: int | None = None, stride: int | 
         padding=padding if kernel is not None else None,
         geometry=geometry,
         itemsize=np.dtype(y.dtype).itemsize,
+        connections=int(connections),
         depth=depth,
         split=split,
         split_output=split_output,
