@@ -340,7 +340,8 @@ register(Finding(
         "smoke": Budget("digits", 1, {**SGD, **SMOKE}, 1, DIGITS_NOTE + "; LeNet-5"),
         "small": Budget("digits", 3, {**SGD, "epochs": 4, "batch_size": 64}, 2,
                         DIGITS_NOTE + "; LeNet-5 trained with random shifts; 10-crop of the image resized to "
-                        "37x37 (32 / 0.875)"),
+                        "37x37 (32 / 0.875). The protocol's mirror images assume classes that survive a "
+                        "mirror, which digits do not (a mirrored 2 is no 2)"),
         "paper": Budget("imagenet2012", 1, {**SGD, "epochs": 90, "batch_size": 128, "input_size": 227, "lr": 0.01,
                                             "weight_decay": 5e-4, "schedule": "plateau", "plateau_patience": 3,
                                             "train_ops": "alexnet", "eval_ops": "center"}, None,
