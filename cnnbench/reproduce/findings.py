@@ -68,7 +68,7 @@ register(Finding(
         "smoke": Budget("digits", 1, {**SGD, **SMOKE, "input_size": 16, "lr": 0.1, "weight_decay": 1e-4}, 1.5,
                         DIGITS_NOTE + ", at 16x16"),
         "small": Budget("digits", 3, {**SGD, "epochs": 12, "batch_size": 64, "input_size": 16, "lr": 0.1,
-                                      "weight_decay": 1e-4, "schedule": "step", "decay_epochs": [6, 9]}, 10,
+                                      "weight_decay": 1e-4, "schedule": "step", "decay_epochs": [6, 9]}, 14,
                         DIGITS_NOTE + ", at 16x16 (the CIFAR networks' three stages at 16, 8 and 4); the "
                         "paper's schedule scaled down: lr 0.1 divided by 10 at 50% and 75% of 12 epochs"),
         "paper": Budget("cifar10", 5, {**SGD, "epochs": 164, "batch_size": 128, "input_size": 32, "lr": 0.1,
@@ -112,7 +112,7 @@ register(Finding(
         "smoke": Budget("digits", 1, {**SGD, **SMOKE, "input_size": 16, "lr": 0.01, "weight_decay": 1e-4}, 1,
                         DIGITS_NOTE + ", at 16x16"),
         "small": Budget("digits", 3, {**SGD, "epochs": 15, "batch_size": 64, "input_size": 16, "lr": 0.01,
-                                      "weight_decay": 1e-4, "schedule": "step", "decay_epochs": [8, 12]}, 8,
+                                      "weight_decay": 1e-4, "schedule": "step", "decay_epochs": [8, 12]}, 10,
                         DIGITS_NOTE + ", at 16x16; lr divided by 10 at about 50% and 75% of training as the "
                         "paper's solver"),
         "paper": Budget("cifar10", 3, {**SGD, "epochs": 120, "batch_size": 128, "input_size": 32, "lr": 0.1,
@@ -179,7 +179,7 @@ register(Finding(
         "smoke": Budget("digits", 1, {**SGD, **SMOKE, "weight_decay": 0.0, "schedule": "constant",
                                       "train_ops": "small"}, 1, DIGITS_NOTE + "; LeNet-5 as the network"),
         "small": Budget("digits", 3, {**SGD, "epochs": 4, "batch_size": 64, "weight_decay": 0.0,
-                                      "schedule": "constant", "train_ops": "small"}, 3,
+                                      "schedule": "constant", "train_ops": "small"}, 2,
                         DIGITS_NOTE + "; LeNet-5 (the paper's four-layer CIFAR network is not in the zoo), "
                         "no weight decay and no augmentation, as the paper's 'no regularisation'"),
         "paper": Budget("cifar10", 3, {**SGD, "epochs": 40, "batch_size": 128, "in_channels": 3,
@@ -207,7 +207,7 @@ def _alexnet_budgets(note: str) -> dict[str, Budget]:
     return {
         "smoke": Budget("digits", 1, {**SGD, **SMOKE, **he, "input_size": 67, "lr": 0.01}, 1, down),
         "small": Budget("digits", 3, {**SGD, **he, "epochs": 10, "batch_size": 64, "input_size": 67, "lr": 0.01,
-                                      "weight_decay": 5e-4, "schedule": "cosine"}, 8, down),
+                                      "weight_decay": 5e-4, "schedule": "cosine"}, 9, down),
         "paper": Budget("imagenet2012", 1, {**SGD, "epochs": 90, "batch_size": 128, "input_size": 227, "lr": 0.01,
                                             "weight_decay": 5e-4, "schedule": "plateau", "plateau_patience": 3,
                                             "train_ops": "alexnet", "eval_ops": "center"}, None,
@@ -293,7 +293,7 @@ register(Finding(
     variants=(Variant("member", "lenet5", {}, "LeNet-5"),),
     budgets={
         "smoke": Budget("digits", 2, {**SGD, **SMOKE}, 1, DIGITS_NOTE + "; LeNet-5 members; top-1 (10 classes)"),
-        "small": Budget("digits", 5, {**SGD, "epochs": 4, "batch_size": 64}, 2,
+        "small": Budget("digits", 5, {**SGD, "epochs": 4, "batch_size": 64}, 1,
                         DIGITS_NOTE + "; five LeNet-5 members as AlexNet's five CNNs; top-1 (10 classes, so "
                         "top-5 says little)"),
         "paper": Budget("imagenet2012", 5, {**SGD, "epochs": 90, "batch_size": 128, "input_size": 227, "lr": 0.01,
@@ -338,7 +338,7 @@ register(Finding(
     variants=(Variant("model", "lenet5", {}, "LeNet-5"),),
     budgets={
         "smoke": Budget("digits", 1, {**SGD, **SMOKE}, 1, DIGITS_NOTE + "; LeNet-5"),
-        "small": Budget("digits", 3, {**SGD, "epochs": 4, "batch_size": 64}, 2,
+        "small": Budget("digits", 3, {**SGD, "epochs": 4, "batch_size": 64}, 1,
                         DIGITS_NOTE + "; LeNet-5 trained with random shifts; 10-crop of the image resized to "
                         "37x37 (32 / 0.875). The protocol's mirror images assume classes that survive a "
                         "mirror, which digits do not (a mirrored 2 is no 2)"),
