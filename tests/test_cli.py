@@ -22,7 +22,7 @@ def test_archs_json_lists_every_architecture_with_counts(run):
     result = run("archs", "--format", "json")
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.output)}
-    assert len(rows) == 35
+    assert len(rows) == 36
     assert {"name", "family", "year", "params", "macs", "input_size"} <= set(rows["alexnet"])
     assert rows["alexnet"]["params"] == 60_965_224 and rows["alexnet"]["input_size"] == 227
     assert rows["resnet50"]["family"] == "ResNet" and rows["resnet50"]["year"] == 2015

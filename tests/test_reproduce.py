@@ -139,7 +139,8 @@ def test_smoke_reproduction_reports_and_a_second_run_reuses_it(tmp_path):
     assert first.exit_code == 0, first.output
     doc = json.loads((out / "report.json").read_text())
     assert doc == json.loads(first.stdout)
-    assert {"name", "budget", "dataset", "seeds", "measured", "paper_numbers", "verdict", "rule"} <= set(doc)
+    assert {"name", "budget", "dataset", "seeds", "measured", "paper", "verdict", "rule"} <= set(doc)
+    assert doc["paper"][0]["source"] == "Table 2" and "Krizhevsky" in doc["reference"]  # the paper's numbers
     assert (doc["name"], doc["budget"], doc["dataset"], doc["seeds"]) == ("ensemble-gain", "smoke", "digits", 2)
     assert doc["verdict"] in (HOLDS, FAILS, INCONCLUSIVE)
     singles, ensemble = doc["measured"]["single model"], doc["measured"]["ensemble of 2"]

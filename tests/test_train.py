@@ -268,7 +268,7 @@ def test_a_usage_error_comes_before_any_progress():
     assert result.exit_code == 2
     assert [line for line in result.output.splitlines() if line.strip()] == [
         "Error: unknown architecture 'alexnett'; did you mean alexnet, alexnet-owt, lenet5? "
-        "(`cnnbench archs` lists all 35)"], result.output
+        "(`cnnbench archs` lists all 36)"], result.output
 
 
 def test_multi_host_mistakes_end_in_one_line_within_the_init_timeout(tmp_path):

@@ -19,6 +19,9 @@ from cnnbench.reproduce.verdict import all_of, below_all, exceeds, not_above, po
 SGD = {"optimizer": "sgd", "momentum": 0.9}
 #: the smoke budget's data: a quarter of the digits' training images, one epoch
 SMOKE = {"epochs": 1, "train_split": "train[:256]", "batch_size": 32}
+#: AlexNet's ILSVRC-2012 recipe (experiments/alexnet_imagenet.toml), the paper budget of the AlexNet findings
+ALEXNET_ILSVRC = {**SGD, "epochs": 90, "batch_size": 128, "input_size": 227, "lr": 0.01, "weight_decay": 5e-4,
+                  "schedule": "plateau", "plateau_patience": 3, "train_ops": "alexnet", "eval_ops": "center"}
 DIGITS_NOTE = ("scikit-learn's 8x8 handwritten digits (1,437 training / 360 test images, offline) "
                "stand in for the paper's data")
 
@@ -208,9 +211,7 @@ def _alexnet_budgets(note: str) -> dict[str, Budget]:
         "smoke": Budget("digits", 1, {**SGD, **SMOKE, **he, "input_size": 67, "lr": 0.01}, 1, down),
         "small": Budget("digits", 3, {**SGD, **he, "epochs": 10, "batch_size": 64, "input_size": 67, "lr": 0.01,
                                       "weight_decay": 5e-4, "schedule": "cosine"}, 9, down),
-        "paper": Budget("imagenet2012", 1, {**SGD, "epochs": 90, "batch_size": 128, "input_size": 227, "lr": 0.01,
-                                            "weight_decay": 5e-4, "schedule": "plateau", "plateau_patience": 3,
-                                            "train_ops": "alexnet", "eval_ops": "center"}, None,
+        "paper": Budget("imagenet2012", 1, ALEXNET_ILSVRC, None,
                         "the recipe of experiments/alexnet_imagenet.toml (ILSVRC-2012, 90 epochs)"),
     }
 
@@ -296,9 +297,7 @@ register(Finding(
         "small": Budget("digits", 5, {**SGD, "epochs": 4, "batch_size": 64}, 1,
                         DIGITS_NOTE + "; five LeNet-5 members as AlexNet's five CNNs; top-1 (10 classes, so "
                         "top-5 says little)"),
-        "paper": Budget("imagenet2012", 5, {**SGD, "epochs": 90, "batch_size": 128, "input_size": 227, "lr": 0.01,
-                                            "weight_decay": 5e-4, "schedule": "plateau", "plateau_patience": 3,
-                                            "train_ops": "alexnet", "eval_ops": "center"}, None,
+        "paper": Budget("imagenet2012", 5, ALEXNET_ILSVRC, None,
                         "five AlexNets on ILSVRC-2012 with the paper's recipe", arch="alexnet"),
     },
     analyse=_ensemble,
@@ -342,9 +341,7 @@ register(Finding(
                         DIGITS_NOTE + "; LeNet-5 trained with random shifts; 10-crop of the image resized to "
                         "37x37 (32 / 0.875). The protocol's mirror images assume classes that survive a "
                         "mirror, which digits do not (a mirrored 2 is no 2)"),
-        "paper": Budget("imagenet2012", 1, {**SGD, "epochs": 90, "batch_size": 128, "input_size": 227, "lr": 0.01,
-                                            "weight_decay": 5e-4, "schedule": "plateau", "plateau_patience": 3,
-                                            "train_ops": "alexnet", "eval_ops": "center"}, None,
+        "paper": Budget("imagenet2012", 1, ALEXNET_ILSVRC, None,
                         "AlexNet on ILSVRC-2012 with the paper's recipe", arch="alexnet"),
     },
     analyse=_ten_crop,
@@ -457,9 +454,7 @@ register(Finding(
                                       "eval_ops": "small"}, 4,
                         f"source task: the digits 0-4 (every training image); target task: the digits 5-9 with "
                         f"{PER_CLASS} training images per class (the paper: ImageNet to Caltech-101, 30 per class)"),
-        "paper": Budget("imagenet2012", 1, {**SGD, "epochs": 90, "batch_size": 128, "input_size": 227, "lr": 0.01,
-                                            "weight_decay": 5e-4, "schedule": "plateau", "plateau_patience": 3,
-                                            "train_ops": "alexnet", "eval_ops": "center"}, None,
+        "paper": Budget("imagenet2012", 1, ALEXNET_ILSVRC, None,
                         "an AlexNet trained on ILSVRC-2012, transferred to Caltech-101 (30 training images per "
                         "class in TFDS's train split)", arch="alexnet",
                         variant_settings={"partial": {"trainable": ["conv5", "head"]},

@@ -24,7 +24,7 @@ def _machine() -> dict:
 def document(p, analysis: Analysis, wall_time: float) -> dict:
     finding, budget = p.finding, p.budget
     return {
-        "name": finding.name, "paper": finding.paper, "claim": finding.claim,
+        "name": finding.name, "reference": finding.paper, "claim": finding.claim,
         "budget": p.budget_name, "dataset": p.dataset, "seeds": p.seeds,
         "setup": {"note": budget.note, "settings": budget.settings,
                   "variants": {v.name: {"label": v.title, "arch": budget.arch or v.arch,
@@ -32,7 +32,7 @@ def document(p, analysis: Analysis, wall_time: float) -> dict:
                                for v in finding.variants}},
         "metric": finding.metric, "unit": analysis.unit,
         "measured": {name: s.to_json() for name, s in analysis.measured.items()},
-        "paper_numbers": list(finding.paper_numbers),
+        "paper": list(finding.paper_numbers),
         "verdict": analysis.verdict, "rule": finding.rule,
         "tests": [{"verdict": t.verdict, "difference": t.difference,
                    "spread": None if math.isnan(t.spread) else t.spread, "text": t.text} for t in analysis.tests],
@@ -62,8 +62,8 @@ def _value(v) -> str:
 
 def markdown(doc: dict) -> str:
     lines = [f"# {doc['name']}: {doc['verdict']}", "", f"**Claim.** {doc['claim']}", "",
-             f"**Paper.** {doc['paper']}", "", "| the paper reports | value | where |", "| --- | ---: | --- |"]
-    lines += [f"| {n['what']} | {n['value']} {n['unit']} | {n['source']} |" for n in doc["paper_numbers"]]
+             f"**Paper.** {doc['reference']}", "", "| the paper reports | value | where |", "| --- | ---: | --- |"]
+    lines += [f"| {n['what']} | {n['value']} {n['unit']} | {n['source']} |" for n in doc["paper"]]
     lines += ["", f"## Measured: {doc['unit']}", "",
               f"Budget `{doc['budget']}` on `{doc['dataset']}`, {doc['seeds']} seed(s) (0..{doc['seeds'] - 1}). "
               f"{doc['setup']['note']}.", "", f"Metric: {doc['metric']}.", "",
