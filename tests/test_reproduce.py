@@ -62,7 +62,10 @@ def test_measures_read_the_training_log():
     assert epochs_to(records, 5.0) == math.inf
     assert final_test_error(records) == pytest.approx(10.0)
     assert final_train_error(records) == pytest.approx(12.0)
-    assert final_test_error([]) == 100.0  # a run that never validated (diverged) counts as wrong
+    assert final_test_error([]) == 100.0  # a run that never validated counts as wrong
+    stopped = records + [{"kind": "stopped", "reason": "loss is nan", "step": 21}]
+    assert final_test_error(stopped) == final_train_error(stopped) == 100.0  # and so does one that diverged
+    assert epochs_to(stopped, 25.0) == pytest.approx(0.8)  # (it reached 25% before it diverged)
 
 
 # --------------------------------------------------------------------------- the catalogue and the plans

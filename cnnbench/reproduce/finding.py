@@ -67,9 +67,18 @@ class Runs:
         return next(v for v in self.finding.variants if v.name == name)
 
     def records(self, variant: str) -> list[list[dict]]:
-        from cnnbench.train.rundir import read_metrics
+        """Each seed's metrics records; a run that stopped on a NaN loss ends with a ``stopped``
+        record (its summary's), which the final-error measures count as wholly wrong."""
+        from cnnbench.train.rundir import read_json, read_metrics
 
-        return [read_metrics(d) for d in self.dirs[variant]]
+        out = []
+        for d in self.dirs[variant]:
+            records = read_metrics(d)
+            summary = read_json(d / "summary.json", required=False) or {}
+            if summary.get("stopped"):
+                records.append({"kind": "stopped", **summary["stopped"]})
+            out.append(records)
+        return out
 
     def per_seed(self, variant: str, measure: Callable[[list[dict]], float]) -> Stats:
         from cnnbench.reproduce.verdict import stats
@@ -151,16 +160,21 @@ def list_findings() -> list[Finding]:
 
 # ---------------------------------------------------------------- what the analyses read from runs
 
+def _stopped(records: list[dict]) -> bool:
+    return any(r["kind"] == "stopped" for r in records)
+
+
 def final_test_error(records: list[dict]) -> float:
     """Top-1 error (%) on the evaluation split after the last epoch; 100 for a run that diverged."""
     val = [r for r in records if r["kind"] == "validation"]
-    return 100.0 * (1.0 - val[-1]["top1"]) if val else 100.0
+    return 100.0 * (1.0 - val[-1]["top1"]) if val and not _stopped(records) else 100.0
 
 
 def final_train_error(records: list[dict]) -> float:
-    """Top-1 error (%) on the training batches of the last epoch (mean over the epoch)."""
+    """Top-1 error (%) on the training batches of the last epoch (mean over the epoch); 100 for a
+    run that diverged."""
     val = [r for r in records if r["kind"] == "validation" and "train_top1" in r]
-    return 100.0 * (1.0 - val[-1]["train_top1"]) if val else 100.0
+    return 100.0 * (1.0 - val[-1]["train_top1"]) if val and not _stopped(records) else 100.0
 
 
 def steps_per_epoch(records: list[dict]) -> int:
