@@ -1158,7 +1158,7 @@ def _reproduce_with_progress(p, fmt):
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=err_console(), disable=fmt == "json") as progress:
-        overall = progress.add_task(f"{p.finding.name}: epochs of {len(p.runs)} runs", total=p.epochs_total,
+        overall = progress.add_task(f"{p.finding.name}: epochs of {plural(len(p.runs), 'run')}", total=p.epochs_total,
                                     completed=0)
         current = progress.add_task("", total=None, visible=False)
 
