@@ -373,6 +373,8 @@ def test_undecodable_images_are_counted_where_met_and_named(tmp_path):
     assert lines[0].startswith("#") and len(lines) == 3  # named once, not once per epoch
     assert {line.split("\t")[0] for line in lines[1:]} == {"train"}
     assert {Path(line.split("\t")[1]).name for line in lines[1:]} == {"9_truncated.jpg", "9_garbage.jpg"}
+    train(load(None, "mlp2", {**vars(cfg), "epochs": 3}), run_dir=tmp_path / "run")  # resumed: named once still
+    assert (tmp_path / "run" / "skipped.txt").read_text().splitlines() == lines
 
 
 def test_ema_is_the_hand_computed_average_of_the_steps():

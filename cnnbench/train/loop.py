@@ -78,8 +78,8 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
         check_continues(run_dir, dataclasses.replace(cfg, run_dir=str(run_dir)))
         return _train(cfg, run_dir, events, on_run_dir, started, main)
     except OSError as e:
-        if e.errno not in WRITE_ERRORS:
-            raise
+        if e.errno not in WRITE_ERRORS or (e.filename and not _inside(e.filename, run_dir)):
+            raise  # (a dataset file that cannot be read is not the run directory's failure)
         _quiet_background_errors()
         raise CnnbenchError(_write_failure(e, run_dir)) from None
     finally:
@@ -89,6 +89,10 @@ def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Eve
 
 #: the errors of a file system that takes no more (full, over quota, a file-size limit, read-only, no permission)
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _inside(path, run_dir: Path) -> bool:
+    return Path(path).absolute().is_relative_to(Path(run_dir).absolute())
 
 
 def _write_failure(e: OSError, run_dir: Path) -> str:
@@ -285,10 +289,11 @@ class _Loop:
         for key, data in (("skipped_train_images", self.train_data), ("skipped_eval_images", self.eval_data)):
             total = data.skipped
             counts[key] = total - self.counted.get(key, 0)
-            if counts[key] and key not in self.counted and is_first_process():
+            path = self.run_dir / "skipped.txt"
+            old = path.read_text() if path.exists() else "# split\timage\terror: images skipped as undecodable\n"
+            named = any(line.startswith(f"{data.split}\t") for line in old.splitlines())  # (a resumed run)
+            if counts[key] and key not in self.counted and not named and is_first_process():
                 lines = [f"{data.split}\t{name}\t{error}" for name, error in data.undecodable()]
-                path = self.run_dir / "skipped.txt"
-                old = path.read_text() if path.exists() else "# split\timage\terror: images skipped as undecodable\n"
                 write_text(path, old + "".join(line + "\n" for line in lines))
             self.counted[key] = total
         return counts
