@@ -144,9 +144,14 @@ def test_batch_must_divide_over_devices(tmp_path):
 
 
 def test_bf16_precision_trains(tmp_path):
+    from cnnbench.train.loop import Events
+
+    notes = []
     summary = train(load(None, "resnet20", {**SMALL, "input_size": 16, "epochs": 1, "devices": 1,
-                                            "precision": "bf16"}), run_dir=tmp_path / "run")
+                                            "precision": "bf16"}), run_dir=tmp_path / "run",
+                    events=Events(note=notes.append))
     assert np.isfinite(summary["final"]["loss"])
+    assert [n for n in notes if "slower than fp32" in n]  # on a CPU, said once before training
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)

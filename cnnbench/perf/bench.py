@@ -240,6 +240,7 @@ def measure(arch: str, mode: str, batch_size: int, *, input_size: int | None = N
     step_s = statistics.median(times)
     result = {"arch": arch, "mode": mode, "batch_size": batch_size, "input_size": work.facts["input_size"],
               "precision": precision, "devices": int(work.mesh.devices.size),
+              "platform": work.mesh.devices.flat[0].platform,
               "model_parallel": int(work.mesh.shape["model"]), "steps": steps,
               "compile_s": work.compile_s, "step_time_ms": 1e3 * step_s,
               "step_time_ms_min": 1e3 * min(times), "samples_per_sec": batch_size / step_s,

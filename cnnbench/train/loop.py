@@ -25,7 +25,7 @@ from cnnbench.train.checkpoint import Checkpoints, remove_stale
 from cnnbench.train.config import TrainConfig, check_continues
 from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
 from cnnbench.train.rundir import MetricsLog, RunLock, new_run_dir, read_metrics, write_dataset, write_text
-from cnnbench.train.step import averaged, jit_train_step, make_steps, set_compute_dtype, train_state
+from cnnbench.train.step import averaged, bf16_note, jit_train_step, make_steps, set_compute_dtype, train_state
 
 
 @dataclasses.dataclass
@@ -148,6 +148,9 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
     if cfg.precision == "bf16":
         set_compute_dtype(model, dtype)
+        note = bf16_note(mesh.devices.flat[0].platform)
+        if note and main:
+            events.note(note)
     parallel.plan(model, cfg.model_parallel, mesh)
     tx, lr_schedule = optimizer(cfg, steps_per_epoch, group)
     graphdef, state, other = train_state(model, tx, mesh, ema=cfg.ema is not None)

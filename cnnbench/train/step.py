@@ -26,6 +26,16 @@ def set_compute_dtype(model: nnx.Module, dtype) -> None:
             module.dtype = dtype
 
 
+def bf16_note(platform: str) -> str | None:
+    """What ``--precision bf16`` costs on ``platform``: on a CPU, XLA's bf16 convolutions and
+    matrix products run slower than float32 (resnet20 training, batch 64: 95 vs 343 images/s on a
+    Zen 5 with AVX512-BF16, BENCHMARKS.md), so a one-line note says so; None elsewhere."""
+    if platform != "cpu":
+        return None
+    return ("--precision bf16 on a CPU: XLA computes it slower than fp32 here (3.6x for resnet20 training on "
+            "a Zen 5 with AVX512-BF16); use fp32 on CPUs, bf16 on GPUs and TPUs")
+
+
 def _images(batch, finish: Finish | None, dtype):
     images = batch["image"] if finish is None else finish(batch["image"], batch["shift"], xp=jnp)
     return images.astype(dtype)
