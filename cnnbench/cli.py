@@ -215,6 +215,11 @@ def _default(name: str, text: str = "") -> str:
 @click.option("--schedule", type=click.Choice(SCHEDULES), help=_default("schedule"))
 @click.option("--warmup-epochs", type=float, help=_default("warmup_epochs"))
 @click.option("--label-smoothing", type=float, help=_default("label_smoothing"))
+@click.option("--lr-scale-rule", type=click.Choice(["none", "linear"]),
+              help=_default("lr_scale_rule", "linear: the peak learning rate is --lr x batch size / 256."))
+@click.option("--layer-decay", type=float, metavar="DECAY",
+              help="Layer-wise learning-rate decay: the k-th weight layer from the output trains at lr x DECAY^k "
+                   "(batch norms with the layer before them). [default: none]")
 @click.option("--accumulate", type=int, metavar="N",
               help=_default("accumulate", "Gradient accumulation: each batch runs as N micro-batches, one after "
                                           "the other (1/N of the activation memory), with the update of the whole "

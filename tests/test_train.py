@@ -475,3 +475,34 @@ def test_lenet5_1998_learns_the_digits(data_dir, tmp_path):
                       {"epochs": 3, "data_dir": data_dir, "devices": 1})
     summary = train(cfg, run_dir=tmp_path / "l98")
     assert summary["final"]["top1"] > 0.6  # 10 classes: chance is 0.1
+
+
+def test_linear_scaling_rule_and_layer_decay(tmp_path):
+    """--lr-scale-rule linear: lr x batch / 256 (here 0.8 x 16 / 256 = 0.05). --layer-decay 0.5 on
+    mlp3 (fc1, fc2 and the classifier): one plain SGD step moves each layer by its gradient
+    times lr x 0.5^k, k counted from the classifier."""
+    from cnnbench.train import optim
+    from cnnbench.transfer import freeze
+
+    cfg = load(None, "mlp3", {**SMALL, "lr": 0.8, "lr_scale_rule": "linear", "epochs": 1, "devices": 1,
+                              "schedule": "constant", "momentum": 0.0, "weight_decay": 0.0})
+    assert cfg.peak_lr == pytest.approx(0.05) and optim.schedule(cfg, 6)(3) == pytest.approx(0.05)
+    train(cfg, run_dir=tmp_path / "scaled")
+    assert all(r["lr"] == pytest.approx(0.05) for r in read_metrics(tmp_path / "scaled") if r["kind"] == "train")
+
+    model = create_model("mlp3", num_classes=4, input_size=12, in_channels=3)
+    mults = freeze.layer_decay(model, (12, 12, 3), 0.5)
+    assert mults == {"features.fc1": 0.25, "features.fc2": 0.5, "head.output": 1.0}
+    params = nnx.state(model, nnx.Param)
+    grads = jax.tree.map(jnp.ones_like, params)
+    decayed = load(None, "mlp3", {**SMALL, "lr": 0.1, "layer_decay": 0.5, "schedule": "constant", "momentum": 0.0,
+                                  "weight_decay": 0.0})
+    group = freeze.grouping(None, mults)
+    tx, _ = optim.optimizer(decayed, 10, group)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    flat = {freeze._dotted(path): float(jnp.abs(u).max())
+            for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+    for layer, mult in mults.items():
+        assert all(v == pytest.approx(0.1 * mult) for k, v in flat.items() if k.startswith(layer + ".")), layer
+    with pytest.raises(UsageError, match="layer_decay must be in"):
+        load(None, "mlp3", {**SMALL, "layer_decay": 1.5})

@@ -16,6 +16,7 @@ from cnnbench.errors import UsageError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "exponential", "plateau")
 PRECISIONS = ("fp32", "bf16")
+LR_SCALE_RULES = ("none", "linear")
 
 
 @dataclasses.dataclass
@@ -50,6 +51,8 @@ class TrainConfig:
     aux_weight: float = 0.3             # GoogLeNet's auxiliary losses
     ema: float | None = None            # Polyak / EMA decay of the averaged weights (e.g. 0.9999); None: none
     accumulate: int = 1                 # micro-batches per batch (gradient accumulation): batch_size stays the batch
+    lr_scale_rule: str = "none"         # "linear": the peak lr is lr x batch_size / 256 (Goyal et al. 2017)
+    layer_decay: float | None = None    # layer-wise lr decay: the k-th weight layer from the top trains at lr x decay^k
     precision: str = "fp32"
     seed: int = 0
     # transfer learning
@@ -70,6 +73,9 @@ class TrainConfig:
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)
         choice("precision", PRECISIONS)
+        choice("lr_scale_rule", LR_SCALE_RULES)
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise UsageError(f"layer_decay must be in (0, 1], e.g. 0.75, not {self.layer_decay}")
         for name in ("epochs", "batch_size", "model_parallel", "accumulate"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1")
@@ -81,6 +87,12 @@ class TrainConfig:
 
         get_arch(self.arch)  # an unknown name is one line before anything loads or shows progress
         return self
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate the schedule starts from: ``lr``, or under the linear scaling rule
+        ``lr x batch_size / 256`` (the rule's reference batch, as Goyal et al. and timm use it)."""
+        return self.lr * self.batch_size / 256 if self.lr_scale_rule == "linear" else self.lr
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

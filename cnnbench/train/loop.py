@@ -141,7 +141,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     model = create_model(cfg.arch, num_classes=source.num_classes, input_size=size, in_channels=channels,
                          seed=cfg.seed, **cfg.arch_options)
     group, transfer = None, {}
-    if cfg.init_from or cfg.trainable is not None or cfg.lr_multipliers:
+    if cfg.init_from or cfg.trainable is not None or cfg.lr_multipliers or cfg.layer_decay is not None:
         from cnnbench.transfer.start import prepare
 
         group, transfer = prepare(model, cfg)

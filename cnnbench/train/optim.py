@@ -14,6 +14,9 @@ from cnnbench.train.config import TrainConfig
 
 
 def schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, lr=cfg.peak_lr, lr_scale_rule="none")  # (the linear scaling rule, applied)
     total = max(cfg.epochs * steps_per_epoch, 1)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if cfg.schedule == "step":
@@ -69,7 +72,7 @@ def optimizer(cfg: TrainConfig, steps_per_epoch: int, group=None) -> tuple[optax
             mult = float(name.removeprefix("lr*"))
             return _update_rule(cfg, lr if mult == 1.0 else (lambda step: lr(step) * mult))
 
-        names = sorted({"frozen", "lr*1", *(f"lr*{float(m):g}" for m in cfg.lr_multipliers.values())})
+        names = group.labels  # (the multipliers of --lr-mult and --layer-decay)
         parts.append(optax.multi_transform({n: rule(n) for n in names}, group))
     parts.append(optax.inject_hyperparams(optax.scale)(step_size=1.0))
     return optax.chain(*parts), lr

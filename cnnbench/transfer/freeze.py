@@ -73,6 +73,24 @@ def _last(model, input_shape, n: int) -> list[str]:
     return [name for name in names if any(matches(name, p) for p in paths)]
 
 
+def layer_decay(model: nnx.Module, input_shape: tuple[int, int, int], decay: float) -> dict[str, float]:
+    """Layer-wise learning-rate decay: the k-th convolution or dense layer counted from the output
+    (k = 0: the classifier) gets ``decay ** k``; layers with parameters between weight layers
+    (batch norms) share the multiplier of the weight layer before them. Returns ``{layer: mult}``."""
+    from cnnbench.archs.trace import trace_model
+
+    records = trace_model(model, input_shape)
+    weights = [r.name for r in records if r.kind in ("conv", "dense")]
+    paths = param_paths(model)
+    multipliers, current = {}, None
+    for r in records:
+        if r.kind in ("conv", "dense"):
+            current = weights.index(r.name)
+        if current is not None and any(matches(r.name, p) for p in paths):
+            multipliers.setdefault(r.name, decay ** (len(weights) - 1 - current))
+    return multipliers
+
+
 def check_selectors(model: nnx.Module, selectors) -> None:
     paths = param_paths(model)
     unknown = [s for s in selectors if not any(matches(s, p) for p in paths)]
@@ -95,7 +113,11 @@ def grouping(trainable: list[str] | None, multipliers: dict[str, float] | None =
         mult = next((float(m) for s, m in multipliers.items() if matches(s, path)), 1.0)
         return f"lr*{mult:g}"
 
-    return lambda params: jax.tree_util.tree_map_with_path(lambda path, _: label(_dotted(path)), params)
+    def group(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: label(_dotted(path)), params)
+
+    group.labels = sorted({"frozen", "lr*1", *(f"lr*{float(m):g}" for m in multipliers.values())})  # every label
+    return group
 
 
 def freeze_batch_norm(model: nnx.Module, selectors: list[str] | None) -> list[str]:

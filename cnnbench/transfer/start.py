@@ -24,7 +24,13 @@ def prepare(model: nnx.Module, cfg: TrainConfig):
         report["frozen_batch_norm"] = freeze.freeze_batch_norm(model, cfg.trainable)
     if cfg.lr_multipliers:
         freeze.check_selectors(model, list(cfg.lr_multipliers))
-    group = freeze.grouping(cfg.trainable, cfg.lr_multipliers)
+    multipliers = dict(cfg.lr_multipliers)
+    if cfg.layer_decay is not None and cfg.layer_decay != 1:  # explicit multipliers come first
+        shape = (model.input_size, model.input_size, model.in_channels)
+        decayed = freeze.layer_decay(model, shape, cfg.layer_decay)
+        multipliers.update({k: v for k, v in decayed.items() if k not in multipliers})
+        report["layer_decay"] = decayed
+    group = freeze.grouping(cfg.trainable, multipliers)
     report.update(freeze.counts(model, group))
     return group, report
 
