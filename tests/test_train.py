@@ -506,3 +506,35 @@ def test_linear_scaling_rule_and_layer_decay(tmp_path):
         assert all(v == pytest.approx(0.1 * mult) for k, v in flat.items() if k.startswith(layer + ".")), layer
     with pytest.raises(UsageError, match="layer_decay must be in"):
         load(None, "mlp3", {**SMALL, "layer_decay": 1.5})
+
+
+@pytest.mark.parametrize("mixing", [(("mixup", 0.4),), (("cutmix", 1.0),), (("mixup", 0.2), ("cutmix", 1.0))])
+def test_mixup_and_cutmix_targets_sum_to_one_and_match_the_pixels(mixing):
+    from cnnbench.train.step import mix_batch
+
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(8, 16, 16, 3)).astype(np.float32))
+    labels = jnp.arange(8, dtype=jnp.int32)
+    for seed in range(4):
+        mixed, partner, lam = mix_batch(images, labels, jax.random.key(seed), mixing)
+        assert 0.0 <= float(lam) <= 1.0 and (partner == labels[::-1]).all()
+        targets = lam * jax.nn.one_hot(labels, 8) + (1 - lam) * jax.nn.one_hot(partner, 8)
+        np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+        own = jnp.isclose(mixed, images).all(-1).mean(axis=(1, 2))
+        if mixing == (("cutmix", 1.0),):  # lam is exactly the share of each image's own pixels
+            np.testing.assert_allclose(own[:4], float(lam), atol=1e-6)
+        elif mixing == (("mixup", 0.4),):
+            np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[::-1], rtol=1e-5, atol=1e-6)
+
+
+def test_training_with_mixup_and_cutmix_in_the_spec(tmp_path):
+    summary = train(load(None, "mlp2", {**SMALL, "epochs": 2, "devices": 1, "accumulate": 2,
+                                        "train_ops": "small|mixup(0.2)|cutmix(1.0)"}), run_dir=tmp_path / "mix")
+    assert np.isfinite(summary["train_loss"]) and summary["epochs"] == 2
+    assert json.loads((tmp_path / "mix" / "dataset.json").read_text())["train_spec"].endswith("mixup(0.2)|cutmix(1.0)")
+    for ops, message in (("small|mixup(-1)", "alpha must be positive"), ("small|mixup(x)", "Beta distribution")):
+        with pytest.raises(UsageError, match=message):
+            train(load(None, "mlp2", {**SMALL, "epochs": 1, "devices": 1, "train_ops": ops}), run_dir=tmp_path / "bad")
+    with pytest.raises(UsageError, match="no place in an evaluation spec"):
+        train(load(None, "mlp2", {**SMALL, "epochs": 1, "devices": 1, "eval_ops": "small|mixup(0.2)"}),
+              run_dir=tmp_path / "bad2")

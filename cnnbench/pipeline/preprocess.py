@@ -233,8 +233,11 @@ def eval_resize(size: int) -> int:
 
 
 def expand(recipe_or_spec: str, *, size: int, norm: str = "imagenet") -> str:
-    """A recipe name (``alexnet``) or a spec string, with ``{size}``, ``{resize}``, ``{norm}`` filled."""
-    spec = RECIPES.get(recipe_or_spec, recipe_or_spec)
+    """A recipe name (``alexnet``) or a spec string, with ``{size}``, ``{resize}``, ``{norm}`` filled;
+    a recipe name inside a spec (``cifar|mixup(0.2)``) stands for its ops."""
+    spec = RECIPES.get(recipe_or_spec) or "|".join(
+        RECIPES[part.strip()] if part.strip() in RECIPES and part.strip() not in OPS else part
+        for part in recipe_or_spec.split("|"))
     return spec.format(size=size, resize=eval_resize(size), norm=norm, pad=max(size // 10, 1))
 
 
@@ -246,6 +249,33 @@ def normalization(source, channels: int) -> str:
     if source.name.startswith("cifar"):
         return "cifar10"
     return "imagenet" if channels == 3 else "mnist"
+
+
+#: ops on a whole training batch (images and labels), applied in the training step, not per image
+BATCH_OPS = ("mixup", "cutmix")
+
+
+def batch_mixing(spec: str, *, train: bool = True) -> tuple[str, tuple]:
+    """``spec`` without its batch ops (``mixup(alpha)``, ``cutmix(alpha)``), and those ops as
+    ``((name, alpha), ...)`` for :func:`cnnbench.train.step.mix_batch`."""
+    kept, mixing = [], []
+    for part in filter(None, (p.strip() for p in spec.split("|"))):
+        match = re.fullmatch(r"(mixup|cutmix)\((.*)\)", part)
+        if not match:
+            kept.append(part)
+            continue
+        if not train:
+            raise UsageError(f"{match.group(1)} mixes training batches; it has no place in an evaluation spec")
+        try:
+            alpha = float(match.group(2))
+        except ValueError:
+            raise UsageError(f"{part}: the argument is the Beta distribution's alpha, e.g. {match.group(1)}(0.2)") from None
+        if alpha <= 0:
+            raise UsageError(f"{part}: alpha must be positive")
+        mixing.append((match.group(1), alpha))
+    if len({name for name, _ in mixing}) < len(mixing):
+        raise UsageError(f"{spec}: each of mixup and cutmix at most once")
+    return "|".join(kept), tuple(mixing)
 
 
 def recipe_for(source, ops: str | None, *, train: bool, size: int, channels: int) -> str:

@@ -19,7 +19,7 @@ from cnnbench.parallel import hosts
 from cnnbench.archs import create_model, get_arch
 from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
-from cnnbench.pipeline.preprocess import recipe_for
+from cnnbench.pipeline.preprocess import batch_mixing, recipe_for
 from cnnbench.pipeline.sources import resolve
 from cnnbench.train.checkpoint import Checkpoints, remove_stale
 from cnnbench.train.config import TrainConfig, check_continues
@@ -123,9 +123,12 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     size, channels = cfg.input_size or info.input_size, cfg.in_channels or info.in_channels
     source = resolve(cfg.dataset, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir)
 
+    specs = {train: recipe_for(source, cfg.train_ops if train else cfg.eval_ops, train=train, size=size,
+                               channels=channels) for train in (True, False)}
+    mixing = batch_mixing(specs[True])[1]  # mixup / cutmix: the training step's business
+
     def pipeline(train: bool) -> Pipeline:
-        ops = cfg.train_ops if train else cfg.eval_ops
-        spec = recipe_for(source, ops, train=train, size=size, channels=channels)
+        spec = batch_mixing(specs[train], train=train)[0]
         split = (cfg.train_split or source.train_split) if train else (cfg.eval_split or source.eval_split)
         return Pipeline(source, split, cfg.batch_size, spec, train=train, channels=channels, seed=cfg.seed,
                         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -156,7 +159,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     graphdef, state, other = train_state(model, tx, mesh, ema=cfg.ema is not None)
     train_step, eval_step = make_steps(graphdef, other, tx, seed=cfg.seed, finish=train_data.finish,
                                        eval_finish=eval_data.finish, dtype=dtype, ema_decay=cfg.ema,
-                                       accumulate=cfg.accumulate,
+                                       accumulate=cfg.accumulate, mixing=mixing,
                                        label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
     train_step = jit_train_step(train_step, state, mesh)
     eval_step = jax.jit(eval_step, out_shardings=replicated)
@@ -177,7 +180,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     on_run_dir(run_dir, restored is not None)
     if main:
         write_text(run_dir / "config.json", dataclasses.replace(cfg, run_dir=str(run_dir)).to_json())
-        write_dataset(run_dir, source, train_data.ops, eval_data.ops)
+        write_dataset(run_dir, source, specs[True], eval_data.ops)
         if transfer:
             write_text(run_dir / "transfer.json", json.dumps(transfer, indent=2))
     log = MetricsLog(run_dir / "metrics.jsonl", int(state["step"]) if restored else None, enabled=main)

@@ -81,15 +81,46 @@ def probabilities(model: nnx.Module, images):
     return probs.reshape((images.shape[0], -1, probs.shape[-1])).mean(axis=1)
 
 
+def mix_batch(images, labels, key, mixing: tuple):
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with its reverse, as timm
+    pairs them: ``(images, partner labels, lam)``, the targets being ``lam * onehot(labels) +
+    (1 - lam) * onehot(partner)``. ``mixing`` is ``(("mixup", alpha), ("cutmix", alpha))`` or one of
+    them; with both, each batch uses one of the two, chosen with probability 1/2. For CutMix ``lam``
+    is the share of the image's own pixels left after the box is pasted."""
+    choose, k_mix, k_cut, k_box = jax.random.split(key, 4)
+    other_images, partner = jnp.flip(images, 0), jnp.flip(labels, 0)
+    results = []
+    for name, alpha in mixing:
+        if name == "mixup":
+            lam = jax.random.beta(k_mix, alpha, alpha)
+            results.append(((lam * images + (1 - lam) * other_images).astype(images.dtype), lam))
+        else:
+            h, w = images.shape[1:3]
+            side = jnp.sqrt(1.0 - jax.random.beta(k_cut, alpha, alpha))
+            cy, cx = jax.random.uniform(k_box, (2,)) * jnp.array([h, w])
+            y0, y1 = jnp.clip(jnp.round(cy - side * h / 2), 0, h), jnp.clip(jnp.round(cy + side * h / 2), 0, h)
+            x0, x1 = jnp.clip(jnp.round(cx - side * w / 2), 0, w), jnp.clip(jnp.round(cx + side * w / 2), 0, w)
+            rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+            box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+            results.append((jnp.where(box[None, :, :, None], other_images, images),
+                            1.0 - box.sum() / (h * w)))
+    if len(results) == 1:
+        return results[0][0], partner, results[0][1]
+    first = jax.random.bernoulli(choose)
+    return jnp.where(first, results[0][0], results[1][0]), partner, jnp.where(first, results[0][1], results[1][1])
+
+
 def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=jnp.float32,
                label_smoothing: float = 0.0, aux_weight: float = 0.3, eval_finish: Finish | None = None,
-               ema_decay: float | None = None, accumulate: int = 1):
+               ema_decay: float | None = None, accumulate: int = 1, mixing: tuple = ()):
     """(train_step, eval_step); ``finish`` completes training batches, ``eval_finish`` (default: the
     same) evaluation batches. A state with ``"ema"`` averages the weights after every step:
     ``ema = decay * ema + (1 - decay) * new`` (Polyak averaging; batch-norm statistics too).
     ``accumulate`` N splits each batch into N micro-batches run one after the other (activations
     of one micro-batch in memory at a time) and applies the mean of their gradients: the update
-    of the whole batch, up to float rounding (batch norm sees micro-batches, dropout other keys)."""
+    of the whole batch, up to float rounding (batch norm sees micro-batches, dropout other keys).
+    ``mixing`` (:func:`mix_batch`) mixes each training batch and its targets; the training top-1
+    then counts the label with the larger share."""
     base_key = jax.random.key(seed)
     eval_finish = finish if eval_finish is None else eval_finish
 
@@ -98,8 +129,9 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
         # inside the trace, which ``nnx.reseed`` may then overwrite.
         return nnx.merge(graphdef, state["params"], state["batch_stats"], jax.tree.map(lambda v: v, other))
 
-    def gradients(params, batch_stats, images, labels, key):
-        """Loss, metrics, gradients and updated batch statistics of one (micro-)batch."""
+    def gradients(params, batch_stats, images, labels, key, partner=None, lam=1.0):
+        """Loss, metrics, gradients and updated batch statistics of one (micro-)batch; with a
+        ``partner`` the targets are ``lam`` of the labels and ``1 - lam`` of the partner's."""
         model = nnx.merge(graphdef, params, batch_stats, jax.tree.map(lambda v: v, other))
         nnx.reseed(model, default=key)
 
@@ -108,19 +140,23 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
 
             def ce(z):
                 z = z.astype(jnp.float32)
-                targets = optax.smooth_labels(jax.nn.one_hot(labels, z.shape[-1]), label_smoothing) \
-                    if label_smoothing else jax.nn.one_hot(labels, z.shape[-1])
+                targets = jax.nn.one_hot(labels, z.shape[-1])
+                if partner is not None:
+                    targets = lam * targets + (1 - lam) * jax.nn.one_hot(partner, z.shape[-1])
+                if label_smoothing:
+                    targets = optax.smooth_labels(targets, label_smoothing)
                 return optax.softmax_cross_entropy(z, targets).mean()
 
             loss = ce(logits) + aux_weight * sum(ce(a) for a in aux)
             return loss, logits.astype(jnp.float32)
 
         (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        metrics = {"loss": loss, "top1": _topk_correct(logits, labels, 1).mean(),
-                   "top5": _topk_correct(logits, labels, 5).mean()}
+        shown = labels if partner is None else jnp.where(lam >= 0.5, labels, partner)
+        metrics = {"loss": loss, "top1": _topk_correct(logits, shown, 1).mean(),
+                   "top5": _topk_correct(logits, shown, 5).mean()}
         return metrics, grads, nnx.state(model, nnx.BatchStat)
 
-    def accumulated(state, images, labels, key):
+    def accumulated(state, images, labels, key, partner=None, lam=1.0):
         """The mean gradient of ``accumulate`` micro-batches: example j of micro-batch i is example
         j * N + i of the batch, so every device's shard of the batch feeds every micro-batch."""
         def micro(x):
@@ -128,23 +164,30 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
 
         def body(carry, xs):  # (the parameters ride in the carry: NNX variables stay in the scan's trace)
             params, batch_stats, sums = carry
-            i, x, y = xs
-            metrics, grads, batch_stats = gradients(params, batch_stats, x, y, jax.random.fold_in(key, i))
+            i, x, y, p = xs
+            metrics, grads, batch_stats = gradients(params, batch_stats, x, y, jax.random.fold_in(key, i),
+                                                    None if partner is None else p, lam)
             return (params, batch_stats, jax.tree.map(jnp.add, sums, (metrics, grads))), None
 
         zero = jax.tree.map(jnp.zeros_like, ({"loss": 0.0, "top1": 0.0, "top5": 0.0}, state["params"]))
+        partners = micro(labels if partner is None else partner)
         (_, batch_stats, (metrics, grads)), _ = jax.lax.scan(
-            body, (state["params"], state["batch_stats"], zero), (jnp.arange(accumulate), micro(images), micro(labels)))
+            body, (state["params"], state["batch_stats"], zero),
+            (jnp.arange(accumulate), micro(images), micro(labels), partners))
         return jax.tree.map(lambda v: v / accumulate, metrics), jax.tree.map(lambda g: g / accumulate, grads), \
             batch_stats
 
     def train_step(state, batch):
         images, labels = _images(batch, finish, dtype), batch["label"]
         key = jax.random.fold_in(base_key, state["step"])
+        partner, lam = None, 1.0
+        if mixing:  # (its own key: dropout's keys are fold_in(key, micro-batch index))
+            images, partner, lam = mix_batch(images, labels, jax.random.fold_in(key, 0x6D6978), mixing)
         if accumulate > 1:
-            metrics, grads, batch_stats = accumulated(state, images, labels, key)
+            metrics, grads, batch_stats = accumulated(state, images, labels, key, partner, lam)
         else:
-            metrics, grads, batch_stats = gradients(state["params"], state["batch_stats"], images, labels, key)
+            metrics, grads, batch_stats = gradients(state["params"], state["batch_stats"], images, labels, key,
+                                                    partner, lam)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats, "opt_state": opt_state}
