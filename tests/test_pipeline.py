@@ -387,3 +387,18 @@ def test_train_and_eval_normalise_alike_for_every_source_and_recipe(tmp_path, di
     # a spec that names its own normalisation keeps it
     own = preprocess.recipe_for(folder, "resize(32)|normalize(unit)", train=True, size=32, channels=1)
     assert _norm(own) == "unit"
+
+
+def test_random_erasing_replaces_one_rectangle_of_the_papers_size():
+    source = resolve("synthetic:32x32x3:2:16")
+    plain = Pipeline(source, "train", 16, "resize(32)", train=False)
+    erased = Pipeline(source, "train", 16, "resize(32)|random_erasing(1.0)", train=False)
+    never = Pipeline(source, "train", 16, "resize(32)|random_erasing(0.0)", train=False)
+    a, b, c = (next(p.epoch()) for p in (plain, erased, never))
+    np.testing.assert_array_equal(a["image"], c["image"])
+    changed = (a["image"] != b["image"]).any(-1)  # (16, 32, 32)
+    for mask in changed:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert 0.02 * 1024 - 40 <= box <= 1024 / 3 + 40  # one rectangle of 2-33% of the image
+        assert mask.sum() >= 0.9 * box  # filled (a random value rarely equals the pixel)

@@ -154,6 +154,30 @@ def flip():
 
 
 @op
+def random_erasing(p=0.25, smallest=0.02, largest=1 / 3, ratio=0.3):
+    """Random erasing (Zhong et al. 2020): with probability ``p``, a rectangle covering
+    ``smallest``-``largest`` of the image, of aspect ratio ``ratio``-``1/ratio``, is filled with
+    uniform random pixel values (before normalisation, so noise on the image's own scale)."""
+    def apply(image, seed):
+        lib = tf()
+        image = _float(image)
+        h, w = _hw(image)
+        hf, wf = lib.cast(h, "float32"), lib.cast(w, "float32")
+        area = lib.random.stateless_uniform((), seed + 2, smallest, largest) * hf * wf
+        aspect = lib.exp(lib.random.stateless_uniform((), seed + 3, math.log(ratio), -math.log(ratio)))
+        eh = lib.clip_by_value(lib.cast(lib.round(lib.sqrt(area * aspect)), "int32"), 1, h)
+        ew = lib.clip_by_value(lib.cast(lib.round(lib.sqrt(area / aspect)), "int32"), 1, w)
+        top = lib.random.stateless_uniform((), seed + 4, maxval=h - eh + 1, dtype="int32")
+        left = lib.random.stateless_uniform((), seed + 5, maxval=w - ew + 1, dtype="int32")
+        rows, cols = lib.range(h)[:, None], lib.range(w)[None, :]
+        box = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
+        erase = lib.random.stateless_uniform((), seed + 6) < p
+        noise = lib.random.stateless_uniform(lib.shape(image), seed + 7, 0.0, 255.0)
+        return lib.where(lib.logical_and(erase, box)[:, :, None], noise, image)
+    return apply
+
+
+@op
 def lighting(std=0.1):
     """AlexNet's colour augmentation: add ``eigvec @ (alpha * eigval)``, alpha ~ N(0, std^2), to
     every pixel (Krizhevsky et al. 2012, section 4.1)."""
