@@ -538,3 +538,36 @@ def test_training_with_mixup_and_cutmix_in_the_spec(tmp_path):
     with pytest.raises(UsageError, match="no place in an evaluation spec"):
         train(load(None, "mlp2", {**SMALL, "epochs": 1, "devices": 1, "eval_ops": "small|mixup(0.2)"}),
               run_dir=tmp_path / "bad2")
+
+
+def test_fp16_loss_scaling_skips_an_overflowing_step_and_recovers(tmp_path):
+    """--precision fp16: a batch whose scaled gradients overflow leaves the parameters and the
+    optimiser state as they were, halves the loss scale and counts a skipped step; the next
+    batch updates."""
+    from cnnbench.parallel import make_mesh
+    from cnnbench.train.step import LOSS_SCALE, set_compute_dtype, train_state
+
+    mesh = make_mesh(1, 1)
+    model = create_model("mlp2", num_classes=4, input_size=12, in_channels=3, seed=0)
+    set_compute_dtype(model, jnp.float16)
+    tx = optax.sgd(0.1, momentum=0.9)
+    graphdef, state, other = train_state(model, tx, mesh, loss_scale=True)
+    step = jax.jit(make_steps(graphdef, other, tx, seed=0, finish=None, dtype=jnp.float16)[0])
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 8).astype(np.int32)
+    huge = {"image": np.full((8, 12, 12, 3), 6e4, np.float32), "label": labels}  # overflows in float16
+    before = jax.device_get(state["params"])
+    state, metrics = step(state, huge)
+    assert float(metrics["skipped"]) == 1.0 and float(state["loss_scale"]["scale"]) == LOSS_SCALE / 2
+    assert int(state["loss_scale"]["skipped"]) == 1
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state["params"]))):
+        np.testing.assert_array_equal(a, b)
+    normal = {"image": rng.normal(size=(8, 12, 12, 3)).astype(np.float32), "label": labels}
+    state, metrics = step(state, normal)
+    assert float(metrics["skipped"]) == 0.0 and np.isfinite(float(metrics["loss"]))
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),
+                                                        jax.tree.leaves(jax.device_get(state["params"]))))
+    summary = train(load(None, "mlp2", {**SMALL, "epochs": 1, "devices": 1, "precision": "fp16"}), run_dir=tmp_path / "f")
+    assert np.isfinite(summary["final"]["loss"])
+    val = [r for r in read_metrics(tmp_path / "f") if r["kind"] == "validation"][-1]
+    assert val["train_skipped"] >= 0 and "loss_scale" in [r for r in read_metrics(tmp_path / "f") if r["kind"] == "train"][0]

@@ -15,7 +15,7 @@ from cnnbench.errors import UsageError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "exponential", "plateau")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCALE_RULES = ("none", "linear")
 
 

@@ -148,15 +148,16 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
         from cnnbench.transfer.start import prepare
 
         group, transfer = prepare(model, cfg)
-    dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
-    if cfg.precision == "bf16":
+    dtype = {"bf16": jnp.bfloat16, "fp16": jnp.float16}.get(cfg.precision, jnp.float32)
+    if cfg.precision != "fp32":
         set_compute_dtype(model, dtype)
+    if cfg.precision == "bf16":
         note = bf16_note(mesh.devices.flat[0].platform)
         if note and main:
             events.note(note)
     parallel.plan(model, cfg.model_parallel, mesh)
     tx, lr_schedule = optimizer(cfg, steps_per_epoch, group)
-    graphdef, state, other = train_state(model, tx, mesh, ema=cfg.ema is not None)
+    graphdef, state, other = train_state(model, tx, mesh, ema=cfg.ema is not None, loss_scale=cfg.precision == "fp16")
     train_step, eval_step = make_steps(graphdef, other, tx, seed=cfg.seed, finish=train_data.finish,
                                        eval_finish=eval_data.finish, dtype=dtype, ema_decay=cfg.ema,
                                        accumulate=cfg.accumulate, mixing=mixing,
@@ -320,8 +321,14 @@ class _Loop:
                 continue
             n = window_images // self.cfg.batch_size
             values = {k: float(v) / n for k, v in jax.device_get(window).items()}
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v * n
+            if "skipped" in values:  # fp16: the window's means over the steps that were not skipped
+                done_steps = n - round(values["skipped"] * n)
+                values.update({k: values[k] * n / max(done_steps, 1) for k in ("loss", "top1", "top5")},
+                              skipped=round(values["skipped"] * n), loss_scale=values["loss_scale"])
+            for k in ("loss", "top1", "top5"):
+                sums[k] = sums.get(k, 0.0) + values[k] * n
+            if "skipped" in values:
+                sums["skipped"] = sums.get("skipped", 0) + values["skipped"]
             window, done = None, done + n
             step = int(state["step"])
             if not math.isfinite(values["loss"]):
@@ -335,7 +342,7 @@ class _Loop:
             self.log.write(record)
             self.events.step(record)
             window_start, window_images = now, 0
-        return state, {k: v / max(done, 1) for k, v in sums.items()}
+        return state, {k: v if k == "skipped" else v / max(done, 1) for k, v in sums.items()}
 
     def plateau(self, state, plateau: dict, validation: dict):
         """Reduce-on-plateau: lr *= decay_factor after ``plateau_patience`` epochs without a lower

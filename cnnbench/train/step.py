@@ -46,7 +46,11 @@ def _topk_correct(logits, labels, k):
     return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def train_state(model: nnx.Module, tx, mesh, *, ema: bool = False):
+#: dynamic loss scaling for fp16 (as torch.cuda.amp.GradScaler): start, growth interval
+LOSS_SCALE, GROWTH_INTERVAL = 2.0 ** 15, 2000
+
+
+def train_state(model: nnx.Module, tx, mesh, *, ema: bool = False, loss_scale: bool = False):
     """``(graphdef, state, other)`` of a (planned) model: its graph, the training state
     ``{"step", "params", "batch_stats", "opt_state"}`` (and ``"ema"``, the averaged
     ``{"params", "batch_stats"}``, with ``ema``) placed on ``mesh`` as the layers' split says (the
@@ -57,6 +61,8 @@ def train_state(model: nnx.Module, tx, mesh, *, ema: bool = False):
              "opt_state": tx.init(params)}
     if ema:
         state["ema"] = jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
+    if loss_scale:  # fp16: the loss scale, good steps since it last changed, steps skipped on overflow
+        state["loss_scale"] = {"scale": jnp.float32(LOSS_SCALE), "good": jnp.int32(0), "skipped": jnp.int32(0)}
     return graphdef, place(state, mesh), jax.device_put(other, replicated(mesh))
 
 
@@ -129,7 +135,7 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
         # inside the trace, which ``nnx.reseed`` may then overwrite.
         return nnx.merge(graphdef, state["params"], state["batch_stats"], jax.tree.map(lambda v: v, other))
 
-    def gradients(params, batch_stats, images, labels, key, partner=None, lam=1.0):
+    def gradients(params, batch_stats, images, labels, key, partner=None, lam=1.0, scale=None):
         """Loss, metrics, gradients and updated batch statistics of one (micro-)batch; with a
         ``partner`` the targets are ``lam`` of the labels and ``1 - lam`` of the partner's."""
         model = nnx.merge(graphdef, params, batch_stats, jax.tree.map(lambda v: v, other))
@@ -148,15 +154,15 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
                 return optax.softmax_cross_entropy(z, targets).mean()
 
             loss = ce(logits) + aux_weight * sum(ce(a) for a in aux)
-            return loss, logits.astype(jnp.float32)
+            return loss * (1.0 if scale is None else scale), (loss, logits.astype(jnp.float32))
 
-        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (_, (loss, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         shown = labels if partner is None else jnp.where(lam >= 0.5, labels, partner)
         metrics = {"loss": loss, "top1": _topk_correct(logits, shown, 1).mean(),
                    "top5": _topk_correct(logits, shown, 5).mean()}
         return metrics, grads, nnx.state(model, nnx.BatchStat)
 
-    def accumulated(state, images, labels, key, partner=None, lam=1.0):
+    def accumulated(state, images, labels, key, partner=None, lam=1.0, scale=None):
         """The mean gradient of ``accumulate`` micro-batches: example j of micro-batch i is example
         j * N + i of the batch, so every device's shard of the batch feeds every micro-batch."""
         def micro(x):
@@ -166,7 +172,7 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
             params, batch_stats, sums = carry
             i, x, y, p = xs
             metrics, grads, batch_stats = gradients(params, batch_stats, x, y, jax.random.fold_in(key, i),
-                                                    None if partner is None else p, lam)
+                                                    None if partner is None else p, lam, scale)
             return (params, batch_stats, jax.tree.map(jnp.add, sums, (metrics, grads))), None
 
         zero = jax.tree.map(jnp.zeros_like, ({"loss": 0.0, "top1": 0.0, "top5": 0.0}, state["params"]))
@@ -183,18 +189,40 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
         partner, lam = None, 1.0
         if mixing:  # (its own key: dropout's keys are fold_in(key, micro-batch index))
             images, partner, lam = mix_batch(images, labels, jax.random.fold_in(key, 0x6D6978), mixing)
+        scale = state["loss_scale"]["scale"] if "loss_scale" in state else None
         if accumulate > 1:
-            metrics, grads, batch_stats = accumulated(state, images, labels, key, partner, lam)
+            metrics, grads, batch_stats = accumulated(state, images, labels, key, partner, lam, scale)
         else:
             metrics, grads, batch_stats = gradients(state["params"], state["batch_stats"], images, labels, key,
-                                                    partner, lam)
+                                                    partner, lam, scale)
+        if scale is not None:
+            grads = jax.tree.map(lambda g: (g / scale).astype(g.dtype), grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats, "opt_state": opt_state}
+        if scale is not None:
+            new, metrics = _loss_scaling(state, new, grads, metrics)
         if "ema" in state:
             d = jnp.float32(ema_decay)
             new["ema"] = jax.tree.map(lambda e, w: (d * e + (1 - d) * w).astype(e.dtype), state["ema"],
                                       {"params": params, "batch_stats": batch_stats})
+        return new, metrics
+
+    def _loss_scaling(state, new, grads, metrics):
+        """fp16's dynamic loss scaling: a step whose gradients overflowed keeps the old parameters,
+        optimiser state and statistics, halves the scale and counts as skipped (its loss is left out
+        of the metrics); after ``GROWTH_INTERVAL`` good steps in a row the scale doubles."""
+        ls = state["loss_scale"]
+        finite = jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
+        keep = {k: state[k] for k in ("params", "batch_stats", "opt_state")}
+        new = {**new, **jax.tree.map(lambda a, b: jnp.where(finite, a, b),
+                                     {k: new[k] for k in keep}, keep)}
+        good = jnp.where(finite, ls["good"] + 1, 0)
+        grow = good >= GROWTH_INTERVAL
+        new["loss_scale"] = {"scale": jnp.where(finite, jnp.where(grow, ls["scale"] * 2, ls["scale"]), ls["scale"] / 2),
+                             "good": jnp.where(grow, 0, good), "skipped": ls["skipped"] + (~finite).astype(jnp.int32)}
+        metrics = {**{k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}, "skipped": (~finite).astype(jnp.float32),
+                   "loss_scale": ls["scale"]}
         return new, metrics
 
     def eval_step(state, batch):
