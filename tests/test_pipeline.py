@@ -402,3 +402,29 @@ def test_random_erasing_replaces_one_rectangle_of_the_papers_size():
         box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
         assert 0.02 * 1024 - 40 <= box <= 1024 / 3 + 40  # one rectangle of 2-33% of the image
         assert mask.sum() >= 0.9 * box  # filled (a random value rarely equals the pixel)
+
+
+def test_randaugment_is_deterministic_per_example_and_keeps_the_images_range():
+    from cnnbench.pipeline.preprocess import RANDAUGMENT_OPS, randaugment
+
+    lib = tf()
+    image = lib.constant(np.random.default_rng(0).integers(0, 256, (24, 24, 3)), "float32")
+    outputs = {}
+    for op_index in range(len(RANDAUGMENT_OPS)):  # every op, through a seed that draws it first
+        for s in range(200):
+            seed = lib.constant([s, 0], "int64")
+            drawn = int(lib.random.stateless_uniform((), seed + 20, maxval=len(RANDAUGMENT_OPS), dtype="int32"))
+            if drawn == op_index:
+                out = randaugment(1, 9)(image, seed).numpy()
+                assert out.shape == (24, 24, 3) and out.min() >= 0 and out.max() <= 255, RANDAUGMENT_OPS[op_index]
+                outputs[RANDAUGMENT_OPS[op_index]] = out
+                break
+    assert set(outputs) == set(RANDAUGMENT_OPS)
+    np.testing.assert_array_equal(outputs["identity"], image.numpy())
+    changed = [name for name, out in outputs.items() if not np.allclose(out, image.numpy())]
+    assert set(changed) >= set(RANDAUGMENT_OPS) - {"identity"}  # magnitude 9: every other op changes the image
+    seed = lib.constant([3, 7], "int64")
+    np.testing.assert_array_equal(randaugment(2, 9)(image, seed).numpy(), randaugment(2, 9)(image, seed).numpy())
+    source = resolve("synthetic:32x32x3:2:16")
+    batch = next(Pipeline(source, "train", 16, "resize(32)|randaugment(2, 9)|normalize(imagenet)", train=True).epoch())
+    assert batch["image"].shape == (16, 32, 32, 3) and np.isfinite(batch["image"]).all()

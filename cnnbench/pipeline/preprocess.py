@@ -177,6 +177,113 @@ def random_erasing(p=0.25, smallest=0.02, largest=1 / 3, ratio=0.3):
     return apply
 
 
+def _affine(image, matrix):
+    """``image`` (H, W, C, float) under the projective ``matrix`` [a0 a1 a2 b0 b1 b2 c0 c1] that maps
+    output to input coordinates, bilinear, empty space filled with mid-grey (128), as PIL's
+    transforms in RandAugment's reference implementations."""
+    lib = tf()
+    h, w = _hw(image)
+    out = lib.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=lib.reshape(lib.cast(matrix, "float32"), (1, 8)),
+        output_shape=lib.stack([h, w]), fill_value=128.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+    return out[0]
+
+
+def _grey(image):
+    """ITU-R 601-2 luma (PIL's convert("L")), one channel."""
+    return tf().reduce_sum(image * tf().constant([0.299, 0.587, 0.114]), -1, keepdims=True)
+
+
+def _autocontrast(image):
+    """Each channel stretched to 0-255 (PIL's ImageOps.autocontrast without cut-off)."""
+    lib = tf()
+    low, high = lib.reduce_min(image, (0, 1)), lib.reduce_max(image, (0, 1))
+    return lib.clip_by_value((image - low) * 255.0 / lib.maximum(high - low, 1e-3), 0.0, 255.0)
+
+
+def _blend(image, other, factor):
+    return tf().clip_by_value(other + factor * (image - other), 0.0, 255.0)
+
+
+def _equalize(image):
+    """Histogram equalisation per channel (PIL's ImageOps.equalize)."""
+    lib = tf()
+
+    def channel(c):
+        values = lib.cast(lib.clip_by_value(lib.round(c), 0, 255), "int32")
+        hist = lib.math.bincount(lib.reshape(values, [-1]), minlength=256, maxlength=256)
+        nonzero = lib.boolean_mask(hist, hist > 0)
+        step = (lib.reduce_sum(nonzero) - nonzero[-1]) // 255
+        lut = (lib.cumsum(hist) + step // 2) // lib.maximum(step, 1)
+        lut = lib.clip_by_value(lib.concat([[0], lut[:-1]], 0), 0, 255)
+        return lib.cast(lib.where(step > 0, lib.gather(lut, values), values), "float32")
+
+    return lib.stack([channel(image[..., i]) for i in range(3)], -1)
+
+
+RANDAUGMENT_OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "color", "posterize", "contrast",
+                   "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
+
+
+@op
+def randaugment(n=2, m=9):
+    """RandAugment (Cubuk et al. 2020): ``n`` ops drawn uniformly from :data:`RANDAUGMENT_OPS`, each
+    at magnitude ``m`` of 10 (timm's scale: rotate 30 degrees, shear 0.3, translate 45% of the side,
+    enhance factors 1 +- 0.9 m/10, solarize at 256 - 25.6 m, posterize to 8 - 0.4 m bits), with a
+    random sign for the signed ones; stateless, so (seed, example) fix every draw. Colour images of
+    0-255 values, before normalisation."""
+    level = m / 10.0
+
+    def apply(image, seed):
+        lib = tf()
+        image = _float(image)
+        h, w = _hw(image)
+        hf, wf = lib.cast(h, "float32"), lib.cast(w, "float32")
+        for i in range(n):
+            which = lib.random.stateless_uniform((), seed + 20 + 3 * i, maxval=len(RANDAUGMENT_OPS), dtype="int32")
+            sign = lib.where(lib.random.stateless_uniform((), seed + 21 + 3 * i) < 0.5, -1.0, 1.0)
+            image = lib.switch_case(which, [lambda f=f, x=image, s=sign: f(x, s) for f in (
+                lambda x, s: x,
+                lambda x, s: _autocontrast(x),
+                lambda x, s: _equalize(x),
+                lambda x, s: _affine(x, _rotation(s * level * 30.0, hf, wf)),
+                lambda x, s: lib.where(x >= 256.0 - 25.6 * m, 255.0 - x, x),
+                lambda x, s: _blend(x, _grey(x), 1.0 + s * 0.9 * level),
+                lambda x, s: lib.cast(lib.bitwise.bitwise_and(lib.cast(x, "int32"),
+                                                              -(2 ** (8 - max(8 - int(0.4 * m), 1)))), "float32"),
+                lambda x, s: _blend(x, lib.reduce_mean(_grey(x)), 1.0 + s * 0.9 * level),
+                lambda x, s: _blend(x, lib.zeros_like(x), 1.0 + s * 0.9 * level),
+                lambda x, s: _blend(x, _smooth(x), 1.0 + s * 0.9 * level),
+                lambda x, s: _affine(x, [1.0, s * 0.3 * level, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]),
+                lambda x, s: _affine(x, [1.0, 0.0, 0.0, s * 0.3 * level, 1.0, 0.0, 0.0, 0.0]),
+                lambda x, s: _affine(x, [1.0, 0.0, s * 0.45 * level * wf, 0.0, 1.0, 0.0, 0.0, 0.0]),
+                lambda x, s: _affine(x, [1.0, 0.0, 0.0, 0.0, 1.0, s * 0.45 * level * hf, 0.0, 0.0]),
+            )])
+            image.set_shape([None, None, 3])
+        return image
+    return apply
+
+
+def _rotation(degrees, h, w):
+    """The projective matrix of a rotation by ``degrees`` about the image's centre."""
+    lib = tf()
+    a = degrees * math.pi / 180.0
+    cos, sin = lib.cos(a), lib.sin(a)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    return lib.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0])
+
+
+def _smooth(image):
+    """PIL's SMOOTH filter (3x3, centre 5, others 1, /13), edges kept."""
+    lib = tf()
+    kernel = lib.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+    kernel = lib.tile(kernel[:, :, None, None], [1, 1, 3, 1])
+    smooth = lib.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "SAME")[0]
+    h, w = _hw(image)
+    inner = lib.pad(lib.ones([h - 2, w - 2, 3]), [[1, 1], [1, 1], [0, 0]])
+    return inner * smooth + (1 - inner) * image
+
+
 @op
 def lighting(std=0.1):
     """AlexNet's colour augmentation: add ``eigvec @ (alpha * eigval)``, alpha ~ N(0, std^2), to
