@@ -299,8 +299,8 @@ def train(arch, config_file, options, settings, resume, run_dir, coordinator, nu
 
 
 def _skipped_note(record: dict) -> str:
-    parts = [f"{record[key]} {what} image{'s' if record[key] != 1 else ''}"
-             for key, what in (("skipped_train_images", "training"), ("skipped_eval_images", "validation"))
+    parts = [f"{plural(record[key], what)}" for key, what in (("skipped_train_images", "training image"),
+                                                              ("skipped_eval_images", "validation image"))
              if record.get(key)]
     return f"  ({' and '.join(parts)} could not be decoded and were skipped: see skipped.txt)" if parts else ""
 
@@ -1042,17 +1042,18 @@ def show(dataset, data_dir, manual_dir, split, train, ops, size, channels, seed,
     """
     from pathlib import Path
 
-    from cnnbench.pipeline.tools import sample_grid
+    from cnnbench.pipeline.sources import resolve
+    from cnnbench.pipeline.tools import pipeline_for, sample_grid
 
     if count < 1:
         raise UsageError(f"--count must be at least 1, not {count}")
-    from cnnbench.pipeline.sources import resolve
 
     source = resolve(dataset, data_dir=data_dir, manual_dir=manual_dir)
-    available = source.num_examples(split or (source.train_split if train else source.eval_split))
+    split = split or (source.train_split if train else source.eval_split)
+    available = source.num_examples(split)
     # (a training pipeline yields whole batches only: a split smaller than --count shows what it has)
-    pipeline = _pipeline(dataset, data_dir, manual_dir, split, train, ops, size, channels, seed,
-                         max(1, min(count, available)))
+    pipeline = pipeline_for(source, split=split, train=train, size=size, channels=channels,
+                            batch_size=max(1, min(count, available)), ops=ops, seed=seed)
     path, shown = sample_grid(pipeline, Path(out), count=count)
     click.echo(f"wrote {path} ({plural(shown, 'sample')} of {pipeline.source.name} {pipeline.split}: {pipeline.ops})"
                + (f"; the split has {plural(available, 'image')}" if shown < count else ""))
@@ -1126,9 +1127,9 @@ def reproduce(name, list_, budget, seeds, dataset, out, fmt):
     """
     from cnnbench.reproduce import get_finding, list_findings
 
-    if list_ or not name:
-        if not list_:
-            raise UsageError("name a finding (cnnbench reproduce --list shows them)")
+    if not list_ and not name:
+        raise UsageError("name a finding (cnnbench reproduce --list shows them)")
+    if list_:
         findings = [f.describe() for f in list_findings()]
         minutes = lambda b: "cluster" if b["estimated_minutes"] is None else f"~{b['estimated_minutes']:g} min"
         rows = [{**f, "small": f"{f['budgets']['small']['dataset']}, {f['budgets']['small']['seeds']} seeds, "

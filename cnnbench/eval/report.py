@@ -131,11 +131,9 @@ def write_confusion(p: Predictions, class_names: list[str], stem: Path, title: s
         writer.writerows([name, *map(int, row)] for name, row in zip(class_names, matrix))
     written = [table]
     if len(class_names) <= MATRIX_FIGURE_CLASSES:
-        import matplotlib
+        from cnnbench.viz.figures import pyplot, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
         side = min(4 + 0.25 * len(class_names), 24)
         fig, ax = plt.subplots(figsize=(side, side))
@@ -146,11 +144,7 @@ def write_confusion(p: Predictions, class_names: list[str], stem: Path, title: s
         ax.set_yticks(ticks, labels, fontsize=7)
         ax.set(xlabel="predicted", ylabel="true", title=title)
         fig.colorbar(shown, ax=ax, fraction=0.046, label="share of the true class")
-        fig.tight_layout()
-        figure = stem.with_name(stem.name + "-confusion.png")
-        fig.savefig(figure, dpi=100)
-        plt.close(fig)
-        written.append(figure)
+        written.append(save(fig, stem.with_name(stem.name + "-confusion.png")))
     return written
 
 

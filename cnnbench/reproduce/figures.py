@@ -10,22 +10,7 @@ import numpy as np
 
 from cnnbench.reproduce.finding import Runs, steps_per_epoch
 from cnnbench.reproduce.verdict import Stats
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    _plt().close(fig)
-    return path
+from cnnbench.viz.figures import pyplot, save
 
 
 def _mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -38,7 +23,7 @@ def _mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
 def curves(runs: Runs, variants: list[str], path: Path, *, title: str, threshold: float | None = None) -> Path:
     """Training error (the logged windows, a tenth of an epoch each) and test error per epoch, one
     line per variant (mean over seeds, band: +-1 std), on shared axes."""
-    plt = _plt()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True, sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     labels = {v.name: v.title for v in runs.finding.variants}
@@ -68,14 +53,14 @@ def curves(runs: Runs, variants: list[str], path: Path, *, title: str, threshold
         ax.legend(fontsize=8)
     fig.suptitle(f"{title} - {runs.budget_name} budget, {seeds}", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def bars(measured: dict[str, Stats], path: Path, *, unit: str, title: str, dataset: str,
          paper: dict[str, float] | None = None, paper_title: str = "") -> Path:
     """Measured means with +-1 std and every seed's value as a dot; the paper's numbers beside them
     (another dataset and scale, so on their own axes)."""
-    plt = _plt()
+    plt = pyplot()
     panels = 2 if paper else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
     ax = axes[0][0]
@@ -103,4 +88,4 @@ def bars(measured: dict[str, Stats], path: Path, *, unit: str, title: str, datas
         right.grid(alpha=0.3, axis="y")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)

@@ -8,7 +8,6 @@ again after an interruption. The report goes to ``OUT/report.{md,json}`` with it
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ from typing import Callable
 from cnnbench.errors import UsageError
 from cnnbench.reproduce.finding import Budget, Finding, Runs
 from cnnbench.train.config import TrainConfig
+from cnnbench.train.rundir import slug
 
 DEFAULT_ROOT = Path("reproductions")
 
@@ -47,10 +47,6 @@ class Plan:
     def epochs_total(self) -> int:
         return sum(p.cfg.epochs for p in self.runs)
 
-    @property
-    def epochs_done(self) -> int:
-        return sum(p.cfg.epochs for p in self.runs if p.state in ("done", "diverged"))
-
 
 @dataclasses.dataclass
 class Progress:
@@ -60,10 +56,6 @@ class Progress:
     train_events: Callable[[Planned], object] = lambda planned: None  # a train.loop.Events, or None
     run_end: Callable[[Planned], None] = lambda planned: None
     analysis: Callable[[str], None] = lambda what: None
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
 def _state(run_dir: Path, epochs: int) -> str:
@@ -93,8 +85,12 @@ def plan(finding: Finding, budget_name: str, *, seeds: int | None = None, datase
         raise UsageError(f"{finding.name} builds its own source and target tasks; --dataset does not apply")
     dataset = dataset or budget.dataset
     out = Path(out or DEFAULT_ROOT / finding.name)
-    tag = budget_name if dataset == budget.dataset else f"{budget_name}-{_slug(dataset)}"
+    tag = budget_name if dataset == budget.dataset else f"{budget_name}-{slug(dataset)}"
     root = out / "runs" / tag
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot write {out}: {e.strerror or e}; choose a writable --out") from None
     places = finding.prepare(out / "data", budget_name) if (finding.prepare and prepare) else {}
     planned: list[Planned] = []
     for variant in finding.variants:
@@ -131,7 +127,6 @@ def execute(p: Plan, progress: Progress = Progress()) -> dict:
     dirs: dict[str, list[Path]] = {}
     for planned in p.runs:
         dirs.setdefault(planned.variant, []).append(planned.run_dir)
-    p.out.mkdir(parents=True, exist_ok=True)
     runs = Runs(p.finding, p.budget_name, p.budget, p.dataset, p.seeds, dirs, p.out, progress.analysis)
     analysis = p.finding.analyse(runs)
     return write_report(p, analysis, time.time() - started)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import jax
@@ -55,22 +54,6 @@ class _OrbaxNoise(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_OrbaxNoise())
-
-
-def _quiet_closed_loops(hook):
-    """When a save fails, TensorStore's callbacks into orbax's finished event loops raise "Event
-    loop is closed", printed through ``sys.excepthook`` from C++, once per file: dropped."""
-    import os
-
-    def excepthook(kind, value, traceback):
-        if kind is RuntimeError and str(value) == "Event loop is closed" and not os.environ.get("CNNBENCH_VERBOSE"):
-            return
-        hook(kind, value, traceback)
-
-    return excepthook
-
-
-sys.excepthook = _quiet_closed_loops(sys.excepthook)
 
 
 def as_os_error(error: BaseException) -> OSError | None:

@@ -296,14 +296,20 @@ class _Loop:
         for key, data in (("skipped_train_images", self.train_data), ("skipped_eval_images", self.eval_data)):
             total = data.skipped
             counts[key] = total - self.counted.get(key, 0)
-            path = self.run_dir / "skipped.txt"
-            old = path.read_text() if path.exists() else "# split\timage\terror: images skipped as undecodable\n"
-            named = any(line.startswith(f"{data.split}\t") for line in old.splitlines())  # (a resumed run)
-            if counts[key] and key not in self.counted and not named and is_first_process():
-                lines = [f"{data.split}\t{name}\t{error}" for name, error in data.undecodable()]
-                write_text(path, old + "".join(line + "\n" for line in lines))
+            if counts[key] and key not in self.counted and is_first_process():
+                self.name_skipped(data)
             self.counted[key] = total
         return counts
+
+    def name_skipped(self, data) -> None:
+        """Each undecodable image of ``data``'s split, with its error, in ``skipped.txt`` (once: a
+        resumed run finds them there)."""
+        path = self.run_dir / "skipped.txt"
+        old = path.read_text() if path.exists() else "# split\timage\terror: images skipped as undecodable\n"
+        if any(line.startswith(f"{data.split}\t") for line in old.splitlines()):
+            return
+        lines = [f"{data.split}\t{name}\t{error}" for name, error in data.undecodable()]
+        write_text(path, old + "".join(line + "\n" for line in lines))
 
     def train_epoch(self, state, epoch: int):
         """One epoch; returns the state and the epoch's mean training metrics (loss, top1)."""

@@ -117,14 +117,19 @@ def describe_holder(holder: dict) -> str:
             f"({holder.get('command', 'unknown command')}) since {holder.get('since', '?')}")
 
 
+def slug(text: str) -> str:
+    """``text`` as a file-name part: runs of other characters than letters, digits, ``_.-`` as ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
 def new_run_dir(arch: str, dataset: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.split(":")[0])
+    name = slug(dataset.split(":")[0])
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = RUNS / f"{arch}-{slug}-{stamp}"
+    path = RUNS / f"{arch}-{name}-{stamp}"
     n = 1
     while path.exists():
         n += 1
-        path = RUNS / f"{arch}-{slug}-{stamp}-{n}"
+        path = RUNS / f"{arch}-{name}-{stamp}-{n}"
     return path
 
 

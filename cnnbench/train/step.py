@@ -130,15 +130,15 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
     base_key = jax.random.key(seed)
     eval_finish = finish if eval_finish is None else eval_finish
 
-    def merge(state):
+    def merge(params, batch_stats):
         # ``other`` (the dropout RNG state) is closed over; copying it here makes fresh Variables
         # inside the trace, which ``nnx.reseed`` may then overwrite.
-        return nnx.merge(graphdef, state["params"], state["batch_stats"], jax.tree.map(lambda v: v, other))
+        return nnx.merge(graphdef, params, batch_stats, jax.tree.map(lambda v: v, other))
 
     def gradients(params, batch_stats, images, labels, key, partner=None, lam=1.0, scale=None):
         """Loss, metrics, gradients and updated batch statistics of one (micro-)batch; with a
         ``partner`` the targets are ``lam`` of the labels and ``1 - lam`` of the partner's."""
-        model = nnx.merge(graphdef, params, batch_stats, jax.tree.map(lambda v: v, other))
+        model = merge(params, batch_stats)
         nnx.reseed(model, default=key)
 
         def loss_fn(m):
@@ -228,7 +228,7 @@ def make_steps(graphdef, other, tx, *, seed: int, finish: Finish | None, dtype=j
     def eval_step(state, batch):
         """Sums over the real (unpadded) examples; several crops per image average their softmax."""
         images, labels, mask = _images(batch, eval_finish, dtype), batch["label"], batch["mask"]
-        probs = probabilities(merge(state), images)
+        probs = probabilities(merge(state["params"], state["batch_stats"]), images)
         nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0] + 1e-12)
         return {"loss": (nll * mask).sum(), "top1": (_topk_correct(probs, labels, 1) * mask).sum(),
                 "top5": (_topk_correct(probs, labels, 5) * mask).sum(), "count": mask.sum()}

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from cnnbench.errors import UsageError
+from cnnbench.train.rundir import slug
 
 CLASSIFIERS = ("logreg", "svm")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
 def features(subject, dataset: str | None, split: str | None, layer: str, *, batch_size: int = 64,
@@ -40,7 +36,7 @@ def features(subject, dataset: str | None, split: str | None, layer: str, *, bat
     split = split or source.eval_split
     total = source.num_examples(split)
     digest = hashlib.sha1(f"{run.checkpoint}|{run.eval_spec}".encode()).hexdigest()[:8]
-    cache = run.run_dir / "features" / f"{_slug(source.name)}-{_slug(split)}-{name}-{digest}.npz"
+    cache = run.run_dir / "features" / f"{slug(source.name)}-{slug(split)}-{name}-{digest}.npz"
     if cache.is_file():
         saved = np.load(cache)
         return saved["features"], saved["labels"], split
@@ -126,7 +122,7 @@ def run_probe(run_dir: Path, *, dataset: str | None, layer: str, kind: str, per_
               **probe((x, y), (xt, yt), kind=kind, per_class=per_class, count=count, seed=seed)}
     folder = run.run_dir / "probes"
     folder.mkdir(exist_ok=True)
-    (folder / f"{_slug(source.name)}-{name}-{kind}-{per_class or 'all'}.json").write_text(json.dumps(result, indent=2))
+    (folder / f"{slug(source.name)}-{name}-{kind}-{per_class or 'all'}.json").write_text(json.dumps(result, indent=2))
     return result
 
 
