@@ -90,6 +90,7 @@ def test_list_json_describes_every_finding():
     (["reproduce", "relu-vs-tanh", "--budget", "huge"], "unknown budget 'huge'; budgets: smoke, small, paper"),
     (["reproduce", "relu-vs-tanh", "--seeds", "0"], "--seeds must be at least 1"),
     (["reproduce"], "name a finding"),
+    (["reproduce", "relu-vs-tanh", "--out", "/proc/cnnbench-x"], "cannot write /proc/cnnbench-x"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args, message):
     result = CliRunner().invoke(cli, args)
