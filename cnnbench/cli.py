@@ -69,6 +69,31 @@ def parse_options(pairs: tuple[str, ...], what: str = "-o") -> dict:
     return options
 
 
+PRETRAINED_HELP = "Published weights by name (see `cnnbench weights download --list`), downloaded on first use."
+
+
+def _pretrained(name: str, fmt: str = "table", **kwargs) -> dict:
+    """``--pretrained NAME`` and `weights download`: the published weights' run directory, with a
+    progress bar while the file downloads, is checked and converts."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from cnnbench.transfer.published import get, pretrained
+
+    entry = get(name)
+    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()]
+    with Progress(*columns, console=err_console(), transient=True, disable=fmt == "json") as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage, done, total):
+            if stage not in tasks:
+                label = {"download": f"downloading {entry.filename}", "verify": f"checking {entry.filename}",
+                         "convert": f"converting {entry.filename}"}[stage]
+                tasks[stage] = bar.add_task(label, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        return pretrained(name, progress=progress, **kwargs)
+
+
 @cli.command()
 @click.option("--family", help="Only this family (e.g. ResNet, VGG).")
 @format_option
@@ -245,14 +270,17 @@ def _default(name: str, text: str = "") -> str:
               help="Run directory (default: runs/ARCH-DATASET-TIME); an existing one is resumed.")
 @click.option("--resume", type=click.Path(file_okay=False, exists=True),
               help="Continue the run in this directory from its last checkpoint.")
+@click.option("--pretrained", metavar="NAME",
+              help="Start from published ImageNet weights (a new head when the classes differ); ARCH "
+                   "defaults to theirs. " + PRETRAINED_HELP)
 @click.option("--coordinator", metavar="HOST:PORT", help="Multi-host: address of process 0.")
 @click.option("--num-processes", type=int, help="Multi-host: number of processes.")
 @click.option("--process-id", type=int, help="Multi-host: this process's index.")
 @click.option("--init-timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
               help="Multi-host: how long each process waits for the others at the coordinator.")
 @format_option
-def train(arch, config_file, options, settings, resume, run_dir, coordinator, num_processes, process_id, init_timeout,
-          fmt, **values):
+def train(arch, config_file, options, settings, resume, run_dir, pretrained, coordinator, num_processes, process_id,
+          init_timeout, fmt, **values):
     """Train ARCH (default dataset: the offline digits).
 
     \b
@@ -261,6 +289,7 @@ def train(arch, config_file, options, settings, resume, run_dir, coordinator, nu
       cnnbench train alexnet --config experiments/alexnet_imagenet.toml --manual-dir ~/ILSVRC2012
       cnnbench train resnet20 --dataset cifar10 --epochs 2 --precision bf16
       cnnbench train alexnet --model-parallel 2 --input-size 67 --epochs 2
+      cnnbench train resnet18 --pretrained resnet18 --dataset cifar10 --input-size 64
       cnnbench train --resume runs/lenet5-digits-20261122-031500
     """
     from pathlib import Path
@@ -274,6 +303,17 @@ def train(arch, config_file, options, settings, resume, run_dir, coordinator, nu
     values.update(config_lib.settings(parse_options(settings, what="--set")))
     if options:
         values["arch_options"] = parse_options(options)
+    if pretrained:
+        if resume:
+            raise UsageError("--pretrained starts a run; --resume continues one: give one of them")
+        weights_dir = Path(_pretrained(pretrained, fmt)["run_dir"])
+        weights = config_lib.from_run(weights_dir)
+        if arch and arch != weights.arch:
+            raise UsageError(f"--pretrained {pretrained} holds a {weights.arch}, not a {arch}; "
+                             f"leave out ARCH or name {weights.arch}")
+        arch = weights.arch
+        values["init_from"] = str(weights_dir)
+        values.setdefault("arch_options", dict(weights.arch_options))  # (Keras's ResNet-50 is v1)
     target = Path(resume or run_dir) if (resume or run_dir) else None
     if target is not None and is_first_process():
         check_free(target)  # a second writer hears who holds the run first (process 0 writes it)
@@ -471,17 +511,19 @@ def _evaluate_with_progress(loaded, **kwargs):
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), help="Run directory (default: the latest).")
+@click.option("--pretrained", metavar="NAME", help="Instead of --run: " + PRETRAINED_HELP)
 @click.option("--top", type=int, default=5, show_default=True, help="Classes per image.")
 @click.option("--checkpoint", type=click.Choice(["best", "latest"]), default="best", show_default=True)
 @click.option("--raw-weights", is_flag=True,
               help="For a run trained with --ema: the raw weights instead of the averaged ones.")
 @format_option
-def predict(images, run_dir, top, checkpoint, raw_weights, fmt):
+def predict(images, run_dir, pretrained, top, checkpoint, raw_weights, fmt):
     """The most probable classes of IMAGES, with their names and probabilities.
 
     \b
-    Example:
+    Examples:
       cnnbench predict cat.jpg dog.png --run runs/resnet50-imagenet2012-20261122-101500
+      cnnbench predict cat.jpg --pretrained resnet50
     """
     from pathlib import Path
 
@@ -489,6 +531,10 @@ def predict(images, run_dir, top, checkpoint, raw_weights, fmt):
     from cnnbench.eval.runs import latest_run, load_run
 
     check_images(list(images))  # a missing or broken image is one line before the model loads
+    if pretrained and run_dir:
+        raise UsageError("give --run or --pretrained, not both")
+    if pretrained:
+        run_dir = _pretrained(pretrained, fmt)["run_dir"]
     run = load_run(Path(run_dir) if run_dir else latest_run(), which=checkpoint, raw=raw_weights)
     results = predict_files(run, list(images), top=top)
     rows = [{"image": r["image"] if p["rank"] == 1 else "", **p} for r in results for p in r["predictions"]]
@@ -559,7 +605,8 @@ def compare(items, sort_key, plot_dir, bench, batch_size, steps, archs_only, fmt
 # --------------------------------------------------------------------------- transfer learning
 
 @cli.command()
-@click.argument("source", type=click.Path(file_okay=False))
+@click.argument("source", type=click.Path(file_okay=False), required=False)
+@click.option("--pretrained", metavar="NAME", help="Instead of SOURCE: " + PRETRAINED_HELP)
 @click.option("--dataset", required=True, help="The new task's dataset (e.g. cifar10, folder:PATH).")
 @click.option("--strategy", type=click.Choice(["all", "partial", "frozen-base"]), default="frozen-base",
               show_default=True, help="Train everything, some layers, or only the head.")
@@ -585,8 +632,9 @@ def compare(items, sort_key, plot_dir, bench, batch_size, steps, archs_only, fmt
 @click.option("--model-parallel", type=int, metavar="M", help=MODEL_PARALLEL_HELP + " [default: 1]")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Default: runs/ARCH-DATASET-TIME.")
 @format_option
-def finetune(source, dataset, strategy, trainable, lr_mults, run_dir, fmt, **values):
-    """Fine-tune the network in SOURCE (a run or imported weights) on another dataset.
+def finetune(source, pretrained, dataset, strategy, trainable, lr_mults, run_dir, fmt, **values):
+    """Fine-tune the network in SOURCE (a run or imported weights) or published --pretrained weights
+    on another dataset.
 
     A new head is made when the class count differs; frozen layers get no updates, no optimiser
     state, and keep their batch-norm statistics. Writes a normal run directory.
@@ -596,10 +644,16 @@ def finetune(source, dataset, strategy, trainable, lr_mults, run_dir, fmt, **val
       cnnbench finetune runs/lenet5-digits-... --dataset folder:letters --strategy frozen-base
       cnnbench finetune weights/alexnet-owt --dataset caltech101 --strategy partial --trainable conv5,head
       cnnbench finetune weights/resnet50 --dataset oxford_flowers102 --strategy all --lr-mult head=10
+      cnnbench finetune --pretrained resnet50 --dataset oxford_flowers102 --strategy frozen-base
     """
     from pathlib import Path
 
     from cnnbench.transfer.start import finetune_config
+
+    if bool(source) == bool(pretrained):
+        raise UsageError("give SOURCE (a run directory) or --pretrained NAME" + (", not both" if source else ""))
+    if pretrained:
+        source = _pretrained(pretrained, fmt)["run_dir"]
 
     multipliers = {}
     for pair in lr_mults:
@@ -881,6 +935,57 @@ def weights_import(source, arch, file, out, transform_input, fmt):
                  Column("eval_spec", "eval preprocessing", justify="left")], fmt,
          title=f"imported {source} {arch}", document=result,
          notes=[f"not imported: {result['ignored_summary']}"] if result["ignored"] else [])
+
+
+@weights.command("download")
+@click.argument("name", required=False)
+@click.option("--list", "list_", is_flag=True, help="The registry: every name, its file, digest, licence, accuracy.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Run directory to write (default: the cache's weights/runs/NAME, which --pretrained reads).")
+@click.option("--mirror", metavar="URL", help="Fetch the same file name from this server instead "
+              "(default: $CNNBENCH_WEIGHTS_MIRROR, else the publisher).")
+@format_option
+def weights_download(name, list_, out, mirror, fmt):
+    """Download published ImageNet weights NAME once (resumed if cut off, checked against the
+    publisher's digest) and convert them into a run directory.
+
+    \b
+    Examples:
+      cnnbench weights download --list
+      cnnbench weights download resnet50
+      cnnbench weights download vgg16-keras --out weights/vgg16-keras
+    The cache is $CNNBENCH_CACHE_DIR/weights (default ~/.cache/cnnbench/weights).
+    """
+    from cnnbench.transfer.published import PUBLISHED, weights_dir
+
+    if list_:
+        if name or out:
+            raise UsageError("--list takes no NAME or --out")
+        rows = [{**dataclasses.asdict(e), "file": e.filename} for e in PUBLISHED.values()]
+        pct = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+        emit(rows, [Column("name", "name", justify="left"), Column("arch", "architecture", justify="left"),
+                    Column("source", "from", justify="left"), Column("top1", "top-1 %", pct),
+                    Column("top5", "top-5 %", pct), Column("size_mb", "MB", lambda v: f"{v:,.0f}"),
+                    Column("digest", "digest", lambda v: v.replace(":", " ")[:15] + ("..." if len(v) > 15 else ""),
+                           justify="left"),
+                    Column("note", "note", justify="left", wrap=True)], fmt,
+             title="published ImageNet weights", document=rows,
+             notes=["top-1/top-5: the publisher's single centre crop on the ILSVRC-2012 validation set",
+                    "digest: torchvision publishes the first 8 hex digits of each file's SHA-256 (in its "
+                    "name), Keras an MD5; the full SHA-256 is recorded with the converted run",
+                    "licences: --format json; torchvision's weights have none of their own (ImageNet's "
+                    "terms apply), Keras's VGG files are CC BY 4.0, its ResNet-50 MIT",
+                    f"cache: {weights_dir()}"])
+        return
+    if not name:
+        raise UsageError("name the weights to download (see `cnnbench weights download --list`)")
+    result = _pretrained(name, fmt, out=out, mirror=mirror)
+    pct = lambda v: "" if v is None else f"{v:.2f}%"  # noqa: E731
+    emit([result], [Column("run_dir", "run directory", justify="left"), Column("arch", "architecture", justify="left"),
+                    Column("params", "parameters", integer), Column("published_top1", "published top-1", pct),
+                    Column("eval_spec", "eval preprocessing", justify="left")], fmt,
+         title=f"{name} ({'downloaded and converted' if result['created'] else 'already in the cache'})",
+         document=result, notes=[f"sha256 {result['sha256']}", f"licence: {result['licence']}"])
 
 
 @cli.command()

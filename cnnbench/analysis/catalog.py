@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable, Iterable
 
 from cnnbench.archs import ArchInfo, list_archs
-
-
-def cache_dir() -> Path:
-    if "CNNBENCH_CACHE_DIR" in os.environ:
-        return Path(os.environ["CNNBENCH_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cnnbench"
+from cnnbench.cache import cache_dir
 
 
 def _fingerprint() -> str:

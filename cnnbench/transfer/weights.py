@@ -532,7 +532,8 @@ def write_run(converted: Converted, out: str | Path, *, source_file: str | Path 
     if source_file is not None:
         source_file = Path(source_file)
         imported["file"] = str(source_file.absolute())
-        imported["sha256"] = hashlib.sha256(source_file.read_bytes()).hexdigest()
+        with open(source_file, "rb") as f:
+            imported["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
     checkpoints = Checkpoints(out, keep=1)
     try:
         checkpoints.save(0, {"params": params, "batch_stats": batch_stats}, {"imported": imported}, best=True)
@@ -555,8 +556,10 @@ def describe_ignored(ignored: list[str]) -> str:
 
 
 def import_weights(source: str, arch: str, path: str | Path, out: str | Path, *,
-                   transform_input: bool | None = None) -> dict:
-    """`cnnbench weights import SOURCE ARCH FILE --out DIR`: read, convert, write; returns a summary."""
+                   transform_input: bool | None = None, eval_spec: str | None = None) -> dict:
+    """`cnnbench weights import SOURCE ARCH FILE --out DIR`: read, convert, write; returns a summary.
+    ``eval_spec`` replaces the source's usual evaluation preprocessing (torchvision's V2 weights
+    were evaluated at resize 232)."""
     path = Path(path)
     if source == "torchvision":
         _check_torchvision_arch(arch)
@@ -569,4 +572,6 @@ def import_weights(source: str, arch: str, path: str | Path, out: str | Path, *,
         converted = convert_keras(arch, load_keras_h5(path))
     else:
         raise UsageError(f"unknown weight source {source!r}; choose one of {', '.join(SOURCES)}")
+    if eval_spec:
+        converted.eval_spec = eval_spec
     return write_run(converted, out, source_file=path)
