@@ -27,7 +27,7 @@ import numpy as np
 
 from cnnbench.errors import UsageError
 from cnnbench.pipeline.preprocess import compile_host, compile_ops
-from cnnbench.pipeline.sources import Source
+from cnnbench.pipeline.source import Source
 from cnnbench.pipeline.tfenv import tf
 
 

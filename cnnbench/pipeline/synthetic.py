@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnbench.errors import UsageError
-from cnnbench.pipeline.sources import Source
+from cnnbench.pipeline.source import Source
 from cnnbench.pipeline.tfenv import tf, tfds
 
 

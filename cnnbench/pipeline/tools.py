@@ -12,7 +12,7 @@ import numpy as np
 from cnnbench.errors import UsageError
 from cnnbench.pipeline.loader import Pipeline
 from cnnbench.pipeline.preprocess import recipe_for
-from cnnbench.pipeline.sources import Source
+from cnnbench.pipeline.source import Source
 
 
 def describe(source: Source) -> dict:

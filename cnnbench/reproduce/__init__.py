@@ -5,6 +5,7 @@ holds them, :mod:`~cnnbench.reproduce.run` trains and analyses one, :mod:`~cnnbe
 writes its report and :mod:`~cnnbench.reproduce.verdict` its statistics.
 """
 
-from cnnbench.reproduce.finding import BUDGETS, Finding, get_finding, list_findings
+from cnnbench.reproduce.finding import BUDGETS, Finding
+from cnnbench.reproduce.findings import get_finding, list_findings
 
 __all__ = ["BUDGETS", "Finding", "get_finding", "list_findings"]

@@ -9,7 +9,6 @@ findings themselves are in :mod:`cnnbench.reproduce.findings`; how they run, in
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from pathlib import Path
 from typing import Callable
@@ -140,22 +139,6 @@ def register(finding: Finding) -> Finding:
         raise ValueError(f"finding {finding.name!r} lacks budget(s) {', '.join(sorted(missing))}")
     FINDINGS[finding.name] = finding
     return finding
-
-
-def get_finding(name: str) -> Finding:
-    import cnnbench.reproduce.findings  # noqa: F401  (registers them)
-
-    if name not in FINDINGS:
-        close = difflib.get_close_matches(name, FINDINGS, n=3, cutoff=0.75)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise UsageError(f"unknown finding {name!r}; {hint}(`cnnbench reproduce --list` lists all {len(FINDINGS)})")
-    return FINDINGS[name]
-
-
-def list_findings() -> list[Finding]:
-    import cnnbench.reproduce.findings  # noqa: F401
-
-    return list(FINDINGS.values())
 
 
 # ---------------------------------------------------------------- what the analyses read from runs

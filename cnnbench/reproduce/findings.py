@@ -8,11 +8,13 @@ verdicts: where the offline data cannot show an effect, the report says so.
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 
+from cnnbench.errors import UsageError
 from cnnbench.reproduce import figures
-from cnnbench.reproduce.finding import (Analysis, Budget, Finding, Runs, Variant, epochs_to, final_test_error,
+from cnnbench.reproduce.finding import (FINDINGS, Analysis, Budget, Finding, Runs, Variant, epochs_to, final_test_error,
                                         final_train_error, register)
 from cnnbench.reproduce.verdict import all_of, below_all, exceeds, not_above, positive, stats
 
@@ -464,3 +466,17 @@ register(Finding(
     analyse=_transfer,
     prepare=_digit_folders,
 ))
+
+
+# --------------------------------------------------------------------------- lookup
+
+def get_finding(name: str) -> Finding:
+    if name not in FINDINGS:
+        close = difflib.get_close_matches(name, FINDINGS, n=3, cutoff=0.75)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UsageError(f"unknown finding {name!r}; {hint}(`cnnbench reproduce --list` lists all {len(FINDINGS)})")
+    return FINDINGS[name]
+
+
+def list_findings() -> list[Finding]:
+    return list(FINDINGS.values())
