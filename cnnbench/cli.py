@@ -24,7 +24,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CnnbenchError as e:
-            error = click.ClickException(str(e))
+            error = click.ClickException(e.for_cli())
             error.exit_code = e.exit_code
             raise error from None
 

@@ -130,7 +130,7 @@ def test_transfer_builds_two_offline_tasks_and_fine_tunes_the_source_of_the_same
     assert runs[("source", 1)].dataset == f"folder:{source.resolve()}"
     assert runs[("frozen-base", 1)].init_from == str(tmp_path / "runs" / "small" / "source-seed1")
     assert runs[("frozen-base", 1)].trainable == ["head"] and runs[("scratch", 0)].init_from is None
-    with pytest.raises(Exception, match="--dataset does not apply"):
+    with pytest.raises(Exception, match="dataset does not apply"):
         plan(get_finding("transfer-strategies"), "small", out=tmp_path, dataset="cifar10")
 
 

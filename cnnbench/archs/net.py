@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 
 
 class Net(nnx.Module):
@@ -43,7 +43,7 @@ def infer_shape(module: nnx.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
                              state, jax.ShapeDtypeStruct(shape, jnp.float32))
     if any(d <= 0 for d in out.shape):
         raise UsageError(f"input {shape[1]}x{shape[2]} is too small: the feature map shrinks to "
-                         f"{tuple(out.shape[1:])}; use a larger --input-size")
+                         f"{tuple(out.shape[1:])}; use a larger {setting('input_size')}")
     return tuple(out.shape)
 
 

@@ -103,4 +103,4 @@ def create_model(name: str, *, num_classes: int | None = None, input_size: int |
                             in_channels=in_channels or info.in_channels,
                             rngs=rngs or nnx.Rngs(seed), **kwargs)
     except UsageError as e:
-        raise UsageError(f"{name}: {e}") from None
+        raise UsageError(f"{name}: {e.args[0]}") from None

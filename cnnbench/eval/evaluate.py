@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from cnnbench import parallel
-from cnnbench.errors import CnnbenchError, UsageError
+from cnnbench.errors import CnnbenchError, UsageError, setting
 from cnnbench.eval import metrics
 from cnnbench.eval.runs import LoadedRun
 from cnnbench.output import warn
@@ -48,7 +48,7 @@ def crop_spec(base: str, crops: str, *, size: int, scales: tuple[int, ...] | Non
     from cnnbench.pipeline.preprocess import unparse, eval_resize, split_spec
 
     if crops not in CROPS:
-        raise UsageError(f"--crops must be one of {', '.join(CROPS)}, not {crops!r}")
+        raise UsageError(f"{setting('crops')} must be one of {', '.join(CROPS)}, not {crops!r}")
     if crops == "center":
         return base
     host, tail = split_spec(base)

@@ -7,25 +7,25 @@ from __future__ import annotations
 import socket
 import time
 
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 
 DEFAULT_TIMEOUT = 30.0  # seconds every process waits for the others
 
 
 def check_numbering(num_processes: int | None, process_id: int | None) -> None:
     if num_processes is not None and num_processes < 1:
-        raise UsageError(f"--num-processes must be at least 1, not {num_processes}")
+        raise UsageError(f"{setting('num_processes')} must be at least 1, not {num_processes}")
     if process_id is not None and process_id < 0:
-        raise UsageError(f"--process-id must be at least 0, not {process_id}")
+        raise UsageError(f"{setting('process_id')} must be at least 0, not {process_id}")
     if num_processes is not None and process_id is not None and process_id >= num_processes:
-        raise UsageError(f"--process-id {process_id} is not one of the {num_processes} processes "
-                         f"(--process-id 0 to {num_processes - 1})")
+        raise UsageError(f"{setting('process_id')} {process_id} is not one of the {num_processes} processes "
+                         f"({setting('process_id')} 0 to {num_processes - 1})")
 
 
 def _address(coordinator: str) -> tuple[str, int]:
     host, sep, port = coordinator.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65535:
-        raise UsageError(f"--coordinator must be HOST:PORT (e.g. 10.0.0.1:1234), not {coordinator!r}")
+        raise UsageError(f"{setting('coordinator')} must be HOST:PORT (e.g. 10.0.0.1:1234), not {coordinator!r}")
     return host.strip("[]"), int(port)
 
 
@@ -54,7 +54,7 @@ def _gather(port: int, num_processes: int, deadline: float, coordinator: str, ti
         server = socket.create_server(("", port), reuse_port=False)
     except OSError as e:
         raise UsageError(f"process 0 cannot listen on port {port} (the check-in port after {coordinator}): "
-                         f"{e.strerror or e}; choose another --coordinator port") from None
+                         f"{e.strerror or e}; choose another {setting('coordinator')} port") from None
     joined, waiting = {0}, []
     try:
         while len(joined) < num_processes:
@@ -62,7 +62,7 @@ def _gather(port: int, num_processes: int, deadline: float, coordinator: str, ti
             if remaining <= 0:
                 missing = ", ".join(str(i) for i in range(num_processes) if i not in joined)
                 raise UsageError(f"only {len(joined)} of {num_processes} processes joined {coordinator} within "
-                                 f"{timeout:g} s (missing --process-id {missing}); {_how(coordinator, num_processes)}")
+                                 f"{timeout:g} s (missing {setting('process_id')} {missing}); {_how(coordinator, num_processes)}")
             server.settimeout(remaining)
             try:
                 conn, _ = server.accept()

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 
 AXES = ("data", "model")
 
@@ -20,10 +20,10 @@ AXES = ("data", "model")
 def check_model_parallel(model_parallel: int, devices: int) -> None:
     """One usage line when ``model_parallel`` cannot split ``devices`` devices into equal groups."""
     if model_parallel < 1:
-        raise UsageError(f"--model-parallel {model_parallel}: must be at least 1")
+        raise UsageError(f"{setting('model_parallel')} {model_parallel}: must be at least 1")
     if devices % model_parallel:
-        raise UsageError(f"--model-parallel {model_parallel} does not divide the {devices} device(s) in use; "
-                         f"use a divisor of {devices} (or --devices)")
+        raise UsageError(f"{setting('model_parallel')} {model_parallel} does not divide the {devices} device(s) in use; "
+                         f"use a divisor of {devices} (or {setting('devices')})")
 
 
 def make_mesh(devices: int | None = None, model_parallel: int = 1) -> Mesh:
@@ -32,7 +32,7 @@ def make_mesh(devices: int | None = None, model_parallel: int = 1) -> Mesh:
     devices (on a multi-GPU host, the neighbours with the fastest link)."""
     available = jax.devices()
     if devices is not None and not 1 <= devices <= len(available):
-        raise UsageError(f"--devices {devices}: JAX sees {len(available)} device(s)")
+        raise UsageError(f"{setting('devices')} {devices}: JAX sees {len(available)} device(s)")
     chosen = available[:devices] if devices else available
     check_model_parallel(model_parallel, len(chosen))
     return Mesh(np.array(chosen).reshape(len(chosen) // model_parallel, model_parallel), AXES)

@@ -41,7 +41,7 @@ import dataclasses
 import jax
 from jax.sharding import Mesh, PartitionSpec
 
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 
 @dataclasses.dataclass(frozen=True)
 class Partition:
@@ -105,7 +105,7 @@ def plan(model, ways: int, mesh: Mesh | None = None):
     from flax import nnx
 
     if ways < 1:
-        raise UsageError(f"--model-parallel {ways}: must be at least 1")
+        raise UsageError(f"{setting('model_parallel')} {ways}: must be at least 1")
     if mesh is not None and int(mesh.shape.get("model", 1)) != ways:
         raise ValueError(f"mesh {dict(mesh.shape)} does not have {ways} devices on its model axis")
     model.model_parallel = ways
@@ -118,7 +118,7 @@ def plan(model, ways: int, mesh: Mesh | None = None):
             groups = module.feature_group_count
             if ways > 1 and groups > 1 and groups != ways:
                 raise UsageError(f"{name} is a grouped convolution of {groups} towers: it splits over "
-                                 f"--model-parallel {groups} (or 1), not {ways}")
+                                 f"{setting('model_parallel')} {groups} (or 1), not {ways}")
             kind = "whole" if ways == 1 or module.out_features % ways else "tower" if groups > 1 else "column"
             module.partition = Partition(kind, ways, mesh)
             if kind != "whole":
@@ -148,7 +148,7 @@ def plan(model, ways: int, mesh: Mesh | None = None):
             groups = module.feature_group_count
             if groups > 1 and groups != ways:
                 raise UsageError(f"{name} is a grouped convolution of {groups} towers: it splits over "
-                                 f"--model-parallel {groups} (or 1), not {ways}")
+                                 f"{setting('model_parallel')} {groups} (or 1), not {ways}")
             if module.out_features % ways:
                 continue
             module.partition = Partition("tower" if groups > 1 else "column", ways, mesh)

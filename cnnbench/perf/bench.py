@@ -21,7 +21,7 @@ import statistics
 import time
 from typing import Callable
 
-from cnnbench.errors import CnnbenchError, UsageError
+from cnnbench.errors import CnnbenchError, UsageError, setting
 
 MODES = ("train", "infer")
 PRECISIONS = ("fp32", "bf16")
@@ -273,9 +273,9 @@ def run(archs: list[str], *, modes: tuple[str, ...] = ("train",), batch_size: in
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if batch_size < 1 or steps < 1 or warmup < 0:
-        raise UsageError("--batch-size and --steps must be at least 1, --warmup at least 0")
+        raise UsageError(f"{setting('batch_size')} and {setting('steps')} must be at least 1, {setting('warmup')} at least 0")
     if input_size is not None and input_size < 1:
-        raise UsageError("--input-size must be at least 1")
+        raise UsageError(f"{setting('input_size')} must be at least 1")
     from cnnbench.parallel import make_mesh
     from cnnbench.parallel.mesh import data_size
 
@@ -284,7 +284,7 @@ def run(archs: list[str], *, modes: tuple[str, ...] = ("train",), batch_size: in
     if batch_size % n_dev:
         raise UsageError(f"batch size {batch_size} does not divide over {n_dev} "
                          f"{'devices' if model_parallel == 1 else 'model groups'}; "
-                         f"use a multiple of {n_dev} (or --devices)")
+                         f"use a multiple of {n_dev} (or {setting('devices')})")
     events.start(f"matmul peak ({precision})", 1)
     peak = matmul_peak(mesh, precision)
     events.advance()
@@ -300,7 +300,7 @@ def run(archs: list[str], *, modes: tuple[str, ...] = ("train",), batch_size: in
                 except OutOfMemory as e:
                     smaller = (batch // 2) - (batch // 2) % n_dev
                     if not auto_batch or smaller < 1:
-                        hint = "" if auto_batch else "; use a smaller --batch-size or --auto-batch"
+                        hint = "" if auto_batch else f"; use a smaller {setting('batch_size')} or {setting('auto_batch')}"
                         raise OutOfMemory(f"{e}{hint}") from None
                     events.note(f"{arch} {mode}: batch {batch} does not fit, trying {smaller}")
                     batch = smaller

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from cnnbench.errors import CnnbenchError, UsageError
+from cnnbench.errors import CnnbenchError, UsageError, setting
 from cnnbench.pipeline.source import Source, ranges_spec
 from cnnbench.pipeline.synthetic import synthetic_source
 from cnnbench.pipeline.tfenv import tf, tfds
@@ -81,7 +81,7 @@ def check_ilsvrc_manual_dir(manual_dir: str) -> str:
     if not present:
         raise UsageError(f"imagenet2012 needs the ILSVRC-2012 archives in {manual_dir}: expected "
                          f"{' and '.join(ILSVRC_TARS.values())} (from image-net.org); "
-                         f"point --manual-dir at the folder that holds them")
+                         f"point {setting('manual_dir')} at the folder that holds them")
     return manual_dir
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 from cnnbench.reproduce.finding import Budget, Finding, Runs
 from cnnbench.train.config import TrainConfig
 from cnnbench.train.rundir import slug
@@ -80,9 +80,9 @@ def plan(finding: Finding, budget_name: str, *, seeds: int | None = None, datase
     budget = finding.budget(budget_name)
     seeds = budget.seeds if seeds is None else seeds
     if seeds < 1:
-        raise UsageError(f"--seeds must be at least 1, not {seeds}")
+        raise UsageError(f"{setting('seeds')} must be at least 1, not {seeds}")
     if dataset and finding.prepare:
-        raise UsageError(f"{finding.name} builds its own source and target tasks; --dataset does not apply")
+        raise UsageError(f"{finding.name} builds its own source and target tasks; {setting('dataset')} does not apply")
     dataset = dataset or budget.dataset
     out = Path(out or DEFAULT_ROOT / finding.name)
     tag = budget_name if dataset == budget.dataset else f"{budget_name}-{slug(dataset)}"
@@ -90,7 +90,7 @@ def plan(finding: Finding, budget_name: str, *, seeds: int | None = None, datase
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"cannot write {out}: {e.strerror or e}; choose a writable --out") from None
+        raise UsageError(f"cannot write {out}: {e.strerror or e}; choose a writable {setting('out')}") from None
     places = finding.prepare(out / "data", budget_name) if (finding.prepare and prepare) else {}
     planned: list[Planned] = []
     for variant in finding.variants:

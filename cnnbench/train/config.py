@@ -11,7 +11,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "exponential", "plateau")
@@ -105,7 +105,7 @@ def settings(values: dict) -> dict:
     """``--set KEY=VALUE`` settings: any field of an experiment file, checked by name."""
     unknown = set(values) - FIELDS
     if unknown:
-        raise UsageError(f"--set: unknown setting(s) {', '.join(sorted(unknown))}; settings: {', '.join(sorted(FIELDS))}")
+        raise UsageError(f"unknown setting(s) {', '.join(sorted(unknown))}; settings: {', '.join(sorted(FIELDS))}")
     return values
 
 
@@ -190,4 +190,4 @@ def check_continues(run_dir: Path, cfg: TrainConfig) -> None:
                         if name not in ("run_dir", "keep_checkpoints")) + " (and keep_checkpoints)"
         raise UsageError(f"{run_dir} holds another run: {'; '.join(differing)}. Continue it as it was "
                          f"(cnnbench train --resume {run_dir}; only {may} may change) "
-                         f"or train into a new --run-dir")
+                         f"or train into a new {setting('run_dir')}")

@@ -17,7 +17,7 @@ import numpy as np
 from cnnbench import parallel
 from cnnbench.parallel import hosts
 from cnnbench.archs import create_model, get_arch
-from cnnbench.errors import CnnbenchError, UsageError
+from cnnbench.errors import CnnbenchError, UsageError, setting
 from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
 from cnnbench.pipeline.preprocess import batch_mixing, recipe_for
 from cnnbench.pipeline.sources import resolve
@@ -47,7 +47,7 @@ def init_distributed(coordinator: str | None, num_processes: int | None, process
     hosts.check_numbering(num_processes, process_id)
     if coordinator or num_processes:
         if (num_processes or 1) > 1 and not run_dir:
-            raise UsageError("a multi-host run needs --run-dir: the same directory for every process, on a file "
+            raise UsageError(f"a multi-host run needs {setting('run_dir')}: the same directory for every process, on a file "
                              "system they share (process 0 writes it)")
         if coordinator and num_processes is not None and process_id is not None:
             hosts.check_in(coordinator, num_processes, process_id, timeout,
@@ -173,7 +173,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     if restored is None and not interrupted_save and any(r["kind"] == "validation" for r in read_metrics(run_dir)):
         checkpoints.close()  # epochs were finished and their checkpoints completed: they were deleted
         raise UsageError(f"{run_dir} has finished epochs in metrics.jsonl but no checkpoint to continue from "
-                         f"(checkpoints/latest is empty); restore the checkpoints, or train into a new --run-dir")
+                         f"(checkpoints/latest is empty); restore the checkpoints, or train into a new {setting('run_dir')}")
     start_epoch, best_top1, plateau = 0, -1.0, {"best_error": math.inf, "bad_epochs": 0}
     if restored is not None:
         state, meta = restored

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 
 RUNS = Path("runs")
 LOCK = ".lock"
@@ -60,7 +60,7 @@ class RunLock:
         holder = self.try_acquire()
         if holder is not None:
             raise UsageError(f"{self.run_dir} is being written by another process: {describe_holder(holder)}; "
-                             f"wait for it to end, or use another --run-dir")
+                             f"wait for it to end, or use another {setting('run_dir')}")
         return self
 
     def try_acquire(self) -> dict | None:
@@ -72,7 +72,7 @@ class RunLock:
         except OSError as e:
             raise UsageError(f"cannot write the run directory {self.run_dir}: {e.strerror or e}"
                              f"{f' ({e.filename})' if e.filename and str(e.filename) != str(self.run_dir) else ''}; "
-                             f"choose a writable --run-dir") from None
+                             f"choose a writable {setting('run_dir')}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

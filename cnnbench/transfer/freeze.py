@@ -19,7 +19,7 @@ import jax
 from flax import nnx
 
 from cnnbench.archs.state import path_key
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 
 STRATEGIES = ("all", "partial", "frozen-base")
 
@@ -42,17 +42,17 @@ def selectors_for(strategy: str, trainable: str | None, model: nnx.Module,
                   input_shape: tuple[int, int, int]) -> list[str] | None:
     """The trainable-layer selectors of a strategy (None: everything trains)."""
     if strategy not in STRATEGIES:
-        raise UsageError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+        raise UsageError(f"{setting('strategy')} must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     if strategy == "all":
         if trainable:
-            raise UsageError("--trainable goes with --strategy partial")
+            raise UsageError(f"{setting('trainable')} goes with {setting('strategy')} partial")
         return None
     if strategy == "frozen-base":
         if trainable:
-            raise UsageError("--trainable goes with --strategy partial (frozen-base trains the head)")
+            raise UsageError(f"{setting('trainable')} goes with {setting('strategy')} partial (frozen-base trains the head)")
         return ["head"]
     if not trainable:
-        raise UsageError("--strategy partial needs --trainable, e.g. conv5,fc6,fc7,head or 'last 3'")
+        raise UsageError(f"{setting('strategy')} partial needs {setting('trainable')}, e.g. conv5,fc6,fc7,head or 'last 3'")
     last = re.fullmatch(r"\s*last\s*:?\s*(\d+)\s*", trainable)
     if last:
         return _last(model, input_shape, int(last.group(1)))

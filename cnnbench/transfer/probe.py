@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 from cnnbench.train.rundir import slug
 
 CLASSIFIERS = ("logreg", "svm")
@@ -58,7 +58,7 @@ def subsets(labels: np.ndarray, per_class: int | None, count: int, seed: int = 0
     classes, counts = np.unique(labels, return_counts=True)
     short = [int(c) for c, n in zip(classes, counts) if n < per_class]
     if short:
-        raise UsageError(f"--per-class {per_class}: class(es) {', '.join(map(str, short[:5]))} have fewer "
+        raise UsageError(f"{setting('per_class')} {per_class}: class(es) {', '.join(map(str, short[:5]))} have fewer "
                          f"training images ({int(counts.min())} at least)")
     return [np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in classes])
             for _ in range(count)]
@@ -71,7 +71,7 @@ def classifier(kind: str, seed: int = 0):
     from sklearn.svm import LinearSVC
 
     if kind not in CLASSIFIERS:
-        raise UsageError(f"--classifier must be one of {', '.join(CLASSIFIERS)}, not {kind!r}")
+        raise UsageError(f"{setting('classifier')} must be one of {', '.join(CLASSIFIERS)}, not {kind!r}")
     model = LogisticRegression(max_iter=2000, C=1.0) if kind == "logreg" else LinearSVC(C=1.0, max_iter=5000,
                                                                                        random_state=seed)
     return make_pipeline(StandardScaler(), model)
@@ -112,7 +112,7 @@ def run_probe(run_dir: Path, *, dataset: str | None, layer: str, kind: str, per_
     train_split = train_split or source.train_split
     test_split = test_split or source.eval_split
     if train_split == test_split:
-        raise UsageError(f"{source.name} has one split ({train_split}); give --train-split and --test-split, "
+        raise UsageError(f"{source.name} has one split ({train_split}); give {setting('train_split')} and {setting('test_split')}, "
                          f"e.g. train[:80%] and train[80%:]")
     kw = dict(data_dir=data_dir, advance=advance, on_split=on_split)
     x, y, _ = features(subject, source.name, train_split, name, **kw)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from cnnbench.cache import cache_dir
-from cnnbench.errors import CnnbenchError, UsageError
+from cnnbench.errors import CnnbenchError, UsageError, setting
 
 MIRROR_ENV = "CNNBENCH_WEIGHTS_MIRROR"
 CHUNK = 1 << 20
@@ -286,7 +286,7 @@ def pretrained(name: str, *, out: str | Path | None = None, mirror: str | None =
     if record.is_file():
         return {**json.loads(record.read_text()), "run_dir": str(target), "created": False}
     if out and target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UsageError(f"{target} already exists and is not an empty directory; choose another --out")
+        raise UsageError(f"{target} already exists and is not an empty directory; choose another {setting('out')}")
     file = download(entry, mirror=mirror, progress=progress, timeout=timeout)
     if progress:
         progress("convert", 0, None)

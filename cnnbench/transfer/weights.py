@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 
 _VGG = ("vgg11", "vgg13", "vgg16", "vgg19")
 _RESNET = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -249,7 +249,7 @@ def convert_torchvision(arch: str, state_dict: dict[str, np.ndarray], *, input_s
     if arch == "googlenet-bn":
         options["transform_input"] = True if transform_input is None else bool(transform_input)
     elif transform_input:
-        raise UsageError("--transform-input only applies to googlenet-bn")
+        raise UsageError(f"{setting('transform_input')} only applies to googlenet-bn")
     model = _abstract_model(arch, num_classes, input_size, options)
     params_t, stats_t = _template(model)
     flat_map = None
@@ -502,7 +502,7 @@ def write_run(converted: Converted, out: str | Path, *, source_file: str | Path 
     input_size = converted.input_size
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} already exists and is not an empty directory; choose another --out")
+        raise UsageError(f"{out} already exists and is not an empty directory; choose another {setting('out')}")
     from cnnbench.pipeline.preprocess import expand
     from cnnbench.pipeline.sources import imagenet_class_names
 
@@ -566,7 +566,7 @@ def import_weights(source: str, arch: str, path: str | Path, out: str | Path, *,
         converted = convert_torchvision(arch, load_state_dict(path), transform_input=transform_input)
     elif source == "keras":
         if transform_input:
-            raise UsageError("--transform-input only applies to torchvision's googlenet-bn")
+            raise UsageError(f"{setting('transform_input')} only applies to torchvision's googlenet-bn")
         if arch in KERAS_UNSUPPORTED:
             raise UsageError(f"cannot import Keras {arch}: {KERAS_UNSUPPORTED[arch]}")
         converted = convert_keras(arch, load_keras_h5(path))

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from cnnbench.output import plural
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 from cnnbench.viz import features as feat
 from cnnbench.viz import figures as fg
 from cnnbench.viz import maps
@@ -260,7 +260,7 @@ def heatmap(subject: Subject, image_path: str, out: Path, *, size: int | None = 
     taps, run = subject.taps, subject.run
     size = size or 2 * subject.input_size
     if size < subject.input_size:
-        raise UsageError(f"--size must be at least the training size {subject.input_size}")
+        raise UsageError(f"{setting('size')} must be at least the training size {subject.input_size}")
     # The check: at the training size the score map is one position, the model's logits.
     _, _, x = _image(subject, image_path)
     plain = maps.logits(taps, x)

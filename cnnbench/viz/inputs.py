@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import jax.numpy as jnp
 import numpy as np
 
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 from cnnbench.eval.runs import LoadedRun
 from cnnbench.viz.taps import Taps
 
@@ -106,7 +106,7 @@ def dataset_batches(subject: Subject, dataset: str | None, *, split: str | None,
     split = split or source.eval_split
     total = source.num_examples(split)  # also checks the split
     if limit < 1:
-        raise UsageError("--n must be at least 1")
+        raise UsageError(f"{setting('n')} must be at least 1")
     if limit < total and "[" not in split and "+" not in split:
         split, total = f"{split}[:{limit}]", limit   # read no more than needed
     batch_size = max(1, min(batch_size, limit, total))

@@ -20,7 +20,7 @@ from jax import lax
 
 from cnnbench.archs.layers import (AdaptiveAvgPool, Act, AvgPool, BatchNorm, Conv, Dense, Dropout,
                                    Flatten, GlobalAvgPool, LRN, MaxPool)
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, setting
 from cnnbench.viz import incremental as incremental_forward
 from cnnbench.viz.inputs import Subject
 from cnnbench.viz.taps import Taps
@@ -50,7 +50,7 @@ def occlusion(subject: Subject, image: np.ndarray, shift: np.ndarray, *, patch: 
     with ``incremental`` (default) only what the square can change is recomputed, where the network
     allows (:mod:`cnnbench.viz.incremental`: exact, the same probabilities as full passes)."""
     if patch < 0 or stride < 1:
-        raise UsageError("--patch must be at least 0 and --stride at least 1")
+        raise UsageError(f"{setting('patch')} must be at least 0 and {setting('stride')} at least 1")
     h, w, c = image.shape
     rows, cols = -(-h // stride), -(-w // stride)
     ys, xs = np.meshgrid(np.arange(rows) * stride + stride // 2, np.arange(cols) * stride + stride // 2,
