@@ -3,7 +3,7 @@
     python benchmarks/conv_plans.py resnet18 [--batch-size 32] [--input-size 224] [--rounds 3]
         [--passes forward,input_grad,weight_grad] [--json]
 
-:func:`cnnbench.archs.fastops.choose` picks, per layer shape, XLA's convolution, patches and a
+:func:`cnnbench.kernels.fastops.choose` picks, per layer shape, XLA's convolution, patches and a
 matrix product, or Winograd for the forward pass, the input gradient and the weight gradient, from
 timings taken on one CPU. This script re-takes those timings on the machine it runs on, for every
 distinct convolution of ``ARCH`` (at the batch size and input size given, float32): each pass of
@@ -27,9 +27,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from cnnbench.archs import create_model, fastops, get_arch, trace, winograd
+from cnnbench.archs import create_model, get_arch, trace
 from cnnbench.errors import UsageError
-from cnnbench.perf import flags
+from cnnbench.kernels import fastops, flags, winograd
 
 PASSES = {"forward": fastops.FORWARD, "input_grad": fastops.INPUT_GRAD, "weight_grad": fastops.WEIGHT_GRAD}
 

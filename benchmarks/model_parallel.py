@@ -43,7 +43,7 @@ def main():
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={args.devices}").strip()
 
-    from cnnbench.perf import flags
+    from cnnbench.kernels import flags
 
     flags.apply()
     import jax

@@ -26,7 +26,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    from cnnbench.perf import flags
+    from cnnbench.kernels import flags
 
     flags.apply()
     import numpy as np

@@ -26,7 +26,7 @@ def main():
     parser.add_argument("--steps", type=int, default=1)
     args = parser.parse_args()
 
-    from cnnbench.perf import flags
+    from cnnbench.kernels import flags
 
     flags.apply()
     from cnnbench.parallel import make_mesh

@@ -4,10 +4,10 @@
         [--steps 2] [--batch-size 32] [--variant '{"xla_cpu_enable_fast_min_max": true}' ...] \\
         [--fastops conv,pool,lrn ...]
 
-For each architecture it compiles the step as the tool does (``cnnbench.perf.flags.step_options``,
+For each architecture it compiles the step as the tool does (``cnnbench.kernels.flags.step_options``,
 variant "tool"), with each of those options turned off ("off"), with every ``--variant`` (a
 JSON object of extra XLA debug options, on top of the tool's) and with every ``--fastops`` (the
-tool's options, only those of :data:`cnnbench.archs.fastops.OPS` named on, comma-separated, or
+tool's options, only those of :data:`cnnbench.kernels.fastops.OPS` named on, comma-separated, or
 0 for none: e.g. ``conv,pool,lrn`` for batch norm in Flax's own form), then times ``--steps``
 steps of each in ``--rounds`` interleaved rounds. Prints the median and fastest step (wall
 clock), the median process CPU time per step (less disturbed by other tenants of the machine
@@ -52,11 +52,12 @@ def main():
     if not all(isinstance(opts, dict) for _, opts in extra):
         parser.error("--variant must be a JSON object of XLA options, e.g. '{\"xla_cpu_enable_fast_min_max\": true}'")
 
-    from cnnbench.perf import flags
+    from cnnbench.kernels import flags
 
     flags.use_hugepages()
     flags.apply()
-    from cnnbench.archs import fastops, get_arch
+    from cnnbench.archs import get_arch
+    from cnnbench.kernels import fastops
     from cnnbench.errors import UsageError
     from cnnbench.parallel import make_mesh
     from cnnbench.perf.bench import Prepared

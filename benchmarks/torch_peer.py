@@ -30,7 +30,7 @@ same 60,965,224 parameters at 227x227).
 Training is one optimiser step of SGD with momentum 0.9 and weight decay 5e-4 on a cross-entropy
 loss (GoogLeNet adds its auxiliary losses with weight 0.3 on both sides); inference is the forward
 pass in eval mode (``torch.inference_mode``). cnnbench runs with the XLA options its command line
-sets (:mod:`cnnbench.perf.flags`, huge pages for large buffers included); PyTorch with
+sets (:mod:`cnnbench.kernels.flags`, huge pages for large buffers included); PyTorch with
 ``torch.set_num_threads`` equal to the cores JAX uses and, by default, the same C-library settings
 (``--peer-malloc default``: PyTorch as a plain script runs it). Synthetic data, float32, NCHW for
 PyTorch (its default), NHWC for cnnbench (its layout).
@@ -218,7 +218,7 @@ def main():
     unknown = [a for a in args.archs.split(",") if a not in TORCHVISION]
     if unknown:
         parser.error(f"no torchvision peer for {', '.join(unknown)}; choose from {', '.join(TORCHVISION)}")
-    from cnnbench.perf import flags
+    from cnnbench.kernels import flags
 
     # What the `cnnbench` command runs with: huge pages for large buffers (a re-run of this script;
     # the PyTorch worker inherits the environment, so both sides get them; CNNBENCH_HUGEPAGES=0

@@ -1,7 +1,7 @@
 """cnnbench's cache folder: the architecture statistics (`archs`) and downloaded weights (`weights
 download`) live under it. ``$CNNBENCH_CACHE_DIR`` moves it; the default follows XDG
 (``$XDG_CACHE_HOME/cnnbench``, else ``~/.cache/cnnbench``). JAX's compiled programs have their
-own switch (``$CNNBENCH_COMPILE_CACHE``, `cnnbench.perf.flags`)."""
+own switch (``$CNNBENCH_COMPILE_CACHE``, `cnnbench.kernels.flags`)."""
 
 from __future__ import annotations
 

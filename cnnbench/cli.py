@@ -44,7 +44,7 @@ def cli(verbose):
     if verbose:
         os.environ["CNNBENCH_VERBOSE"] = "1"
     if os.environ.get("CNNBENCH_FASTOPS"):  # (fastops imports JAX: only when the variable is set)
-        from cnnbench.archs import fastops
+        from cnnbench.kernels import fastops
 
         fastops.check_env()
 
@@ -570,7 +570,7 @@ def compare(items, sort_key, plot_dir, bench, batch_size, steps, archs_only, fmt
 
     from rich.progress import Progress, TextColumn
 
-    from cnnbench.eval.compare import compare as compare_items, plots, sort_rows
+    from cnnbench.compare import compare as compare_items, plots, sort_rows
 
     with Progress(TextColumn("{task.description}"), console=err_console(), transient=True) as progress:
         task = progress.add_task("comparing", total=None)
@@ -648,7 +648,7 @@ def finetune(source, pretrained, dataset, strategy, trainable, lr_mults, run_dir
     """
     from pathlib import Path
 
-    from cnnbench.transfer.start import finetune_config
+    from cnnbench.transfer.finetune import finetune_config
 
     if bool(source) == bool(pretrained):
         raise UsageError("give SOURCE (a run directory) or --pretrained NAME" + (", not both" if source else ""))
@@ -1338,7 +1338,7 @@ def bench_command(archs, mode, fmt, **options):
 
 
 def main(argv=None):
-    from cnnbench.perf import flags
+    from cnnbench.kernels import flags
 
     if argv is None:  # the command itself, not a call from Python code
         flags.use_hugepages()  # re-runs the command once, with huge pages for large buffers

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from cnnbench.cli import cli
 from cnnbench.parallel import make_mesh
-from cnnbench.perf import bench, flags
+from cnnbench.kernels import flags
+from cnnbench.perf import bench
 
 
 def invoke(*args):
@@ -148,7 +149,7 @@ def test_compile_cache_folder_and_switch(tmp_path):
     assert flags.cache_dir({"CNNBENCH_COMPILE_CACHE": "0"}) is None
     assert flags.use_compile_cache({"CNNBENCH_COMPILE_CACHE": "0"}) is None
     assert flags.cache_dir({"CNNBENCH_COMPILE_CACHE": str(tmp_path)}) == str(tmp_path)
-    script = ("import os, sys\nfrom cnnbench.perf import flags\nimport jax\n"
+    script = ("import os, sys\nfrom cnnbench.kernels import flags\nimport jax\n"
               "path = flags.use_compile_cache({'CNNBENCH_COMPILE_CACHE': sys.argv[1]})\n"
               "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
               "jax.jit(lambda x: x * 2 + 1)(jax.numpy.ones(3)).block_until_ready()\n"
@@ -170,7 +171,7 @@ def test_huge_pages_only_where_they_change_something():
                                 ({}, (2, 36), "never"), ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, (2, 36), "always")):
         assert flags.hugepage_environ(environ, glibc, thp) is None
     # In a real process: the command line runs again, arguments intact, with the tunable set.
-    script = ("import os, sys\nfrom cnnbench.perf import flags\nflags.use_hugepages()\n"
+    script = ("import os, sys\nfrom cnnbench.kernels import flags\nflags.use_hugepages()\n"
               "print(sys.argv[1:], os.environ.get('GLIBC_TUNABLES'))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "CNNBENCH_HUGEPAGES")}
     proc = subprocess.run([sys.executable, "-c", script, "a b", "c"], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""Every fast formulation in cnnbench.archs.fastops equals the plain lax op: outputs and gradients,
+"""Every fast formulation in cnnbench.kernels.fastops equals the plain lax op: outputs and gradients,
 random inputs, float tolerance (and exact tie handling for max pooling)."""
 
 import jax
@@ -8,9 +8,10 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from cnnbench.archs import create_model, fastops
+from cnnbench.archs import create_model
 from cnnbench.archs.layers import Conv, MaxPool
 from cnnbench.errors import UsageError
+from cnnbench.kernels import fastops
 
 #: every pass through the matmul formulation, and a mix as :func:`fastops.choose` makes them
 PLANS = [{"forward": "matmul", "input_grad": "matmul", "weight_grad": "matmul"},
@@ -66,7 +67,7 @@ def test_winograd_transform_points_are_written_a_group_per_computation():
     """The a*a transformed points go to the products in groups of at most 8, and XLA:CPU computes
     each group in one fused computation that writes the stacked points (BENCHMARKS.md, issue 6):
     16 single-point computations plus a copy into the stack before (18 instructions for F(2x2, 3x3))."""
-    from cnnbench.archs import winograd
+    from cnnbench.kernels import winograd
     assert winograd.groups(16) == [(0, 8), (8, 16)]
     assert winograd.groups(25) == [(0, 6), (6, 12), (12, 19), (19, 25)]
     assert [hi - lo for lo, hi in winograd.groups(49)] == [7] * 7 and winograd.groups(4) == [(0, 4)]
@@ -83,7 +84,7 @@ def test_winograd_transform_points_are_written_a_group_per_computation():
 def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
     """With a tiny cache budget every Winograd pass loops over the batch 1-2 images at a time;
     forward, input and weight gradients still equal XLA's, and the chunk sizes follow the budget."""
-    from cnnbench.archs import winograd
+    from cnnbench.kernels import winograd
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 16 * 16 * 4 * 7 * 2)  # two images of 16 tiles x 7
     assert winograd.chunk(6, 16, 7) == 2 and winograd.chunk(5, 16, 7) == 1
     assert winograd.chunk(32, 28 * 28, 64, budget=4 ** 2 * 28 * 28 * 64 * 4 * 2) == 2
@@ -127,7 +128,7 @@ def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
 def test_every_weight_gradient_form_matches_lax(k, pads, monkeypatch):
     """The weight gradient by each form it may take (F(3x3, .) where its chunks hold enough tiles,
     else F(2x2, .)), partial last tiles included, against lax's; and which one shapes get."""
-    from cnnbench.archs import winograd
+    from cnnbench.kernels import winograd
     x = jax.random.normal(jax.random.key(3), (3, 10, 8, 6))
     w = jax.random.normal(jax.random.key(4), (k, k, 6, 5))
 
@@ -308,6 +309,53 @@ def test_whole_model_gradients_match():
         plain = nnx.jit(lambda m, x: nnx.value_and_grad(loss)(m, x))(model, x)
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
         _close(a, b, rtol=1e-4)
+
+
+def test_the_choice_is_part_of_the_compiled_functions_key():
+    """One jitted function, called under both choices: traced again, not the stale program."""
+    layer = Conv(8, 6, 3, 1, 1, rngs=nnx.Rngs(0))
+    traced = []
+
+    @nnx.jit
+    def f(layer, x):
+        traced.append(fastops.enabled("conv"))
+        return layer(x)
+
+    x = jax.random.normal(jax.random.key(7), (2, 12, 12, 8))
+    with fastops.use(True):
+        fast = f(layer, x)
+    with fastops.use(False):
+        plain = f(layer, x)
+    with fastops.use(True):
+        f(layer, x)
+    assert traced == [True, False]  # the third call found the first program
+    _close(fast, plain)
+
+
+def test_accelerators_keep_the_plain_ops():
+    """Chosen as for a GPU, every layer's training program (forward and gradients) is the plain
+    lax program: the CPU formulations (Winograd, patch products, per-group convolutions,
+    strided-view pooling) stay off. On the CPU each program differs from the plain one."""
+    x = jax.random.normal(jax.random.key(8), (2, 12, 12, 8))
+    for layer in (Conv(8, 16, 3, 1, 1, rngs=nnx.Rngs(0)), Conv(8, 6, 3, 2, 1, groups=2, rngs=nnx.Rngs(0)),
+                  Conv(8, 16, 1, 1, 0, rngs=nnx.Rngs(0)), MaxPool(3, 2, ceil_mode=True)):
+        def step(layer, x):
+            return nnx.grad(lambda layer, x: jnp.sum(layer(x) ** 2), argnums=(0, 1))(layer, x)
+
+        def program():
+            return nnx.jit(step).lower(layer, x).as_text()
+
+        with fastops.use(False):
+            plain = program()
+        with fastops.use(True):
+            cpu = program()
+        with fastops.use(True, platform="gpu"):
+            assert fastops.platform() == "gpu"
+            gpu = program()
+        assert gpu == plain and cpu != plain, type(layer).__name__
+    assert fastops.platform() == jax.default_backend() == "cpu"
+    with fastops.use(True, platform="gpu"):
+        assert all(v == "xla" for v in fastops.choose(3, 1, 64, 64, (56, 56), fastops.platform()).values())
 
 
 def test_env_switch():

@@ -108,7 +108,7 @@ def test_batch_norm_matches_flax(train, frozen):
 def test_batch_norm_gradient_is_as_precise_as_flax():
     # Against the textbook gradient in float64, on a map whose mean is 30x its spread (where
     # float32 sums cancel): x * a + b's errors are no larger than Flax's (x - mean) * a + bias's.
-    from cnnbench.archs import fastops
+    from cnnbench.kernels import fastops
     from cnnbench.archs.layers import BatchNorm
 
     rng = np.random.default_rng(0)
@@ -158,7 +158,7 @@ def test_batch_norm_in_bf16():
 def test_batch_norm_keeps_no_full_size_temporary_for_its_gradient():
     # Flax's (x - mean) * a + bias: XLA keeps x - mean for the backward pass, a full-size buffer;
     # x * a + b needs none beyond x. CNNBENCH_FASTOPS without "batchnorm" picks Flax's form.
-    from cnnbench.archs import fastops
+    from cnnbench.kernels import fastops
     from cnnbench.archs.layers import BatchNorm
 
     x = jax.random.normal(jax.random.key(0), (8, 16, 16, 32))

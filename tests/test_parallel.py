@@ -14,9 +14,10 @@ from flax import nnx
 
 from cnnbench import parallel
 from cnnbench.analysis.summary import summarize
-from cnnbench.archs import create_model, fastops
+from cnnbench.archs import create_model
 from cnnbench.cli import cli
 from cnnbench.errors import UsageError
+from cnnbench.kernels import fastops
 from cnnbench.parallel.collectives import collectives, totals
 from cnnbench.train.checkpoint import restore_weights
 from cnnbench.train.config import TrainConfig, load

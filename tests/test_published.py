@@ -205,7 +205,7 @@ def test_good_download_converts_once_and_commands_use_it(server, cache, entry, t
 
     # what train/finetune then load: every tensor but the new 10-class head
     from cnnbench.archs import create_model
-    from cnnbench.transfer.start import load_pretrained
+    from cnnbench.train.start import load_pretrained
 
     fresh = load_pretrained(create_model("resnet18", num_classes=10, input_size=64), "resnet18", run_dir)["fresh"]
     assert sorted(fresh) == ["params.head.fc.bias", "params.head.fc.kernel"]

@@ -497,7 +497,7 @@ def test_linear_scaling_rule_and_layer_decay(tmp_path):
     mlp3 (fc1, fc2 and the classifier): one plain SGD step moves each layer by its gradient
     times lr x 0.5^k, k counted from the classifier."""
     from cnnbench.train import optim
-    from cnnbench.transfer import freeze
+    from cnnbench.train import freeze
 
     cfg = load(None, "mlp3", {**SMALL, "lr": 0.8, "lr_scale_rule": "linear", "epochs": 1, "devices": 1,
                               "schedule": "constant", "momentum": 0.0, "weight_decay": 0.0})

@@ -13,7 +13,7 @@ from cnnbench.archs import create_model
 from cnnbench.cli import cli
 from cnnbench.train.config import load
 from cnnbench.train.loop import train
-from cnnbench.transfer import freeze
+from cnnbench.train import freeze
 
 
 def write_digit_folder(root: Path, classes, seed: int = 0, train_per_class: int | None = None) -> str:

@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-from cnnbench.archs import fastops  # noqa: E402
+from cnnbench.kernels import fastops  # noqa: E402
 from cnnbench.errors import UsageError  # noqa: E402
 from cnnbench.transfer import weights  # noqa: E402
 
@@ -312,7 +312,7 @@ def forward(model, x, *, jit=True):
     import jax
     from flax import nnx
 
-    from cnnbench.archs import fastops
+    from cnnbench.kernels import fastops
 
     if jit:
         graphdef, state = nnx.split(model)

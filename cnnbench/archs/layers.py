@@ -17,8 +17,9 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from cnnbench.archs import fastops, trace
 from cnnbench.archs import initializers as init
+from cnnbench.archs import trace
+from cnnbench.kernels import fastops
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,

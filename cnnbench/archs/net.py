@@ -35,7 +35,7 @@ class Net(nnx.Module):
 
 def infer_shape(module: nnx.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
     """Output shape of ``module`` for an input of ``shape``, traced abstractly (no FLOPs spent)."""
-    from cnnbench.archs import fastops
+    from cnnbench.kernels import fastops
 
     graphdef, state = nnx.split(module)
     with fastops.use(False):  # shapes only: the plain lax ops trace fastest

@@ -125,7 +125,7 @@ class Recorder:
 
 @contextlib.contextmanager
 def recording(names: dict[int, str], ways: int = 1) -> Iterator[Recorder]:
-    from cnnbench.archs import fastops  # shapes only: the plain lax ops trace fastest
+    from cnnbench.kernels import fastops  # shapes only: the plain lax ops trace fastest
 
     recorder = Recorder(names, ways)
     token = _ACTIVE.set(recorder)

@@ -131,7 +131,7 @@ def write_confusion(p: Predictions, class_names: list[str], stem: Path, title: s
         writer.writerows([name, *map(int, row)] for name, row in zip(class_names, matrix))
     written = [table]
     if len(class_names) <= MATRIX_FIGURE_CLASSES:
-        from cnnbench.viz.figures import pyplot, save
+        from cnnbench.plotting import pyplot, save
 
         plt = pyplot()
         rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)

@@ -10,7 +10,7 @@ import numpy as np
 
 from cnnbench.reproduce.finding import Runs, steps_per_epoch
 from cnnbench.reproduce.verdict import Stats
-from cnnbench.viz.figures import pyplot, save
+from cnnbench.plotting import pyplot, save
 
 
 def _mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

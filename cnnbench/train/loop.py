@@ -145,7 +145,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
                          seed=cfg.seed, **cfg.arch_options)
     group, transfer = None, {}
     if cfg.init_from or cfg.trainable is not None or cfg.lr_multipliers or cfg.layer_decay is not None:
-        from cnnbench.transfer.start import prepare
+        from cnnbench.train.start import prepare
 
         group, transfer = prepare(model, cfg)
     dtype = {"bf16": jnp.bfloat16, "fp16": jnp.float16}.get(cfg.precision, jnp.float32)

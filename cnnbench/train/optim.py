@@ -54,7 +54,7 @@ def _update_rule(cfg: TrainConfig, lr: optax.Schedule) -> optax.GradientTransfor
 
 
 def optimizer(cfg: TrainConfig, steps_per_epoch: int, group=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The update rule; with ``group`` (see :func:`cnnbench.transfer.freeze.grouping`) frozen
+    """The update rule; with ``group`` (see :func:`cnnbench.train.freeze.grouping`) frozen
     parameters get zero updates and no optimiser state, and each other group its own learning-rate
     multiplier."""
     lr = schedule(cfg, steps_per_epoch)

@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from cnnbench.parallel.mesh import place, replicated, shardings
-from cnnbench.perf.flags import step_options
+from cnnbench.kernels.flags import step_options
 from cnnbench.pipeline.preprocess import Finish
 
 
@@ -74,7 +74,7 @@ def averaged(state: dict) -> dict:
 def jit_train_step(train_step, state, mesh):
     """``train_step`` jitted as `cnnbench train` and `cnnbench bench` run it: the state donated
     (updated in place) and returned where it was (``state``'s shardings on ``mesh``), the metrics
-    replicated, and XLA's options for training steps (:func:`cnnbench.perf.flags.step_options`)."""
+    replicated, and XLA's options for training steps (:func:`cnnbench.kernels.flags.step_options`)."""
     return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings(state, mesh), replicated(mesh)),
                    compiler_options=step_options() or None)
 

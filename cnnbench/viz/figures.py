@@ -3,19 +3,9 @@ normalisation, heat maps over images with colour bars, grids, saving."""
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 import numpy as np
 
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from cnnbench.plotting import pyplot, save  # noqa: F401  (the figures' own pyplot and save)
 
 
 def as_display(image: np.ndarray) -> np.ndarray:
@@ -80,19 +70,6 @@ def grid(count: int, cols: int, *, cell: float = 1.4, extra_height: float = 0.6)
     for ax in axes.flat:
         ax.axis("off")
     return fig, list(axes.flat)
-
-
-def save(fig, path: Path, title: str | None = None) -> Path:
-    plt = pyplot()
-    if title:  # wrapped to the figure's width (about 15 characters of 9-point text per inch)
-        fig.suptitle(textwrap.fill(title, max(40, int(fig.get_figwidth() * 15))), fontsize=9)
-    if fig.get_layout_engine() is None:
-        fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def short(name: str, n: int = 18) -> str:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnnbench.archs import fastops
+from cnnbench.kernels import fastops
 from cnnbench.archs import layers as L
 
 #: layers that act on each spatial position alone (in evaluation mode)

@@ -8,7 +8,7 @@ caches, while XLA's matrix multiplication runs close to the machine's peak. So h
   use one of three formulations (:data:`FORWARD`, :data:`INPUT_GRAD`, :data:`WEIGHT_GRAD`): XLA's
   convolution; patches built from ``k*k`` strided slices and one matrix multiplication (the input
   gradient scatters its columns back with ``k*k`` interior-padded adds), a few images at a time;
-  or Winograd's F(2x2, 3x3) / F(3x3, 5x5) (:mod:`cnnbench.archs.winograd`). :func:`choose` picks per
+  or Winograd's F(2x2, 3x3) / F(3x3, 5x5) (:mod:`cnnbench.kernels.winograd`). :func:`choose` picks per
   layer what measured faster on a CPU: Winograd for every pass of a 3x3 stride-1 layer and of a
   5x5 one with 64+ input channels; matrix products for every pass of a 1x1 layer (its patches
   are its input); elsewhere XLA's forward and the patch-based gradients.
@@ -25,21 +25,22 @@ A grouped convolution (the paper AlexNet's two towers) runs as one :func:`conv` 
 CPU. All are ``jax.custom_vjp`` functions checked against ``lax.conv_general_dilated``,
 ``lax.reduce_window`` and the differentiated LRN formula (outputs and gradients) in
 ``tests/test_fastops.py``. ``use(False)`` (or ``CNNBENCH_FASTOPS=0``) switches every layer back to
-the plain lax ops.
+the plain lax ops; ``use(platform="gpu")`` chooses as for an accelerator. The choice is part of
+each compiled function's cache key.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnnbench.archs import winograd
+from cnnbench.kernels import winograd
 
 #: what ``CNNBENCH_FASTOPS`` / :func:`use` switch; "batchnorm" is the normalisation's form
 #: (:class:`cnnbench.archs.layers.BatchNorm`)
@@ -64,21 +65,36 @@ def check_env(environ=os.environ) -> None:
                          f"or a comma list of {','.join(OPS)}")
 
 
-_ENABLED = contextvars.ContextVar("cnnbench_fastops", default=_from_env(os.environ.get("CNNBENCH_FASTOPS", "1")))
+class Choice(NamedTuple):
+    """Which fast formulations layers use (:data:`OPS`), and for which backend they are chosen
+    (``None``: JAX's default backend; the CPU formulations run only on "cpu")."""
+    ops: frozenset
+    platform: str | None = None
+
+
+#: the choice in force, part of every compiled function's cache key (``jax.make_user_context``): a
+#: function compiled under one choice is traced again under another, never silently stale
+_CHOICE = jax.make_user_context(default_value=Choice(_from_env(os.environ.get("CNNBENCH_FASTOPS", "1"))))
 
 
 def enabled(op: str) -> bool:
-    return op in _ENABLED.get()
+    return op in _CHOICE.value.ops
+
+
+def platform() -> str:
+    """The backend the formulations are chosen for: :func:`use`'s ``platform``, else JAX's default."""
+    return _CHOICE.value.platform or jax.default_backend()
 
 
 @contextlib.contextmanager
-def use(on: bool | tuple[str, ...] = True):
-    """Layers traced inside this block use (or do not use) the fast formulations."""
-    token = _ENABLED.set(frozenset(OPS if on is True else () if on is False else on))
-    try:
+def use(on: bool | tuple[str, ...] | None = True, *, platform: str | None = None):
+    """Layers traced inside this block use (or do not use) the fast formulations: all (``True``),
+    none (``False``), those named, or as before (``None``); ``platform`` chooses them as for that
+    backend (e.g. "gpu": the CPU-only formulations stay off)."""
+    current = _CHOICE.value
+    ops = current.ops if on is None else frozenset(OPS if on is True else () if on is False else on)
+    with _CHOICE(Choice(ops, platform or current.platform)):
         yield
-    finally:
-        _ENABLED.reset(token)
 
 
 # --------------------------------------------------------------------------- max pooling
@@ -173,7 +189,7 @@ def max_pool(x, k: int, s: int, pads) -> jax.Array:
     """``reduce_window(max)`` over NHWC ``x`` with (k, k) windows, stride s, ``pads`` per axis."""
     pads = tuple(tuple(int(v) for v in p) for p in pads)
     # Measured on CPUs only; accelerators keep select-and-scatter until measured there.
-    if not enabled("pool") or k == 1 or jax.devices()[0].platform != "cpu":
+    if not enabled("pool") or k == 1 or platform() != "cpu":
         return _reduce_max(x, k, s, pads)
     return _max_pool(x, k, s, pads)
 
@@ -455,11 +471,11 @@ def conv(x, w, stride: int, pads, plan: dict | None = None) -> jax.Array:
     pads = tuple(tuple(int(v) for v in p) for p in pads)
     k = w.shape[0]
     if plan is None:
-        blocks = _space_to_depth_blocks(k, stride, w.shape[2], jax.devices()[0].platform, x.dtype)
+        blocks = _space_to_depth_blocks(k, stride, w.shape[2], platform(), x.dtype)
         if blocks and min(_out_hw(x, k, stride, pads)) >= 1:
             return _space_to_depth_conv(x, w, stride, pads, blocks)
         plan = choose(k, stride, w.shape[2], w.shape[3], _out_hw(x, k, stride, pads),
-                      jax.devices()[0].platform, pads, x.dtype)
+                      platform(), pads, x.dtype)
     if set(plan.values()) == {"xla"}:
         return _lax_conv(x, w, stride, pads)
     return _conv(x, w, stride, pads, tuple(sorted(plan.items())))
@@ -492,7 +508,7 @@ def _grouped_conv(x, w, stride: int, pads, groups: int) -> jax.Array:
     as one :func:`conv` per group, outputs concatenated. On a CPU XLA's grouped convolution ran the
     paper AlexNet's conv2 input gradient alone at 859 ms of a 3.1 s training step (BENCHMARKS.md);
     per group each pass gets :func:`choose`'s formulation. Accelerators keep the grouped op."""
-    if jax.devices()[0].platform != "cpu":
+    if platform() != "cpu":
         return lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         feature_group_count=groups)
     cin, cout = w.shape[2], w.shape[3] // groups

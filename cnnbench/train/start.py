@@ -1,5 +1,6 @@
-"""What `finetune` adds to a training run before its first step: pre-trained weights where they
-fit, a fresh head where they do not, frozen layers, learning-rate groups."""
+"""What a training run that starts from other weights adds before its first step (`finetune`,
+`train --pretrained`): pre-trained weights where they fit, a fresh head where they do not, frozen
+layers, learning-rate groups."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from cnnbench.train import freeze
 from cnnbench.train.config import TrainConfig
-from cnnbench.transfer import freeze
 
 
 def prepare(model: nnx.Module, cfg: TrainConfig):
@@ -52,34 +53,3 @@ def load_pretrained(model: nnx.Module, arch: str, run_dir: Path) -> dict:
     fresh = [k.removesuffix("/value").replace("/", ".") for k in fresh]
     return {"init_from": str(run_dir), "init_checkpoint": str(step_dir), "init_arch": source.arch,
             "fresh": fresh}
-
-
-def finetune_config(source: Path, *, dataset: str, strategy: str, trainable: str | None,
-                    lr_multipliers: dict[str, float], overrides: dict) -> TrainConfig:
-    """A training configuration that starts from ``source`` (a run or imported weights): its
-    architecture, options and input size, the chosen strategy's trainable layers, and fine-tuning
-    defaults (10 epochs, lr 0.01, cosine) under the explicit ``overrides``."""
-    from cnnbench.archs import create_model, get_arch
-    from cnnbench.eval.runs import is_run
-    from cnnbench.errors import UsageError
-    from cnnbench.train.config import from_run
-
-    if not is_run(source):
-        raise UsageError(f"{source} is not a run or weights directory (no config.json)")
-    base = from_run(source)
-    info = get_arch(base.arch)
-    size = overrides.get("input_size") or base.input_size or info.input_size
-    channels = base.in_channels or info.in_channels
-    model = create_model(base.arch, input_size=size, in_channels=channels, **base.arch_options)
-    selectors = freeze.selectors_for(strategy, trainable, model, (size, size, channels))
-    if selectors is not None:
-        freeze.check_selectors(model, selectors)
-    # The source's preprocessing when it names one (imported weights do: Keras VGG expects
-    # normalize(caffe)), else the new dataset's default recipe.
-    values = {"epochs": 10, "lr": 0.01, "schedule": "cosine", "batch_size": base.batch_size,
-              "train_ops": base.train_ops, "eval_ops": base.eval_ops,
-              **{k: v for k, v in overrides.items() if v is not None and k != "input_size"}}
-    cfg = TrainConfig(arch=base.arch, arch_options=dict(base.arch_options), dataset=dataset, input_size=size,
-                      in_channels=channels, init_from=str(source), trainable=selectors,
-                      lr_multipliers=dict(lr_multipliers), **values)
-    return cfg.validate()
