@@ -44,10 +44,10 @@ def list_models() -> list[str]:
 
 
 def load_run(run_dir: str | Path, *, which: str = "best", raw: bool = False):
-    """A run directory as a trained model (:class:`cnnbench.eval.runs.LoadedRun`): ``.model`` in
+    """A run directory as a trained model (:class:`cnnbench.runs.loaded.LoadedRun`): ``.model`` in
     evaluation mode, ``.cfg``, ``.class_names``, ``.eval_spec``. ``which``: "best" or "latest"
     checkpoint; ``raw``: the raw weights of a run trained with ``ema`` instead of the averaged ones."""
-    from cnnbench.eval.runs import load_run as load
+    from cnnbench.runs.loaded import load_run as load
 
     return load(run_dir, which=which, raw=raw)
 
@@ -60,7 +60,7 @@ def evaluate(*runs: str | Path, split: str | None = None, crops: str = "center",
     result in ``eval/`` for `cnnbench compare`."""
     from cnnbench.errors import UsageError
     from cnnbench.eval.evaluate import evaluate_runs
-    from cnnbench.eval.runs import load_run as load
+    from cnnbench.runs.loaded import load_run as load
 
     if not runs:
         raise UsageError("evaluate needs at least one run directory")

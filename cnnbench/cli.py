@@ -14,7 +14,7 @@ import click
 from cnnbench import __version__
 from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.output import Column, emit, err_console, format_option, giga, human_bytes, integer, plural
-from cnnbench.train.config import OPTIMIZERS, PRECISIONS, SCHEDULES
+from cnnbench.runs.config import OPTIMIZERS, PRECISIONS, SCHEDULES
 
 
 class _Group(click.Group):
@@ -217,7 +217,7 @@ def _window(layer: dict) -> str:
 def _default(name: str, text: str = "") -> str:
     """An option's help with TrainConfig's default for it, which an experiment file's value
     replaces (the options themselves default to "not given", so that the file can)."""
-    from cnnbench.train.config import TrainConfig
+    from cnnbench.runs.config import TrainConfig
 
     value = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
     shown = str(value).lower() if isinstance(value, bool) else value
@@ -294,9 +294,9 @@ def train(arch, config_file, options, settings, resume, run_dir, pretrained, coo
     """
     from pathlib import Path
 
-    from cnnbench.train import config as config_lib
+    from cnnbench.runs import config as config_lib
     from cnnbench.train.loop import init_distributed, is_first_process
-    from cnnbench.train.rundir import check_free
+    from cnnbench.runs.layout import check_free
 
     init_distributed(coordinator, num_processes, process_id, init_timeout,  # before anything touches a device
                      run_dir=resume or run_dir)
@@ -447,7 +447,7 @@ def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, raw_weights,
                     f"{predictions} against {ground_truth}")
         return
     from cnnbench.eval.report import analyse, write_report
-    from cnnbench.eval.runs import latest_run, load_run
+    from cnnbench.runs.loaded import latest_run, load_run
 
     scale_sizes = _int_list(scales, "--scales") if scales else None
     with err_console().status("loading checkpoints ..."):
@@ -528,7 +528,7 @@ def predict(images, run_dir, pretrained, top, checkpoint, raw_weights, fmt):
     from pathlib import Path
 
     from cnnbench.eval.predict import check_images, predict_files
-    from cnnbench.eval.runs import latest_run, load_run
+    from cnnbench.runs.loaded import latest_run, load_run
 
     check_images(list(images))  # a missing or broken image is one line before the model loads
     if pretrained and run_dir:
@@ -721,7 +721,7 @@ def _visualize(name, run_dir, checkpoint, out, fmt, **kwargs):
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from cnnbench.eval.runs import load_run
+    from cnnbench.runs.loaded import load_run
     from cnnbench.viz import commands
     from cnnbench.viz.inputs import from_run
 

@@ -9,21 +9,20 @@ saved evaluations; a short synthetic-data benchmark adds measured throughput.
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from cnnbench.errors import UsageError
-from cnnbench.eval.runs import is_run
-from cnnbench.train.rundir import RUNS, read_dataset, read_json, read_metrics
+from cnnbench.runs.loaded import is_run
+from cnnbench.runs.layout import RUNS, History, read_dataset, read_json, read_metrics
 
 
 def resolve_items(items: list[str], *, root: Path = RUNS, archs_only: bool = False) -> list[dict]:
     """Each item as ``{"name", "arch", "run_dir" (or None)}``; unknown names are one error."""
     from cnnbench.archs import REGISTRY, get_arch
-    from cnnbench.train.config import from_run
+    from cnnbench.runs.config import from_run
 
     if not items:
         raise UsageError("name architectures or run directories to compare, e.g. cnnbench compare resnet20 resnet56")
@@ -59,15 +58,12 @@ def run_facts(run_dir: Path) -> dict:
     """What a run's own records say: dataset, epochs, best validation top-1/5, wall time, images/s."""
     from cnnbench.eval.evaluate import saved_results
 
-    records = read_metrics(run_dir)
-    val = [r for r in records if r["kind"] == "validation"]
-    train = [r for r in records if r["kind"] == "train"]
-    best = max(val, key=lambda r: r["top1"]) if val else {}
+    history = History(run_dir)
+    best = history.best
     dataset = (read_dataset(run_dir) or {}).get("dataset")
-    facts = {"dataset": dataset, "epochs": len(val), "best_top1": best.get("top1"), "best_top5": best.get("top5"),
-             "best_epoch": best.get("epoch"), "final_top1": val[-1]["top1"] if val else None,
-             "wall_time": max((r["wall_time"] for r in records), default=None),
-             "train_images_per_sec": statistics.median(r["images_per_sec"] for r in train) if train else None}
+    facts = {"dataset": dataset, "epochs": len(history.validation), "best_top1": best.get("top1"),
+             "best_top5": best.get("top5"), "best_epoch": best.get("epoch"), "final_top1": history.final.get("top1"),
+             "wall_time": history.wall_time, "train_images_per_sec": history.images_per_sec}
     transfer = run_dir / "transfer.json"
     if transfer.is_file():  # a fine-tune: where it started, what it froze
         info = read_json(transfer)
@@ -104,7 +100,7 @@ def compare(items: list[str], *, bench: bool = True, batch_size: int = 8, steps:
             archs_only: bool = False, root: Path = RUNS,
             on_item: Callable[[str, str], None] = lambda name, what: None) -> list[dict]:
     """One row per item, in the given order."""
-    from cnnbench.train.config import from_run
+    from cnnbench.runs.config import from_run
 
     rows = []
     for item in resolve_items(items, root=root, archs_only=archs_only):

@@ -13,9 +13,9 @@ from cnnbench.archs import create_model
 from cnnbench.cli import cli
 from cnnbench.eval import metrics
 from cnnbench.eval.evaluate import Predictions, combine, crop_spec, evaluate_runs, paper_rows, predict_split
-from cnnbench.eval.runs import LoadedRun, load_run
+from cnnbench.runs.loaded import LoadedRun, load_run
 from cnnbench.eval.submission import order, score, write
-from cnnbench.train.config import TrainConfig, load
+from cnnbench.runs.config import TrainConfig, load
 from cnnbench.train.loop import train
 
 

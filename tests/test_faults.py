@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 from cnnbench.cli import cli
 from cnnbench.errors import CnnbenchError, UsageError
-from cnnbench.train import config as config_lib
-from cnnbench.train.config import load
+from cnnbench.runs import config as config_lib
+from cnnbench.runs.config import load
 from cnnbench.train.loop import Events, train
-from cnnbench.train.rundir import RunLock, read_metrics
+from cnnbench.runs.layout import RunLock, read_metrics
 
 SMALL = {"dataset": "synthetic:12x12x3:4:96", "batch_size": 16, "input_size": 12, "lr": 0.05, "devices": 1}
 CLI_SMALL = ["--dataset", SMALL["dataset"], "--input-size", "12", "--batch-size", "16", "--devices", "1"]
@@ -197,7 +197,7 @@ def test_an_unwritable_run_dir_is_one_line_before_anything_loads(tmp_path, where
 def test_a_full_disk_stops_training_in_one_line_naming_the_intact_checkpoint(tmp_path, monkeypatch):
     import errno
 
-    from cnnbench.train import rundir
+    from cnnbench.runs import layout as rundir
 
     original, calls = rundir.MetricsLog.write, {"n": 0}
 
@@ -240,7 +240,7 @@ def test_a_disk_too_full_for_the_next_checkpoint_stops_before_writing_it(tmp_pat
     import collections
     import shutil
 
-    from cnnbench.train import checkpoint
+    from cnnbench.runs import checkpoint
 
     real, saves = shutil.disk_usage, {"n": 0}
     original = checkpoint.Checkpoints.check_space
@@ -263,7 +263,7 @@ def test_a_disk_too_full_for_the_next_checkpoint_stops_before_writing_it(tmp_pat
 
 
 def test_orbax_file_errors_become_the_os_error_they_were():
-    from cnnbench.train.checkpoint import as_os_error
+    from cnnbench.runs.checkpoint import as_os_error
 
     orbax = ValueError('OUT_OF_RANGE: Error writing "params.fc1/0" in OCDBT database at local file "/r/c/": Failed '
                        'writing: "/r/c/d/9b2e": Failed to write 14733 bytes to file 16: No space left on device '

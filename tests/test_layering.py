@@ -20,8 +20,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("archs",),      # layers, the registry, one file per family
     ("analysis",),   # per-layer statistics, the catalogue
     ("pipeline",),   # datasets, preprocessing, batches (the only TensorFlow user)
-    ("train",),      # config, steps, the loop, checkpoints, the run directory
-    ("eval",),       # loaded runs, evaluation, metrics, reports, predictions
+    ("runs",),       # the run directory: config, files, lock, checkpoints, loaded runs
+    ("train",),      # optimisers, the jitted steps, the loop, initial weights, freezing
+    ("eval",),       # evaluation, metrics, reports, predictions
     ("viz",),        # named layer outputs, figures of what a network learned
     ("transfer",),   # published weights, fine-tuning configs, probes, features
     ("perf",),       # `bench`

@@ -2,6 +2,7 @@
 two devices with the paper's communication, channel splits for every other network, numerically
 the network of one device, and checkpoints that do not care about the mesh."""
 
+import functools
 import json
 import re
 
@@ -19,8 +20,8 @@ from cnnbench.cli import cli
 from cnnbench.errors import UsageError
 from cnnbench.kernels import fastops
 from cnnbench.parallel.collectives import collectives, totals
-from cnnbench.train.checkpoint import restore_weights
-from cnnbench.train.config import TrainConfig, load
+from cnnbench.runs.checkpoint import restore_weights
+from cnnbench.runs.config import TrainConfig, load
 from cnnbench.train.loop import train
 from cnnbench.train.optim import optimizer
 from cnnbench.train.step import jit_train_step, make_steps, train_state
@@ -84,6 +85,12 @@ def test_alexnet_on_a_4x2_mesh_is_the_network_of_one_device(alexnet_one_device):
     _assert_same_network(alexnet_one_device, _steps("alexnet", 67, devices=8, model_parallel=2), rtol=2e-5)
 
 
+@functools.cache
+def _resnet18_one_device_float64():
+    """The reference of both splits, computed once."""
+    return _steps("resnet18", 32, devices=1, model_parallel=1, dtype=np.float64)
+
+
 @pytest.mark.parametrize("ways", [2, 4])
 def test_resnet18_split_over_channels_is_the_network_of_one_device(ways):
     """ResNet-18 on 32x32 noise with random labels and 8 images is ill-conditioned: its batch norms
@@ -93,7 +100,7 @@ def test_resnet18_split_over_channels_is_the_network_of_one_device(ways):
     the split is checked in float64, where such ties do not occur: the same network to 1e-10, and
     a wrong split (a channel on the wrong device, statistics over the wrong channels) is far off."""
     with jax.enable_x64(True):
-        one = _steps("resnet18", 32, devices=1, model_parallel=1, dtype=np.float64)
+        one = _resnet18_one_device_float64()
         split = _steps("resnet18", 32, devices=8, model_parallel=ways, dtype=np.float64)
     assert one[2][0].dtype == np.float64
     _assert_same_network(one, split, rtol=1e-10)

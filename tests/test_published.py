@@ -148,7 +148,7 @@ def test_good_download_converts_once_and_commands_use_it(server, cache, entry, t
     torch = pytest.importorskip("torch")
     from test_weights import torch_model
 
-    from cnnbench.eval.runs import load_run
+    from cnnbench.runs.loaded import load_run
 
     model = torch_model("resnet18", 1000)
     torch.save(model.state_dict(), tmp_path / "r18.pth")

@@ -15,9 +15,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from cnnbench.archs import REGISTRY, create_model
 from cnnbench.cli import cli
 from cnnbench.errors import CnnbenchError, UsageError
-from cnnbench.train.config import load
+from cnnbench.runs.config import load
 from cnnbench.train.loop import train
-from cnnbench.train.rundir import read_metrics
+from cnnbench.runs.layout import read_metrics
 from cnnbench.train.step import make_steps
 
 EXPERIMENTS = sorted((Path(__file__).parent.parent / "experiments").glob("*.toml"))
@@ -133,7 +133,7 @@ def test_nan_loss_stops_and_says_which_checkpoint_is_intact(tmp_path):
     good = load(None, "mlp2", {**SMALL, "epochs": 1, "devices": 1, "schedule": "constant"})
     train(good, run_dir=tmp_path / "later")
     bad = load(None, "mlp2", {**SMALL, "epochs": 3, "devices": 1, "schedule": "constant"})
-    from cnnbench.train import config as config_lib
+    from cnnbench.runs import config as config_lib
 
     config_lib.check_continues(tmp_path / "later", bad)  # only epochs differ: it continues
     from cnnbench.train import loop
@@ -422,7 +422,7 @@ def test_ema_is_the_hand_computed_average_of_the_steps():
 
 
 def test_ema_weights_are_validated_kept_and_used_by_eval_unless_raw(tmp_path):
-    from cnnbench.eval.runs import load_run
+    from cnnbench.runs.loaded import load_run
 
     summary = train(load(None, "mlp2", {**SMALL, "epochs": 2, "devices": 1, "ema": 0.9}), run_dir=tmp_path / "ema")
     val = [r for r in read_metrics(tmp_path / "ema") if r["kind"] == "validation"]
@@ -484,7 +484,7 @@ def test_accumulation_trains_resumes_and_checks_the_batch(tmp_path):
 
 def test_lenet5_1998_learns_the_digits(data_dir, tmp_path):
     """The paper's network (connection table, trainable subsampling, RBF output) with its experiment file."""
-    from cnnbench.train.config import load as load_config
+    from cnnbench.runs.config import load as load_config
 
     cfg = load_config(Path(__file__).parent.parent / "experiments" / "lenet5_1998_digits.toml", None,
                       {"epochs": 3, "data_dir": data_dir, "devices": 1})

@@ -11,7 +11,7 @@ from flax import nnx
 
 from cnnbench.archs import create_model
 from cnnbench.cli import cli
-from cnnbench.train.config import load
+from cnnbench.runs.config import load
 from cnnbench.train.loop import train
 from cnnbench.train import freeze
 
@@ -75,7 +75,7 @@ def test_frozen_base_fine_tune_of_digits_0_4_to_5_9(digits_0_4):
     C5: 88.2% +- 2.0 vs 88.3% +- 1.3), so the fine-tune is required to match the random-feature
     head, not to beat it by a margin; what must hold exactly is that it starts from the
     pre-trained weights and that the frozen base never moves."""
-    from cnnbench.eval.runs import load_run
+    from cnnbench.runs.loaded import load_run
 
     dataset = write_digit_folder(digits_0_4 / "d59", range(5, 10), seed=1, train_per_class=10)
     common = ["--dataset", dataset, "--epochs", "10", "--lr", "0.05", "--format", "json", "--devices", "1",
@@ -128,7 +128,7 @@ def test_frozen_layers_stay_bit_identical_and_have_no_optimiser_state(tmp_path):
     before = _weights(create_model("resnet20", num_classes=4, input_size=32))
     cfg.trainable = selectors
     train(cfg, run_dir=tmp_path / "run")
-    from cnnbench.eval.runs import load_run
+    from cnnbench.runs.loaded import load_run
 
     old, new = before, _weights(load_run(tmp_path / "run", which="latest").model)
     moved = sorted(k for k in old if not np.array_equal(old[k], new[k]))
@@ -194,7 +194,7 @@ def test_probe_features_and_compare(digits_0_4, data_dir, tmp_path):
     assert rows[0]["probe_top1"] == pytest.approx(max(probe["top1"], again["top1"]))
 
     # features: a preprocessed batch through the model, the logits equal a plain forward pass
-    from cnnbench.eval.runs import load_run
+    from cnnbench.runs.loaded import load_run
 
     x = np.random.default_rng(0).normal(size=(3, 32, 32, 1)).astype(np.float32)
     np.save(tmp_path / "batch.npy", x)

@@ -246,9 +246,9 @@ def _fake_run(root: Path, arch: str, dataset: str, seed: int = 0) -> Path:
     from cnnbench.archs import get_arch
     from cnnbench.pipeline.preprocess import default_recipe
     from cnnbench.pipeline.sources import resolve
-    from cnnbench.train.checkpoint import Checkpoints
-    from cnnbench.train.config import TrainConfig
-    from cnnbench.train.rundir import write_dataset
+    from cnnbench.runs.checkpoint import Checkpoints
+    from cnnbench.runs.config import TrainConfig
+    from cnnbench.runs.layout import write_dataset
 
     run_dir = root / f"{arch}-run"
     run_dir.mkdir(parents=True)

@@ -440,7 +440,7 @@ def test_imported_run_directory_works_with_load_run_and_predict(tmp_path):
     from PIL import Image
 
     from cnnbench.cli import cli
-    from cnnbench.eval.runs import load_run
+    from cnnbench.runs.loaded import load_run
 
     model = torch_model("resnet18", 1000)
     torch.save(model.state_dict(), tmp_path / "resnet18.pth")

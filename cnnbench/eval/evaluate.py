@@ -22,9 +22,9 @@ from jax.sharding import Mesh
 from cnnbench import parallel
 from cnnbench.errors import CnnbenchError, UsageError, setting
 from cnnbench.eval import metrics
-from cnnbench.eval.runs import LoadedRun
+from cnnbench.runs.loaded import LoadedRun
 from cnnbench.output import warn
-from cnnbench.train.rundir import RunLock, describe_holder, read_json, write_text
+from cnnbench.runs.layout import RunLock, describe_holder, read_json, write_text
 from cnnbench.train.step import probabilities
 
 CROPS = ("center", "10", "multiscale")
@@ -187,7 +187,6 @@ def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str
                   on_model: Callable[[LoadedRun, int], None] = lambda run, n: None) -> tuple[dict, Predictions]:
     """Evaluate each run and, when there are several, their ensemble. Returns the JSON document of
     ``cnnbench eval`` and the final (ensemble or single) predictions, for reports and submissions."""
-    from cnnbench.pipeline.sources import resolve
 
     parallel.make_mesh(None, model_parallel)  # a --model-parallel that cannot split the devices fails first
     datasets = {r.cfg.dataset for r in runs}
@@ -195,7 +194,7 @@ def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str
         raise UsageError(f"the runs were trained on different datasets ({', '.join(sorted(datasets))}); "
                          f"an ensemble needs one")
     cfg = runs[0].cfg
-    source = resolve(cfg.dataset, data_dir=data_dir or cfg.data_dir, manual_dir=manual_dir or cfg.manual_dir)
+    source = cfg.source(data_dir=data_dir, manual_dir=manual_dir)
     split = split or cfg.eval_split or source.eval_split
     total = source.num_examples(split)  # also checks that the split exists
     predictions, models = [], []

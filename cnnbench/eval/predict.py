@@ -12,7 +12,7 @@ import numpy as np
 from cnnbench.errors import UsageError
 from cnnbench.eval import metrics
 from cnnbench.eval.evaluate import probabilities_fn
-from cnnbench.eval.runs import LoadedRun
+from cnnbench.runs.loaded import LoadedRun
 
 
 def image_loader(run: LoadedRun, spec: str | None = None):

@@ -124,7 +124,7 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     from cnnbench.archs import create_model, get_arch
     from cnnbench.archs.trace import count_params, trace_model
     from cnnbench.parallel.mesh import model_size
-    from cnnbench.train.config import TrainConfig
+    from cnnbench.runs.config import TrainConfig
     from cnnbench.train.optim import optimizer
     from cnnbench.train.step import jit_train_step, make_steps, set_compute_dtype, train_state
 

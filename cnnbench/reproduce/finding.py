@@ -22,7 +22,7 @@ BUDGETS = ("smoke", "small", "paper")
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One setting of the experiment: an architecture and its training settings (fields of
-    :class:`~cnnbench.train.config.TrainConfig`). A value ``"@NAME"`` is the run directory of
+    :class:`~cnnbench.runs.config.TrainConfig`). A value ``"@NAME"`` is the run directory of
     variant NAME with the same seed (``init_from="@source"``: fine-tune the source run)."""
 
     name: str
@@ -68,7 +68,7 @@ class Runs:
     def records(self, variant: str) -> list[list[dict]]:
         """Each seed's metrics records; a run that stopped on a NaN loss ends with a ``stopped``
         record (its summary's), which the final-error measures count as wholly wrong."""
-        from cnnbench.train.rundir import read_json, read_metrics
+        from cnnbench.runs.layout import read_json, read_metrics
 
         out = []
         for d in self.dirs[variant]:

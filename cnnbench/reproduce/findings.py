@@ -259,7 +259,7 @@ register(Finding(
 # --------------------------------------------------------------------------- evaluation protocols
 
 def _loaded(runs: Runs, variant: str):
-    from cnnbench.eval.runs import load_run
+    from cnnbench.runs.loaded import load_run
 
     return [load_run(d, which="latest") for d in runs.dirs[variant]]
 
@@ -400,7 +400,7 @@ def _digit_folders(root: Path, budget: str) -> dict:
 
 
 def _transfer(runs: Runs) -> Analysis:
-    from cnnbench.train.config import from_run
+    from cnnbench.runs.config import from_run
     from cnnbench.transfer.probe import run_probe
 
     measured = {s: runs.per_seed(s, final_test_error) for s in TRANSFER_STRATEGIES}

@@ -9,7 +9,7 @@ import math
 import platform
 
 from cnnbench.reproduce.finding import Analysis
-from cnnbench.train.rundir import write_text
+from cnnbench.runs.layout import write_text
 
 
 def _machine() -> dict:

@@ -14,8 +14,8 @@ from typing import Callable
 
 from cnnbench.errors import UsageError, setting
 from cnnbench.reproduce.finding import Budget, Finding, Runs
-from cnnbench.train.config import TrainConfig
-from cnnbench.train.rundir import slug
+from cnnbench.runs.config import TrainConfig
+from cnnbench.runs.layout import slug
 
 DEFAULT_ROOT = Path("reproductions")
 
@@ -59,7 +59,7 @@ class Progress:
 
 
 def _state(run_dir: Path, epochs: int) -> str:
-    from cnnbench.train.rundir import read_json
+    from cnnbench.runs.layout import read_json
 
     try:
         summary = read_json(run_dir / "summary.json", required=False)

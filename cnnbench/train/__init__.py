@@ -18,8 +18,8 @@ def run(arch: str | None = None, *, experiment: str | Path | None = None, run_di
     as a keyword (``dataset="synthetic"``, ``epochs=2``, ``batch_size=64``, ``ema=0.999`` ...);
     into ``run_dir`` if given (an existing run there continues), else a new ``runs/ARCH-DATASET-TIME``.
     Returns the run's summary (``summary.json``: ``run_dir``, ``best`` and ``final`` top-1/top-5/loss ...)."""
-    from cnnbench.train.config import requested
-    from cnnbench.train.config import settings as checked
+    from cnnbench.runs.config import requested
+    from cnnbench.runs.config import settings as checked
     from cnnbench.train.loop import train
 
     run_dir = Path(run_dir) if run_dir else None

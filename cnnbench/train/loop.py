@@ -20,11 +20,10 @@ from cnnbench.archs import create_model, get_arch
 from cnnbench.errors import CnnbenchError, UsageError, setting
 from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
 from cnnbench.pipeline.preprocess import batch_mixing, recipe_for
-from cnnbench.pipeline.sources import resolve
-from cnnbench.train.checkpoint import Checkpoints, remove_stale
-from cnnbench.train.config import TrainConfig, check_continues
+from cnnbench.runs.checkpoint import Checkpoints, remove_stale
+from cnnbench.runs.config import TrainConfig, check_continues, write_config
 from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
-from cnnbench.train.rundir import MetricsLog, RunLock, new_run_dir, read_metrics, write_dataset, write_text
+from cnnbench.runs.layout import History, MetricsLog, RunLock, new_run_dir, read_metrics, write_dataset, write_text
 from cnnbench.train.step import averaged, bf16_note, jit_train_step, make_steps, set_compute_dtype, train_state
 
 
@@ -121,7 +120,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     # ---- data
     info = get_arch(cfg.arch)
     size, channels = cfg.input_size or info.input_size, cfg.in_channels or info.in_channels
-    source = resolve(cfg.dataset, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir)
+    source = cfg.source()
 
     specs = {train: recipe_for(source, cfg.train_ops if train else cfg.eval_ops, train=train, size=size,
                                channels=channels) for train in (True, False)}
@@ -180,7 +179,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
         start_epoch, best_top1, plateau = meta["epoch"] + 1, meta["best_top1"], meta["plateau"]
     on_run_dir(run_dir, restored is not None)
     if main:
-        write_text(run_dir / "config.json", dataclasses.replace(cfg, run_dir=str(run_dir)).to_json())
+        write_config(run_dir, cfg)
         write_dataset(run_dir, source, specs[True], eval_data.ops)
         if transfer:
             write_text(run_dir / "transfer.json", json.dumps(transfer, indent=2))
@@ -389,18 +388,16 @@ def params_digest(params) -> float:
 
 
 def summarize_run(run_dir: Path, cfg: TrainConfig, dataset: str, wall_time: float) -> dict:
-    records = read_metrics(run_dir)
-    val = [r for r in records if r["kind"] == "validation"]
-    train = [r for r in records if r["kind"] == "train"]
-    best = max(val, key=lambda r: r["top1"]) if val else {}
+    history = History(run_dir)
+    final, best, train = history.final, history.best, history.train
+    rate = history.images_per_sec
     return {
-        "run_dir": str(run_dir), "arch": cfg.arch, "dataset": dataset, "epochs": len(val),
+        "run_dir": str(run_dir), "arch": cfg.arch, "dataset": dataset, "epochs": len(history.validation),
         "steps": train[-1]["step"] if train else 0,
-        "final": {k: val[-1][k] for k in ("top1", "top5", "loss")} if val else {},
-        **({"final_ema": {k: val[-1][f"ema_{k}"] for k in ("top1", "top5", "loss")}}
-           if val and "ema_top1" in val[-1] else {}),
+        "final": {k: final[k] for k in ("top1", "top5", "loss")} if final else {},
+        **({"final_ema": {k: final[f"ema_{k}"] for k in ("top1", "top5", "loss")}} if "ema_top1" in final else {}),
         "best": {k: best[k] for k in ("top1", "top5", "loss", "epoch")} if best else {},
         "train_loss": train[-1]["loss"] if train else None,
-        "images_per_sec": float(np.median([r["images_per_sec"] for r in train])) if train else None,
+        "images_per_sec": None if rate is None else float(rate),
         "wall_time": wall_time,
     }

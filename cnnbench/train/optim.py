@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from cnnbench.train.config import TrainConfig
+from cnnbench.runs.config import TrainConfig
 
 
 def schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from cnnbench.train import freeze
-from cnnbench.train.config import TrainConfig
+from cnnbench.runs.config import TrainConfig
 
 
 def prepare(model: nnx.Module, cfg: TrainConfig):
@@ -38,8 +38,8 @@ def prepare(model: nnx.Module, cfg: TrainConfig):
 
 def load_pretrained(model: nnx.Module, arch: str, run_dir: Path) -> dict:
     from cnnbench.errors import UsageError
-    from cnnbench.train.checkpoint import restore_matching
-    from cnnbench.train.config import from_run
+    from cnnbench.runs.checkpoint import restore_matching
+    from cnnbench.runs.config import from_run
 
     source = from_run(run_dir)
     if source.arch != arch:

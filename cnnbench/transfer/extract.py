@@ -15,7 +15,7 @@ def extract(run_dir: Path, batch: np.ndarray, layer: str, *, batch_size: int = 6
     import jax
     import jax.numpy as jnp
 
-    from cnnbench.eval.runs import load_run
+    from cnnbench.runs.loaded import load_run
     from cnnbench.viz.taps import Taps
 
     run = load_run(run_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnbench.train import freeze
-from cnnbench.train.config import TrainConfig
+from cnnbench.runs.config import TrainConfig
 
 
 def finetune_config(source: Path, *, dataset: str, strategy: str, trainable: str | None,
@@ -14,9 +14,9 @@ def finetune_config(source: Path, *, dataset: str, strategy: str, trainable: str
     architecture, options and input size, the chosen strategy's trainable layers, and fine-tuning
     defaults (10 epochs, lr 0.01, cosine) under the explicit ``overrides``."""
     from cnnbench.archs import create_model, get_arch
-    from cnnbench.eval.runs import is_run
+    from cnnbench.runs.loaded import is_run
     from cnnbench.errors import UsageError
-    from cnnbench.train.config import from_run
+    from cnnbench.runs.config import from_run
 
     if not is_run(source):
         raise UsageError(f"{source} is not a run or weights directory (no config.json)")

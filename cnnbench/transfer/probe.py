@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from cnnbench.errors import UsageError, setting
-from cnnbench.train.rundir import slug
+from cnnbench.runs.layout import slug
 
 CLASSIFIERS = ("logreg", "svm")
 
@@ -30,9 +30,8 @@ def features(subject, dataset: str | None, split: str | None, layer: str, *, bat
 
     run = subject.run
     name = subject.taps.resolve(layer)
-    from cnnbench.pipeline.sources import resolve
 
-    source = resolve(dataset or run.cfg.dataset, data_dir=data_dir or run.cfg.data_dir, manual_dir=run.cfg.manual_dir)
+    source = run.cfg.source(dataset=dataset, data_dir=data_dir)
     split = split or source.eval_split
     total = source.num_examples(split)
     digest = hashlib.sha1(f"{run.checkpoint}|{run.eval_spec}".encode()).hexdigest()[:8]
@@ -101,14 +100,13 @@ def probe(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarr
 def run_probe(run_dir: Path, *, dataset: str | None, layer: str, kind: str, per_class: int | None, count: int,
               train_split: str | None = None, test_split: str | None = None, data_dir: str | None = None,
               seed: int = 0, advance=lambda n: None, on_split=lambda split, n: None) -> dict:
-    from cnnbench.eval.runs import load_run
-    from cnnbench.pipeline.sources import resolve
+    from cnnbench.runs.loaded import load_run
     from cnnbench.viz.inputs import from_run
 
     run = load_run(run_dir)
     subject = from_run(run)
     name = subject.taps.resolve(layer)
-    source = resolve(dataset or run.cfg.dataset, data_dir=data_dir or run.cfg.data_dir, manual_dir=run.cfg.manual_dir)
+    source = run.cfg.source(dataset=dataset, data_dir=data_dir)
     train_split = train_split or source.train_split
     test_split = test_split or source.eval_split
     if train_split == test_split:
@@ -128,6 +126,6 @@ def run_probe(run_dir: Path, *, dataset: str | None, layer: str, kind: str, per_
 
 def saved_probes(run_dir: Path) -> list[dict]:
     folder = Path(run_dir) / "probes"
-    from cnnbench.train.rundir import read_json
+    from cnnbench.runs.layout import read_json
 
     return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []

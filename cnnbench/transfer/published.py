@@ -278,6 +278,7 @@ def pretrained(name: str, *, out: str | Path | None = None, mirror: str | None =
     """The run directory of the published weights ``name``: downloaded and converted on first use
     (into ``out``, default the cache's ``weights/runs/NAME``), reused afterwards. Returns a summary:
     ``run_dir``, ``name``, ``file``, ``sha256``, ``created`` (False when it was already there) ..."""
+    from cnnbench.runs.config import from_run, write_config
     from cnnbench.transfer.weights import import_weights
 
     entry = get(name)
@@ -300,8 +301,7 @@ def pretrained(name: str, *, out: str | Path | None = None, mirror: str | None =
                    "published_top1": entry.top1, "published_top5": entry.top5, "params": result["params"],
                    "eval_spec": result["eval_spec"], "note": entry.note}
         (staging / "published.json").write_text(json.dumps(summary, indent=1))
-        config = json.loads((staging / "config.json").read_text())
-        (staging / "config.json").write_text(json.dumps({**config, "run_dir": str(target)}, indent=2))
+        write_config(staging, from_run(staging), home=target)
         if target.is_dir() and not any(target.iterdir()):
             target.rmdir()
         staging.replace(target)

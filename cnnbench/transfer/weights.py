@@ -495,9 +495,9 @@ def write_run(converted: Converted, out: str | Path, *, source_file: str | Path 
     fine-tuning read like a trained run. A 1000-class classifier gets the ILSVRC-2012 classes
     (sorted synsets, torchvision's and Keras's order) and their names; another class count gets
     numbered classes."""
-    from cnnbench.train.checkpoint import Checkpoints
-    from cnnbench.train.config import TrainConfig
-    from cnnbench.train.rundir import write_dataset
+    from cnnbench.runs.checkpoint import Checkpoints
+    from cnnbench.runs.config import TrainConfig, write_config
+    from cnnbench.runs.layout import write_dataset
 
     input_size = converted.input_size
     out = Path(out)
@@ -523,7 +523,7 @@ def write_run(converted: Converted, out: str | Path, *, source_file: str | Path 
     cfg = TrainConfig(arch=converted.arch, arch_options=converted.arch_options, dataset=dataset,
                       input_size=input_size, in_channels=3, train_ops=train_spec, eval_ops=converted.eval_spec,
                       epochs=0, run_dir=str(out))
-    (out / "config.json").write_text(cfg.to_json())
+    write_config(out, cfg)
     source = types.SimpleNamespace(name=dataset, class_ids=ids, class_names=names, image_shape=None)
     write_dataset(out, source, train_spec, converted.eval_spec)
     imported = {"source": converted.source, "arch": converted.arch, "arch_options": converted.arch_options,

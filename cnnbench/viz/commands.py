@@ -336,11 +336,8 @@ def neighbors(subject: Subject, image_path: str, out: Path, *, dataset: str | No
     c, probs = _predicted(subject, x, None)
     run_split = split
     if run_split is None:
-        from cnnbench.pipeline.sources import resolve
-
         run = subject.run
-        run_split = resolve(dataset or run.cfg.dataset, data_dir=data_dir or run.cfg.data_dir,
-                            manual_dir=run.cfg.manual_dir).train_split
+        run_split = run.cfg.source(dataset=dataset, data_dir=data_dir).train_split
     batches, source, split = dataset_batches(subject, dataset, split=run_split, limit=limit, data_dir=data_dir)
     total = min(limit, source.num_examples(split))
     best, seen = feat.neighbours(subject, query, batches, layer, k=k,

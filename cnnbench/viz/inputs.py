@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnbench.errors import UsageError, setting
-from cnnbench.eval.runs import LoadedRun
+from cnnbench.runs.loaded import LoadedRun
 from cnnbench.viz.taps import Taps
 
 
@@ -96,13 +96,11 @@ def dataset_batches(subject: Subject, dataset: str | None, *, split: str | None,
     """Batches of the first ``limit`` images of ``split`` (default: the evaluation split) of
     ``dataset`` (default: the run's), with the source and the split used."""
     from cnnbench.pipeline.loader import Pipeline
-    from cnnbench.pipeline.sources import resolve
 
     run = subject.run
     if run is None:
         raise UsageError("reading a dataset needs a run directory")
-    source = resolve(dataset or run.cfg.dataset, data_dir=data_dir or run.cfg.data_dir,
-                     manual_dir=run.cfg.manual_dir)
+    source = run.cfg.source(dataset=dataset, data_dir=data_dir)
     split = split or source.eval_split
     total = source.num_examples(split)  # also checks the split
     if limit < 1:

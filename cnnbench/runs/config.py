@@ -65,6 +65,14 @@ class TrainConfig:
     devices: int | None = None          # default: every device JAX sees
     model_parallel: int = 1             # devices each copy of the model is split over (mesh axis "model")
 
+    def source(self, *, dataset: str | None = None, data_dir: str | None = None, manual_dir: str | None = None):
+        """The run's dataset (:func:`cnnbench.pipeline.sources.resolve`), or another ``dataset`` looked
+        up where the run's data lives; ``data_dir`` / ``manual_dir`` replace the run's folders."""
+        from cnnbench.pipeline.sources import resolve
+
+        return resolve(dataset or self.dataset, data_dir=data_dir or self.data_dir,
+                       manual_dir=manual_dir or self.manual_dir)
+
     def validate(self) -> TrainConfig:
         def choice(name, options):
             if getattr(self, name) not in options:
@@ -145,7 +153,7 @@ RESUMABLE = ("epochs", "run_dir", "keep_checkpoints", "data_dir", "manual_dir", 
 
 
 def from_run(run_dir: Path) -> TrainConfig:
-    from cnnbench.train.rundir import read_json
+    from cnnbench.runs.layout import read_json
 
     path = Path(run_dir) / "config.json"
     if not path.exists():
@@ -157,6 +165,14 @@ def from_run(run_dir: Path) -> TrainConfig:
     if unknown:
         raise UsageError(f"{path} has unknown setting(s) {', '.join(sorted(unknown))} (written by another version?)")
     return TrainConfig(**values)
+
+
+def write_config(run_dir: Path, cfg: TrainConfig, *, home: Path | None = None) -> None:
+    """``config.json``, written whole or not at all, naming the directory the run lives in (``home``:
+    where a directory being staged will be moved; default ``run_dir``)."""
+    from cnnbench.runs.layout import write_text
+
+    write_text(Path(run_dir) / "config.json", dataclasses.replace(cfg, run_dir=str(home or run_dir)).to_json())
 
 
 def requested(run_dir: Path | None, arch: str | None, path: str | Path | None, overrides: dict) -> TrainConfig:

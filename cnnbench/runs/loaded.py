@@ -12,8 +12,8 @@ from pathlib import Path
 from flax import nnx
 
 from cnnbench.errors import UsageError
-from cnnbench.train.config import TrainConfig, from_run
-from cnnbench.train.rundir import RUNS, read_dataset
+from cnnbench.runs.config import TrainConfig, from_run
+from cnnbench.runs.layout import RUNS, read_dataset
 
 
 @dataclasses.dataclass
@@ -59,9 +59,8 @@ def dataset_info(run_dir: Path, cfg: TrainConfig, size: int, channels: int) -> d
     if saved is not None:
         return saved
     from cnnbench.pipeline.preprocess import recipe_for
-    from cnnbench.pipeline.sources import resolve
 
-    source = resolve(cfg.dataset, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir)
+    source = cfg.source()
     spec = recipe_for(source, cfg.eval_ops, train=False, size=size, channels=channels)
     return {"dataset": source.name, "ids": list(source.class_ids), "names": list(source.class_names),
             "eval_spec": spec}
@@ -73,7 +72,7 @@ def load_run(run_dir: str | Path, *, which: str = "best", raw: bool = False) -> 
     ``--ema``, unless ``raw``."""
     from cnnbench.archs import get_arch
     from cnnbench.archs.state import abstract_model, concrete_rest
-    from cnnbench.train.checkpoint import restore_weights
+    from cnnbench.runs.checkpoint import restore_weights
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

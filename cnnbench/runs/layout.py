@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -165,7 +166,7 @@ class MetricsLog:
         self.path, self.enabled = path, enabled
         self.board = None
         if enabled and tensorboard:
-            from cnnbench.train.tensorboard import TensorBoard
+            from cnnbench.runs.tensorboard import TensorBoard
 
             self.board = TensorBoard(path.parent / "tensorboard")
         if enabled and path.exists():
@@ -213,3 +214,31 @@ _REPORTED: set[str] = set()
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return _parse(path.read_text(), path) if path.exists() else []
+
+
+class History:
+    """A run's ``metrics.jsonl`` read once: its validation and training records, the best and the
+    last validation, the median training rate: what ``summary.json`` and `cnnbench compare` report."""
+
+    def __init__(self, run_dir: Path):
+        self.records = read_metrics(run_dir)
+        self.validation = [r for r in self.records if r["kind"] == "validation"]
+        self.train = [r for r in self.records if r["kind"] == "train"]
+
+    @property
+    def best(self) -> dict:
+        """The validation record of highest top-1 (the first of equals); empty before one."""
+        return max(self.validation, key=lambda r: r["top1"]) if self.validation else {}
+
+    @property
+    def final(self) -> dict:
+        return self.validation[-1] if self.validation else {}
+
+    @property
+    def images_per_sec(self) -> float | None:
+        """The median training rate over the logged steps."""
+        return statistics.median(r["images_per_sec"] for r in self.train) if self.train else None
+
+    @property
+    def wall_time(self) -> float | None:
+        return max((r["wall_time"] for r in self.records), default=None)
