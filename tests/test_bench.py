@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from cnnbench.cli import cli
-from cnnbench.parallel import make_mesh
 from cnnbench.kernels import flags
+from cnnbench.parallel import make_mesh
 from cnnbench.perf import bench
 
 
@@ -128,7 +128,7 @@ def test_training_step_options_drop_copies_and_keep_every_bit():
     mesh = make_mesh(1)
     runs = []
     for options in (None, {REGION: False}):  # the tool's default step, then the option turned off
-        step, args, advance, _ = bench._workload("alexnet-owt", "train", 4, 67, "fp32", mesh)
+        step, args, advance, _ = bench._workload("lenet5", "train", 4, 32, "fp32", mesh)
         compiled = step.lower(*args).compile(compiler_options=options)
         losses = []
         for _ in range(3):
