@@ -32,7 +32,8 @@ def main():
     import numpy as np
 
     from cnnbench.archs import create_model
-    from cnnbench.pipeline.preprocess import NORMALIZATION, Finish
+    from cnnbench.pipeline.ops import NORMALIZATION
+    from cnnbench.pipeline.preprocess import Finish
     from cnnbench.viz import maps
     from cnnbench.viz.inputs import Subject
     from cnnbench.viz.taps import Taps

@@ -162,7 +162,7 @@ def main():
     args = parser.parse_args()
 
     from cnnbench.pipeline.loader import Pipeline
-    from cnnbench.pipeline.preprocess import expand
+    from cnnbench.pipeline.recipes import expand
     from cnnbench.pipeline.sources import resolve
     from cnnbench.pipeline.tools import decode_throughput
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from cnnbench.errors import UsageError
-from cnnbench.pipeline import preprocess
+from cnnbench.pipeline import fused, recipes
 from cnnbench.pipeline.loader import Pipeline
-from cnnbench.pipeline.preprocess import compile_ops, expand
+from cnnbench.pipeline.preprocess import compile_ops
+from cnnbench.pipeline.recipes import expand
 from cnnbench.pipeline.sources import resolve, tfds_source
 from cnnbench.pipeline.synthetic import validation_synsets, write_fake_ilsvrc, write_image_folder
 from cnnbench.pipeline.tfenv import tf, tfds
@@ -229,7 +230,7 @@ def test_fused_resize_and_crop_equals_the_ops_as_written(spec, resize_area, monk
     against resize, crop and flip as written, on float noise: float rounding only. On uint8 noise:
     one of the two grey levels around the exact value (OpenCV's fixed-point weights), mostly the
     nearest. Both OpenCV paths: the whole photo resized, or the crop alone sampled."""
-    monkeypatch.setattr(preprocess, "RESIZE_AREA", resize_area)
+    monkeypatch.setattr(fused, "RESIZE_AREA", resize_area)
     fused_op, plain_op = compile_ops(spec), compile_ops(spec, fuse=False)
     rng = np.random.default_rng(1)
     image = tf().constant(rng.uniform(0, 255, (75, 100, 3)), "float32")
@@ -241,11 +242,11 @@ def test_fused_resize_and_crop_equals_the_ops_as_written(spec, resize_area, monk
         np.testing.assert_allclose(fused_op(image, seed).numpy(), plain, atol=0.05)  # sample positions' rounding
         flips.add(bool(np.abs(plain - compile_ops(spec.replace("|flip", ""), fuse=False)(image, seed).numpy()).max()))
         exact = plain_op(pixels, seed).numpy()
-        fused = fused_op(pixels, seed).numpy()
+        got = fused_op(pixels, seed).numpy()
         if "antialias=False" not in spec:  # ScaleAndTranslate resamples in float
-            np.testing.assert_allclose(fused, exact, atol=0.05)
+            np.testing.assert_allclose(got, exact, atol=0.05)
             continue
-        assert np.abs(fused - exact).max() < 1 and (fused == np.round(exact)).mean() > 0.8
+        assert np.abs(got - exact).max() < 1 and (got == np.round(exact)).mean() > 0.8
     assert flips == ({True, False} if "flip" in spec else {False})  # both ways seen: the flip is the seed's
 
 
@@ -254,13 +255,13 @@ def test_a_missing_opencv_is_one_clear_error_when_the_ops_are_built(monkeypatch)
     from cnnbench.errors import CnnbenchError
 
     monkeypatch.setitem(__import__("sys").modules, "cv2", None)  # as if not installed
-    preprocess._cv2.cache_clear()
+    fused._cv2.cache_clear()
     try:
         with pytest.raises(CnnbenchError, match="pip install opencv-python-headless"):
             compile_ops(expand("alexnet", size=56))
         compile_ops(expand("inception", size=56))  # the antialiased recipes do not need it
     finally:
-        preprocess._cv2.cache_clear()
+        fused._cv2.cache_clear()
 
 
 @pytest.mark.parametrize("recipe", ["alexnet", "vgg", "inception", "center", "ten_crop", "cifar"])
@@ -339,7 +340,7 @@ def test_grey_and_cmyk_jpegs_decode_to_either_channel_count():
 
 
 def test_spec_keyword_arguments_round_trip():
-    from cnnbench.pipeline.preprocess import parse, unparse
+    from cnnbench.pipeline.spec import parse, unparse
 
     steps = parse("resize_shorter(256, 512, antialias=False)|random_resized_crop(224, antialias=False)|flip")
     assert steps[0].args == (256, 512) and steps[0].kwargs == (("antialias", False),)
@@ -378,14 +379,14 @@ def test_train_and_eval_normalise_alike_for_every_source_and_recipe(tmp_path, di
     cases = [(digits, 1, "mnist"), (digits, 3, "imagenet"), (folder, 1, "mnist"), (folder, 3, "imagenet"),
              (resolve("synthetic:12x12x3:4:8"), 3, "imagenet"), (flowers, 3, "imagenet"), (cifar, 3, "cifar10")]
     for source, channels, expected in cases:
-        assert preprocess.normalization(source, channels) == expected
-        specs = {"train": preprocess.recipe_for(source, None, train=True, size=32, channels=channels),
-                 "eval": preprocess.recipe_for(source, None, train=False, size=32, channels=channels)}
-        specs.update({recipe: preprocess.recipe_for(source, recipe, train=True, size=32, channels=channels)
-                      for recipe in preprocess.RECIPES})
+        assert recipes.normalization(source, channels) == expected
+        specs = {"train": recipes.recipe_for(source, None, train=True, size=32, channels=channels),
+                 "eval": recipes.recipe_for(source, None, train=False, size=32, channels=channels)}
+        specs.update({recipe: recipes.recipe_for(source, recipe, train=True, size=32, channels=channels)
+                      for recipe in recipes.RECIPES})
         assert {name: _norm(spec) for name, spec in specs.items()} == {name: expected for name in specs}, source.name
     # a spec that names its own normalisation keeps it
-    own = preprocess.recipe_for(folder, "resize(32)|normalize(unit)", train=True, size=32, channels=1)
+    own = recipes.recipe_for(folder, "resize(32)|normalize(unit)", train=True, size=32, channels=1)
     assert _norm(own) == "unit"
 
 
@@ -405,7 +406,7 @@ def test_random_erasing_replaces_one_rectangle_of_the_papers_size():
 
 
 def test_randaugment_is_deterministic_per_example_and_keeps_the_images_range():
-    from cnnbench.pipeline.preprocess import RANDAUGMENT_OPS, randaugment
+    from cnnbench.pipeline.ops import RANDAUGMENT_OPS, randaugment
 
     lib = tf()
     image = lib.constant(np.random.default_rng(0).integers(0, 256, (24, 24, 3)), "float32")

@@ -14,7 +14,8 @@ from flax import nnx
 from cnnbench.archs import create_model
 from cnnbench.cli import cli
 from cnnbench.errors import UsageError
-from cnnbench.pipeline.preprocess import NORMALIZATION, Finish
+from cnnbench.pipeline.ops import NORMALIZATION
+from cnnbench.pipeline.preprocess import Finish
 from cnnbench.viz import features as feat
 from cnnbench.viz import maps
 from cnnbench.viz.inputs import Subject
@@ -244,7 +245,7 @@ def _fake_run(root: Path, arch: str, dataset: str, seed: int = 0) -> Path:
     """A run directory as training writes it (config, dataset.json, a checkpoint) holding random
     weights: enough for every visualisation, in a fraction of a second."""
     from cnnbench.archs import get_arch
-    from cnnbench.pipeline.preprocess import default_recipe
+    from cnnbench.pipeline.recipes import default_recipe
     from cnnbench.pipeline.sources import resolve
     from cnnbench.runs.checkpoint import Checkpoints
     from cnnbench.runs.config import TrainConfig

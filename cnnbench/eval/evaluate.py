@@ -45,7 +45,8 @@ def crop_spec(base: str, crops: str, *, size: int, scales: tuple[int, ...] | Non
     its centre crop by ``ten_crop`` (or, for specs without one such as ``resize(32)``, resizes the
     shorter side to size/0.875 and takes the ten crops); ``multiscale`` takes the centre crops of
     several shorter-side sizes. The normalisation at the end of the spec is kept."""
-    from cnnbench.pipeline.preprocess import unparse, eval_resize, split_spec
+    from cnnbench.pipeline.recipes import eval_resize
+    from cnnbench.pipeline.spec import split_spec, unparse
 
     if crops not in CROPS:
         raise UsageError(f"{setting('crops')} must be one of {', '.join(CROPS)}, not {crops!r}")

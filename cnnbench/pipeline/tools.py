@@ -11,7 +11,7 @@ import numpy as np
 
 from cnnbench.errors import UsageError
 from cnnbench.pipeline.loader import Pipeline
-from cnnbench.pipeline.preprocess import recipe_for
+from cnnbench.pipeline.recipes import recipe_for
 from cnnbench.pipeline.source import Source
 
 

@@ -58,7 +58,7 @@ def dataset_info(run_dir: Path, cfg: TrainConfig, size: int, channels: int) -> d
     saved = read_dataset(run_dir)
     if saved is not None:
         return saved
-    from cnnbench.pipeline.preprocess import recipe_for
+    from cnnbench.pipeline.recipes import recipe_for
 
     source = cfg.source()
     spec = recipe_for(source, cfg.eval_ops, train=False, size=size, channels=channels)

@@ -19,7 +19,7 @@ from cnnbench.parallel import hosts
 from cnnbench.archs import create_model, get_arch
 from cnnbench.errors import CnnbenchError, UsageError, setting
 from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
-from cnnbench.pipeline.preprocess import batch_mixing, recipe_for
+from cnnbench.pipeline.recipes import batch_mixing, recipe_for
 from cnnbench.runs.checkpoint import Checkpoints, remove_stale
 from cnnbench.runs.config import TrainConfig, check_continues, write_config
 from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale

@@ -255,7 +255,7 @@ def heatmap(subject: Subject, image_path: str, out: Path, *, size: int | None = 
             wanted: str | None = None) -> list[Written]:
     """The fully-convolutional view on the image with its shorter side at ``size`` (default twice
     the training size), checked against the plain model at the training size."""
-    from cnnbench.pipeline.preprocess import split_spec, unparse
+    from cnnbench.pipeline.spec import split_spec, unparse
 
     taps, run = subject.taps, subject.run
     size = size or 2 * subject.input_size
