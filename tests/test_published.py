@@ -107,7 +107,7 @@ def _closed_port() -> int:
 # --------------------------------------------------------------------------- the registry
 
 def test_registry_covers_every_importable_architecture():
-    from cnnbench.transfer.weights import KERAS, TORCHVISION
+    from cnnbench.transfer.naming import KERAS, TORCHVISION
 
     torchvision = {e.arch for e in PUBLISHED.values() if e.source == "torchvision"}
     keras = {e.arch for e in PUBLISHED.values() if e.source == "keras"}

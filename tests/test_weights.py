@@ -555,7 +555,8 @@ def test_keras_resnet50_logits_match(tmp_path):
 
 
 def test_keras_caffe_preprocessing_is_mean_subtraction():
-    from cnnbench.pipeline.preprocess import Finish, _norm_stats
+    from cnnbench.pipeline.ops import _norm_stats
+    from cnnbench.pipeline.preprocess import Finish
 
     mean, std = _norm_stats("caffe")
     images = np.full((1, 2, 2, 3), 200, np.uint8)

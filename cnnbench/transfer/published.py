@@ -74,7 +74,7 @@ PUBLISHED: dict[str, Published] = {}
 
 
 def register(entry: Published) -> Published:
-    from cnnbench.transfer.weights import KERAS, TORCHVISION
+    from cnnbench.transfer.naming import KERAS, TORCHVISION
 
     known = {"torchvision": TORCHVISION, "keras": KERAS}
     if entry.arch not in known.get(entry.source, ()):
@@ -313,7 +313,7 @@ def pretrained(name: str, *, out: str | Path | None = None, mirror: str | None =
 
 
 def _eval_spec(entry: Published) -> str:
-    from cnnbench.pipeline.preprocess import expand
+    from cnnbench.pipeline.recipes import expand
 
     return expand("center", size=224, norm="imagenet").replace("resize_shorter(256)",
                                                               f"resize_shorter({entry.eval_resize})")

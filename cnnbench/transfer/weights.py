@@ -35,16 +35,9 @@ import numpy as np
 
 from cnnbench.errors import UsageError, setting
 
-_VGG = ("vgg11", "vgg13", "vgg16", "vgg19")
-_RESNET = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-TORCHVISION = ("alexnet-owt", *_VGG, *(f"{v}-bn" for v in _VGG), "googlenet-bn", *_RESNET)
-KERAS = ("vgg16", "vgg19", "resnet50")
 KERAS_UNSUPPORTED: dict[str, str] = {}
 SOURCES = ("torchvision", "keras")
 IMAGENET_SIZE = 224
-
-_TORCH_LEAF = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean",
-               "var": "running_var"}
 
 
 @dataclasses.dataclass
@@ -183,33 +176,6 @@ def _template(model):
 
 # --------------------------------------------------------------------------- torchvision
 
-def _torch_name(arch: str, path: str, model) -> str:
-    """The torchvision state-dict key of the cnnbench tensor at ``path``."""
-    *module, leaf = path.split("/")
-    part, rest = module[0], module[1:]
-    if arch == "alexnet-owt" or arch.startswith("vgg"):
-        if part == "features":
-            prefix = f"features.{model.features.names.index(rest[0])}"
-        else:
-            index = {"fc6": 1, "fc7": 4, "fc8": 6} if arch == "alexnet-owt" else {"fc6": 0, "fc7": 3, "fc8": 6}
-            prefix = f"classifier.{index[rest[0]]}"
-    elif arch.startswith("resnet"):
-        names = list(rest)
-        if "downsample" in names:
-            i = names.index("downsample")
-            names[i + 1] = {"conv": "0", "bn": "1"}[names[i + 1]]
-        prefix = ".".join(names)
-    elif arch == "googlenet-bn":
-        names = list(rest)
-        names[0] = {"conv2_reduce": "conv2", "conv2": "conv3"}.get(names[0], names[0])
-        if len(names) > 2 and names[1] in ("branch2", "branch3", "branch4"):
-            names[2] = "0" if names[2] == "reduce" else "1"
-        prefix = ".".join(names)
-    else:
-        raise AssertionError(arch)
-    return f"{prefix}.{_TORCH_LEAF[leaf]}"
-
-
 def _dense_from_torch(w: np.ndarray, flat_map: tuple[int, int] | None) -> np.ndarray:
     """(out, in) -> (in, out); with ``flat_map=(S, C)`` the input axis is re-ordered from PyTorch's
     flattened C,S,S to cnnbench's S,S,C."""
@@ -220,12 +186,15 @@ def _dense_from_torch(w: np.ndarray, flat_map: tuple[int, int] | None) -> np.nda
     return w.reshape(out, channels, size, size).transpose(2, 3, 1, 0).reshape(size * size * channels, out)
 
 
-def _check_torchvision_arch(arch: str) -> None:
+def _torchvision_names(arch: str):
+    from cnnbench.transfer.naming import TORCHVISION
+
     if arch not in TORCHVISION:
         from cnnbench.archs import get_arch
 
         get_arch(arch)  # an unknown name gets the registry's suggestions
         raise UsageError(f"no torchvision weights map onto {arch}; importable: {', '.join(TORCHVISION)}")
+    return TORCHVISION[arch]
 
 
 def convert_torchvision(arch: str, state_dict: dict[str, np.ndarray], *, input_size: int = IMAGENET_SIZE,
@@ -234,34 +203,33 @@ def convert_torchvision(arch: str, state_dict: dict[str, np.ndarray], *, input_s
     classifier; a tensor of another shape, a missing one, or one the architecture does not have
     (other than BN's ``num_batches_tracked`` and GoogLeNet's untrained ``aux1``/``aux2`` heads)
     is a :class:`UsageError` naming the first ones."""
-    _check_torchvision_arch(arch)
+    names = _torchvision_names(arch)
     sd = dict(state_dict)
     if sd and all(k.startswith("module.") for k in sd):  # saved from nn.DataParallel
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    head = {"alexnet-owt": "classifier.6.weight", "googlenet-bn": "fc.weight"}.get(
-        arch, "classifier.6.weight" if arch.startswith("vgg") else "fc.weight")
+    head = names.head
     if head not in sd or sd[head].ndim != 2:
         found = ", ".join(list(sd)[:3]) + (" ..." if len(sd) > 3 else "")
         raise UsageError(f"this is not a torchvision {arch} state dict: it has no 2-D {head} "
                          f"(its tensors: {found})")
     num_classes = int(sd[head].shape[0])
     options = {}
-    if arch == "googlenet-bn":
+    if names.transform_input:
         options["transform_input"] = True if transform_input is None else bool(transform_input)
     elif transform_input:
         raise UsageError(f"{setting('transform_input')} only applies to googlenet-bn")
     model = _abstract_model(arch, num_classes, input_size, options)
     params_t, stats_t = _template(model)
     flat_map = None
-    if arch == "alexnet-owt" or arch.startswith("vgg"):
+    if names.flatten:
         size = model.head.avgpool.size
-        flat_map = (size, params_t["head/fc6/kernel"][0] // (size * size))
+        flat_map = (size, params_t[names.flatten][0] // (size * size))
 
     used, bad, missing = set(), [], []
     out: dict[str, dict[str, np.ndarray]] = {"params": {}, "batch_stats": {}}
     for kind, template in (("params", params_t), ("batch_stats", stats_t)):
         for path, shape in template.items():
-            key = _torch_name(arch, path, model)
+            key = names.key(path, model)
             if key not in sd:
                 missing.append(f"{key} (for {path}, {_shape(shape)})")
                 continue
@@ -274,10 +242,9 @@ def convert_torchvision(arch: str, state_dict: dict[str, np.ndarray], *, input_s
             if path.endswith("/kernel") and w.ndim == 4:
                 w = w.transpose(2, 3, 1, 0)
             elif path.endswith("/kernel") and w.ndim == 2:
-                w = _dense_from_torch(w, flat_map if path == "head/fc6/kernel" else None)
+                w = _dense_from_torch(w, flat_map if path == names.flatten else None)
             out[kind][path] = np.ascontiguousarray(w, np.float32)
-    ignorable = re.compile(r".*num_batches_tracked$|aux[12]\..*") if arch == "googlenet-bn" \
-        else re.compile(r".*num_batches_tracked$")
+    ignorable = re.compile(names.ignore)
     unexpected = [k for k in sd if k not in used and not ignorable.fullmatch(k)]
     problems = []
     if bad:
@@ -291,7 +258,7 @@ def convert_torchvision(arch: str, state_dict: dict[str, np.ndarray], *, input_s
                         + (" ..." if len(unexpected) > 3 else ""))
     if problems:
         raise UsageError(f"the weights do not fit {arch}: " + "; ".join(problems))
-    from cnnbench.pipeline.preprocess import expand
+    from cnnbench.pipeline.recipes import expand
 
     ignored = sorted(k for k in sd if k not in used)
     return Converted(arch, options, num_classes, out["params"], out["batch_stats"],
@@ -315,68 +282,6 @@ def _torch_shape_of(shape: tuple) -> tuple:
 
 # --------------------------------------------------------------------------- Keras
 
-def _keras_name(path: str) -> tuple[str, int]:
-    """(Keras layer name, index among its weights) of a cnnbench VGG tensor."""
-    *module, leaf = path.split("/")
-    name = module[-1]
-    match = re.fullmatch(r"conv(\d)_(\d)", name)
-    layer = f"block{match[1]}_conv{match[2]}" if match else {"fc6": "fc1", "fc7": "fc2", "fc8": "predictions"}[name]
-    return layer, {"kernel": 0, "bias": 1}[leaf]
-
-
-def _keras3_names(arch: str, layers: dict[str, list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
-    """A Keras 3 ``.weights.h5`` file names layers by class and creation order (``conv2d``,
-    ``conv2d_1``, ..., ``dense``, ``dense_1``, ``dense_2``), not as ``keras.applications`` does
-    (``block1_conv1`` ... ``predictions``): give them the applications' names, in creation order."""
-    if not any(re.fullmatch(r"conv2d(_\d+)?", k) for k in layers):
-        return layers
-    from cnnbench.archs.vgg import CONFIGS
-
-    config = {"vgg16": "D", "vgg19": "E"}[arch]
-    blocks, block, index = [], 1, 1
-    for entry in CONFIGS[config]:
-        if entry == "maxpool":
-            block, index = block + 1, 1
-        else:
-            blocks.append(f"block{block}_conv{index}")
-            index += 1
-
-    def order(prefix):
-        found = [k for k in layers if re.fullmatch(prefix + r"(_\d+)?", k)]
-        return sorted(found, key=lambda k: int(k.rsplit("_", 1)[1]) if k != prefix else 0)
-
-    convs, denses = order("conv2d"), order("dense")
-    renamed = {name: layers[k] for name, k in zip(blocks, convs)}
-    renamed.update({name: layers[k] for name, k in zip(("fc1", "fc2", "predictions"), denses)})
-    extra = [k for k in layers if k not in convs[:len(blocks)] + denses[:3]]
-    renamed.update({k: layers[k] for k in extra})
-    return renamed
-
-
-def _keras_resnet_name(path: str) -> tuple[str, int]:
-    """(Keras layer name, index among its weights) of a cnnbench resnet50 tensor: Keras's
-    ``conv{stage}_block{n}_{k}_conv`` / ``_bn`` (``_0_`` is the projection shortcut), weights in
-    the order kernel, bias (convolutions, dense) and gamma, beta, moving mean, moving variance."""
-    *module, leaf = path.split("/")
-    if module[0] == "head":
-        return "predictions", {"kernel": 0, "bias": 1}[leaf]
-    names = module[1:]
-    if names[0] in ("conv1", "bn1"):
-        layer = "conv1_conv" if names[0] == "conv1" else "conv1_bn"
-    else:
-        stage, block = int(names[0].removeprefix("layer")) + 1, int(names[1]) + 1
-        if names[2] == "downsample":
-            k, kind = 0, names[3]
-        else:
-            k, kind = int(names[2][-1]), names[2][:-1]
-        layer = f"conv{stage}_block{block}_{k}_{'conv' if kind == 'conv' else 'bn'}"
-    return layer, {"kernel": 0, "bias": 1, "scale": 0, "mean": 2, "var": 3}[leaf]
-
-
-#: Keras's BatchNormalization epsilon in its ResNets; cnnbench's (torchvision's) is 1e-5
-KERAS_RESNET_EPS = 1.001e-5
-
-
 def convert_keras(arch: str, layers: dict[str, list[np.ndarray]]) -> Converted:
     """Map Keras applications weights onto cnnbench, at 224x224.
 
@@ -388,6 +293,8 @@ def convert_keras(arch: str, layers: dict[str, list[np.ndarray]]) -> Converted:
     1e-8``). For all three, the first convolution's input channels are reversed so the model takes
     RGB, and the run's preprocessing subtracts the Caffe mean without scaling, as Keras's
     ``preprocess_input`` does (after which it flips RGB to BGR)."""
+    from cnnbench.transfer.naming import KERAS
+
     if arch in KERAS_UNSUPPORTED:
         raise UsageError(f"cannot import Keras {arch}: {KERAS_UNSUPPORTED[arch]}")
     if arch not in KERAS:
@@ -395,33 +302,24 @@ def convert_keras(arch: str, layers: dict[str, list[np.ndarray]]) -> Converted:
 
         get_arch(arch)
         raise UsageError(f"no Keras applications weights map onto {arch}; importable: {', '.join(KERAS)}")
-    resnet = arch == "resnet50"
-    if resnet and any(re.fullmatch(r"conv2d(_\d+)?", k) for k in layers):
-        raise UsageError("this is a Keras 3 .weights.h5 file, which names ResNet50's layers by class and "
-                         "graph order (conv2d_17 ...); use the keras.applications weight file "
-                         "(resnet50_weights_tf_dim_ordering_tf_kernels.h5) or save with the legacy HDF5 format")
-    if resnet and "res2a_branch2a" in layers:
-        raise UsageError("this is the 2016 Keras ResNet50 file (fchollet/deep-learning-models, layer names "
-                         "res2a_branch2a ...), whose batch-norm epsilon (1e-3) and first pooling's padding "
-                         "changed between Keras versions; it is not converted: use the keras.applications "
-                         "file of TensorFlow 2 / Keras 3 (layer names conv2_block1_1_conv ...)")
-    if not resnet:
-        layers = _keras3_names(arch, layers)
+    names = KERAS[arch]
+    refused = names.refuse(layers)
+    if refused:
+        raise UsageError(refused)
+    layers = names.rename(layers)
     if "predictions" not in layers:
         raise UsageError(f"the weights have no classifier (layer 'predictions'): an include_top=False "
                          f"(notop) file cannot make a classifier; use the file with the top layers "
                          f"(layers found: {', '.join(list(layers)[:4])} ...)")
     num_classes = int(layers["predictions"][-1].shape[0])
-    options = {"stride_in_1x1": True} if resnet else {}
+    options = dict(names.options)
     model = _abstract_model(arch, num_classes, IMAGENET_SIZE, options)
     params_t, stats_t = _template(model)
-    first_conv = "features/conv1/kernel" if resnet else "features/conv1_1/kernel"
-    name = _keras_resnet_name if resnet else _keras_name
     used, bad, missing = set(), [], []
     out: dict[str, dict[str, np.ndarray]] = {"params": {}, "batch_stats": {}}
     for kind, template in (("params", params_t), ("batch_stats", stats_t)):
         for path, shape in template.items():
-            layer, index = name(path)
+            layer, index = names.name(path)
             if layer not in layers or index >= len(layers[layer]):
                 missing.append(f"{layer}[{index}] (for {path}, {_shape(shape)})")
                 continue
@@ -430,15 +328,10 @@ def convert_keras(arch: str, layers: dict[str, list[np.ndarray]]) -> Converted:
             if tuple(w.shape) != shape:
                 bad.append(f"{layer}[{index}] {_shape(w.shape)} vs {path} {_shape(shape)}")
                 continue
-            if path == first_conv:
+            if path == names.first_conv:
                 w = w[:, :, ::-1, :]  # BGR -> RGB
-            elif resnet and path.endswith("/mean"):
-                conv = layers.get(layer.removesuffix("_bn") + "_conv", [])
-                if len(conv) > 1:  # BN(conv(x) + b) with running mean m is BN(conv(x)) with m - b
-                    used.add(layer.removesuffix("_bn") + "_conv")
-                    w = w.astype(np.float64) - conv[1]
-            elif resnet and path.endswith("/var"):
-                w = w.astype(np.float64) + (KERAS_RESNET_EPS - 1e-5)
+            elif names.adjust is not None:
+                w = names.adjust(path, layer, w, layers, used)
             out[kind][path] = np.ascontiguousarray(w, np.float32)
     unexpected = [layer for layer in layers if layer not in used]
     problems = []
@@ -450,7 +343,7 @@ def convert_keras(arch: str, layers: dict[str, list[np.ndarray]]) -> Converted:
         problems.append(f"layer(s) {arch} does not have: " + ", ".join(unexpected[:3]))
     if problems:
         raise UsageError(f"the weights do not fit {arch}: " + "; ".join(problems))
-    from cnnbench.pipeline.preprocess import expand
+    from cnnbench.pipeline.recipes import expand
 
     return Converted(arch, options, num_classes, out["params"], out["batch_stats"],
                      expand("center", size=IMAGENET_SIZE, norm="caffe"), "keras", [], IMAGENET_SIZE, model)
@@ -503,7 +396,7 @@ def write_run(converted: Converted, out: str | Path, *, source_file: str | Path 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} already exists and is not an empty directory; choose another {setting('out')}")
-    from cnnbench.pipeline.preprocess import expand
+    from cnnbench.pipeline.recipes import expand
     from cnnbench.pipeline.sources import imagenet_class_names
 
     if converted.num_classes == 1000:
@@ -562,7 +455,7 @@ def import_weights(source: str, arch: str, path: str | Path, out: str | Path, *,
     were evaluated at resize 232)."""
     path = Path(path)
     if source == "torchvision":
-        _check_torchvision_arch(arch)
+        _torchvision_names(arch)
         converted = convert_torchvision(arch, load_state_dict(path), transform_input=transform_input)
     elif source == "keras":
         if transform_input:
