@@ -10,11 +10,11 @@ saved evaluations; a short synthetic-data benchmark adds measured throughput.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from cnnbench.errors import UsageError
+from cnnbench.progress import SILENT, Progress
 from cnnbench.runs.loaded import is_run
 from cnnbench.runs.layout import RUNS, History, read_dataset, read_json, read_metrics
 
@@ -55,8 +55,8 @@ def architecture_facts(arch: str, *, input_size: int | None = None, num_classes:
 
 
 def run_facts(run_dir: Path) -> dict:
-    """What a run's own records say: dataset, epochs, best validation top-1/5, wall time, images/s."""
-    from cnnbench.eval.evaluate import saved_results
+    """What a run's own records say: dataset, epochs, best validation top-1/5, wall time, images/s,
+    and what every evaluator kept in it (its best result: evaluation top-1, probe top-1 ...)."""
 
     history = History(run_dir)
     best = history.best
@@ -69,18 +69,28 @@ def run_facts(run_dir: Path) -> dict:
         info = read_json(transfer)
         facts.update(started_from=Path(info["init_from"]).name if info.get("init_from") else None,
                      frozen_params=info.get("frozen_params"))
-    from cnnbench.transfer.probe import saved_probes
+    facts.update(evaluator_facts(run_dir))
+    return facts
 
-    probes = saved_probes(run_dir)
-    if probes:
-        best = max(probes, key=lambda p: p["top1"])
-        facts.update(probe_top1=best["top1"], probe=f"{best['dataset']} {best['layer']} {best['classifier']} "
-                                                    f"{best['per_class'] or 'all'}/class", probes=probes)
-    evals = saved_results(run_dir)
-    if evals:
-        top = max(evals, key=lambda e: e["top1"])
-        facts.update(eval_top1=top["top1"], eval_top5=top["top5"], eval_protocol=f"{top['split']}, {top['crops']}")
-        facts["evaluations"] = evals
+
+def evaluators() -> dict:
+    """Every registered evaluator (each registers where it lives: eval, transfer)."""
+    import cnnbench.eval.evaluate  # noqa: F401 (registers accuracy)
+    import cnnbench.transfer.probe  # noqa: F401 (registers the probe evaluator)
+    from cnnbench.eval.evaluators import EVALUATORS
+
+    return EVALUATORS
+
+
+def evaluator_facts(run_dir: Path) -> dict:
+    """What each evaluator shows of the results it kept in the run (its best one)."""
+    from cnnbench.runs import results
+
+    facts = {}
+    for evaluator in evaluators().values():
+        records = results.read(run_dir, evaluator.name)
+        if records:
+            facts.update(evaluator.facts(records))
     return facts
 
 
@@ -98,15 +108,15 @@ def published(arch: str) -> dict:
 
 def compare(items: list[str], *, bench: bool = True, batch_size: int = 8, steps: int = 3,
             archs_only: bool = False, root: Path = RUNS,
-            on_item: Callable[[str, str], None] = lambda name, what: None) -> list[dict]:
-    """One row per item, in the given order."""
+            progress: Progress = SILENT) -> list[dict]:
+    """One row per item, in the given order (``progress``: a stage per item counted or benchmarked)."""
     from cnnbench.runs.config import from_run
 
     rows = []
     for item in resolve_items(items, root=root, archs_only=archs_only):
         row = {"name": item["name"], "arch": item["arch"], "kind": "run" if item["run_dir"] else "architecture",
                "run_dir": str(item["run_dir"]) if item["run_dir"] else None}
-        on_item(item["name"], "counting")
+        progress.start(f"counting {item['name']}")
         if item["run_dir"]:
             cfg = from_run(item["run_dir"])
             classes = (read_dataset(item["run_dir"]) or {}).get("names")
@@ -118,7 +128,7 @@ def compare(items: list[str], *, bench: bool = True, batch_size: int = 8, steps:
             row.update(architecture_facts(item["arch"]))
             row.update(published(item["arch"]))
         if bench:
-            on_item(item["name"], "benchmarking")
+            progress.start(f"benchmarking {item['name']}")
             row.update(throughput(item["arch"], row["input_size"], row["num_classes"], batch_size=batch_size,
                                   steps=steps))
         rows.append(row)

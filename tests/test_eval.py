@@ -176,8 +176,10 @@ def test_eval_agrees_with_the_runs_own_validation(runs):
     assert doc["top1"] > 0.8
     assert len(doc["models"]) == 1 and doc["models"][0]["epoch"] == 2
     assert len(doc["report"]["per_class"]) == 10 and len(doc["report"]["hardest"]) == 10
-    saved = json.loads((runs[0] / "eval" / "test-center.json").read_text())
-    assert saved["top1"] == doc["top1"]
+    saved = json.loads((runs[0] / "eval" / "accuracy-test-center.json").read_text())  # the one results schema
+    assert saved["evaluator"] == "accuracy" and saved["key"] == "test-center" and saved["label"] == "test, centre crop"
+    assert saved["metrics"]["top1"] == doc["top1"] and saved["metrics"]["top5"] == doc["top5"]
+    assert saved["model"]["epoch"] == 2 and saved["split"] == "test" and saved["crops"] == "center"
 
 
 def test_latest_run_is_the_default(runs, monkeypatch):
@@ -345,3 +347,71 @@ def test_predict_names_a_missing_or_broken_image_before_loading_any_model(tmp_pa
         result = CliRunner().invoke(cli, ["predict", str(path), "--run", str(tmp_path / "no-run")])
         assert result.exit_code == 2 and message in result.output and str(path) in result.output
         assert len(result.output.strip().splitlines()) == 1 and time.monotonic() - started < 5
+
+
+def test_a_new_evaluator_is_one_registered_class_and_compare_shows_it(runs, tmp_path):
+    """The extension point: an evaluator registered in one place is run, kept in the run in the
+    one results schema, and shown by `cnnbench compare` with no other change."""
+    import dataclasses
+    from typing import ClassVar
+
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from cnnbench.compare import run_facts
+    from cnnbench.eval.evaluators import EVALUATORS, Evaluator, Result, evaluate, register
+    from cnnbench.runs import results
+
+    @register
+    @dataclasses.dataclass
+    class WeightNorm(Evaluator):
+        name: ClassVar[str] = "weight-norm"
+        columns: ClassVar = (("weight_norm", "weight norm", "text"),)
+
+        def __call__(self, run, progress):
+            params = jax.tree.leaves(nnx.state(run.model, nnx.Param))
+            return Result(key="all", label="all parameters",
+                          metrics={"l2": float(jnp.sqrt(sum(jnp.sum(p.astype(jnp.float32) ** 2) for p in params)))})
+
+        @classmethod
+        def facts(cls, records):
+            return {"weight_norm": records[-1]["metrics"]["l2"]}
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[0], run_dir)
+    try:
+        run = load_run(run_dir)
+        found = evaluate(run, WeightNorm())
+        expected = np.sqrt(sum(float(np.sum(np.asarray(p, np.float64) ** 2))
+                               for p in jax.tree.leaves(nnx.state(run.model, nnx.Param))))
+        assert found.metrics["l2"] == pytest.approx(expected, rel=1e-5) and expected > 1
+        kept = results.read(run_dir, "weight-norm")
+        assert len(kept) == 1 and kept[0]["key"] == "all" and kept[0]["model"]["epoch"] == 2
+        assert run_facts(run_dir)["weight_norm"] == pytest.approx(expected, rel=1e-5)
+        shown = CliRunner().invoke(cli, ["compare", str(run_dir), "--no-bench"])
+        assert shown.exit_code == 0 and "weight norm" in shown.output, shown.output
+    finally:
+        EVALUATORS.pop("weight-norm")
+
+
+def test_results_of_before_the_schema_are_read(runs, tmp_path):
+    """Run directories evaluated and probed by earlier versions keep showing in compare."""
+    from cnnbench.compare import run_facts
+    from cnnbench.runs import results
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[0], run_dir, ignore=shutil.ignore_patterns("eval"))
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "test-10.json").write_text(json.dumps(
+        {"model": "lenet5-0", "checkpoint": "c", "weights": "raw", "epoch": 2, "top1": 0.75, "top5": 0.97,
+         "dataset": "digits", "split": "test", "crops": "10"}))
+    (run_dir / "probes").mkdir()
+    (run_dir / "probes" / "digits-f6-logreg-10.json").write_text(json.dumps(
+        {"run": "lenet5-0", "dataset": "digits", "layer": "f6", "classifier": "logreg", "per_class": 10,
+         "top1": 0.6, "top1_std": 0.02}))
+    kept = results.read(run_dir)
+    assert [(r["evaluator"], r["key"], r["metrics"]["top1"]) for r in kept] == [
+        ("accuracy", "test-10", 0.75), ("probe", "digits-f6-logreg-10", 0.6)]
+    facts = run_facts(run_dir)
+    assert facts["eval_top1"] == 0.75 and facts["eval_protocol"] == "test, 10"
+    assert facts["probe_top1"] == 0.6 and facts["probe"] == "digits f6 logreg 10/class"

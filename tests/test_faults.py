@@ -16,7 +16,8 @@ from cnnbench.cli import cli
 from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.runs import config as config_lib
 from cnnbench.runs.config import load
-from cnnbench.train.loop import Events, train
+from cnnbench.progress import Record
+from cnnbench.train.loop import train
 from cnnbench.runs.layout import RunLock, read_metrics
 
 SMALL = {"dataset": "synthetic:12x12x3:4:96", "batch_size": 16, "input_size": 12, "lr": 0.05, "devices": 1}
@@ -164,9 +165,10 @@ def test_a_damaged_newest_checkpoint_is_passed_over(finished, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "damaged checkpoint passed over" in result.stderr and f"latest/{steps[0]}" in result.stderr
     assert json.loads(result.stdout)["models"][0]["checkpoint"].endswith(f"latest/{steps[0]}")
-    events = []
-    summary = train(load(None, "mlp2", {**SMALL, "epochs": 4}), run_dir=run, events=Events(note=events.append))
-    assert summary["epochs"] == 4 and any(f"continuing from step {steps[0]}" in e for e in events), events
+    seen = Record()
+    summary = train(load(None, "mlp2", {**SMALL, "epochs": 4}), run_dir=run, progress=seen)
+    assert summary["epochs"] == 4 and any(f"continuing from step {steps[0]}" in e for e in seen.warnings), seen.events
+    assert f"resuming: {run}" in seen.notes
     # none intact: one line naming the folder
     for folder in (run / "checkpoints" / "latest").iterdir():
         for f in folder.rglob("*") if folder.name.isdigit() else ():

@@ -14,7 +14,7 @@ ROOT = Path(cnnbench.__file__).parent
 #: Lowest first. A package may import its own layer and the layers below it. The first layer is
 #: the foundation: plain modules that every package may use.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "output", "cache", "plotting"),
+    ("errors", "output", "progress", "cache", "plotting"),
     ("kernels",),    # how a CPU computes a convolution, pooling, LRN fast; XLA's options
     ("parallel",),   # the device mesh, layer partitioning, hosts
     ("archs",),      # layers, the registry, one file per family
@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("perf",),       # `bench`
     ("reproduce",),  # the papers' findings
     ("compare",),    # architectures and runs side by side
-    ("cli",),        # the command line
+    ("commands",),   # one module per command group (parse, call, print)
+    ("cli",),        # the program: XLA options, then the commands
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

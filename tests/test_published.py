@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from cnnbench.cli import cli
+from cnnbench.progress import Record
 from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.transfer import published
 from cnnbench.transfer.published import PUBLISHED, Published
@@ -186,7 +187,7 @@ def test_good_download_converts_once_and_commands_use_it(server, cache, entry, t
     assert both.exit_code == 2 and "not both" in both.output
 
     # train --pretrained: the architecture and init_from come from the weights
-    import cnnbench.cli as cli_module
+    from cnnbench.commands import training
 
     seen = {}
 
@@ -194,7 +195,7 @@ def test_good_download_converts_once_and_commands_use_it(server, cache, entry, t
         seen["cfg"] = cfg
         raise CnnbenchError("stopped before training")
 
-    monkeypatch.setattr(cli_module, "_train_with_progress", capture)
+    monkeypatch.setattr(training, "_train_with_progress", capture)
     result = CliRunner().invoke(cli, ["train", "--pretrained", "r18-loopback", "--dataset", "digits"])
     assert "stopped before training" in result.output, result.output
     assert seen["cfg"].arch == "resnet18" and seen["cfg"].init_from == str(run_dir)
@@ -232,11 +233,14 @@ def test_cut_off_download_resumes_where_it_stopped(server, cache, entry):
     part = cache / "weights" / "downloads" / f"{e.filename}.part"
     assert part.stat().st_size == len(body) // 2
 
-    seen = []
-    file = published.download(e, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    seen = Record()
+    file = published.download(e, progress=seen)
     assert file.read_bytes() == body and not part.exists()
     assert server.requests[-1] == (path, f"bytes={len(body) // 2}-")  # only the rest was asked for
-    assert ("download", len(body), len(body)) in seen and seen[-1] == ("verify", len(body), len(body))
+    stages = [event[1] for event in seen.events if event[0] == "start"]
+    assert stages == [f"downloading {e.filename}", f"checking {e.filename}"]
+    assert seen.done(f"downloading {e.filename}") == len(body)  # counted from the resumed byte on
+    assert ("update", len(body), len(body), None) in seen.events and seen.done() == len(body)
 
     # a server that ignores ranges sends the whole file again: it replaces the part
     server.ranges, server.cut = False, {path}

@@ -159,14 +159,19 @@ def test_batch_must_divide_over_devices(tmp_path):
 
 
 def test_bf16_precision_trains(tmp_path):
-    from cnnbench.train.loop import Events
+    from cnnbench.progress import Record
 
-    notes = []
+    seen = Record()
     summary = train(load(None, "resnet20", {**SMALL, "input_size": 16, "epochs": 1, "devices": 1,
-                                            "precision": "bf16"}), run_dir=tmp_path / "run",
-                    events=Events(note=notes.append))
+                                            "precision": "bf16"}), run_dir=tmp_path / "run", progress=seen)
     assert np.isfinite(summary["final"]["loss"])
-    assert [n for n in notes if "slower than fp32" in n]  # on a CPU, said once before training
+    assert len([n for n in seen.warnings if "slower than fp32" in n]) == 1  # on a CPU, said once before training
+    # the progress it reported: the run directory, one epoch of steps with live figures, its validation
+    assert seen.notes[0] == f"run directory: {tmp_path / 'run'}"
+    assert [e[1:3] for e in seen.events if e[0] == "start"] == [("epoch 1/1", summary["steps"])]
+    assert seen.done("epoch 1/1") == summary["steps"] > 0
+    assert [e for e in seen.events if e[0] == "update"][-1][3].startswith("loss ")
+    assert seen.notes[-1].startswith("epoch 1/1: val top-1 ")
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from cnnbench.archs import ArchInfo, list_archs
 from cnnbench.cache import cache_dir
+from cnnbench.progress import SILENT, Progress
 
 
 def _fingerprint() -> str:
@@ -29,8 +30,9 @@ def _fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def counted_stats(names: Iterable[str], advance: Callable[[str], None] = lambda name: None) -> dict:
-    """``{name: {"params", "macs", "activations"}}`` at each architecture's default input."""
+def counted_stats(names: Iterable[str], progress: Progress = SILENT) -> dict:
+    """``{name: {"params", "macs", "activations"}}`` at each architecture's default input (counted
+    once per version of the code, then cached; ``progress``: a stage per architecture counted)."""
     from cnnbench.analysis.summary import summarize
 
     path = cache_dir() / f"arch-stats-{_fingerprint()}.json"
@@ -40,7 +42,7 @@ def counted_stats(names: Iterable[str], advance: Callable[[str], None] = lambda 
         cache = {}
     missing = [n for n in names if n not in cache]
     for name in missing:
-        advance(name)
+        progress.start(f"counting {name}")
         s = summarize(name)
         cache[name] = {"params": s.params, "macs": s.macs, "activations": s.activations}
     if missing:
@@ -61,9 +63,9 @@ def citation(info: ArchInfo) -> str:
     return f"{first}{' et al.' if (',' in authors or '&' in authors) else ''} {info.year}"
 
 
-def catalog(family: str | None = None, advance: Callable[[str], None] = lambda name: None) -> list[dict]:
+def catalog(family: str | None = None, progress: Progress = SILENT) -> list[dict]:
     infos = [i for i in list_archs() if family is None or i.family.lower() == family.lower()]
-    stats = counted_stats([i.name for i in infos], advance)
+    stats = counted_stats([i.name for i in infos], progress)
     rows = []
     for info in infos:
         ref = info.primary_reference

@@ -9,9 +9,7 @@ local device; the last partial batch is padded and masked, so every image counts
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -21,13 +19,12 @@ from jax.sharding import Mesh
 
 from cnnbench import parallel
 from cnnbench.errors import CnnbenchError, UsageError, setting
-from cnnbench.eval import metrics
+from cnnbench.eval import CROPS, metrics
+from cnnbench.eval.evaluators import Evaluator, Result, evaluate, register
 from cnnbench.runs.loaded import LoadedRun
-from cnnbench.output import warn
-from cnnbench.runs.layout import RunLock, describe_holder, read_json, write_text
+from cnnbench.progress import SILENT, Progress
 from cnnbench.train.step import probabilities
 
-CROPS = ("center", "10", "multiscale")
 CROP_LABEL = {"center": "centre crop", "10": "10-crop (corners + centre, with flips)",
               "multiscale": "multi-scale (centre crops at {scales}, with flips)"}
 #: dataset name -> how REFERENCE.md and the architectures' references name it
@@ -182,12 +179,51 @@ def paper_rows(arch: str, dataset: str, split: str) -> list[dict]:
     return rows
 
 
+@register
+@dataclasses.dataclass
+class Accuracy(Evaluator):
+    """Top-1/top-5 of every image of ``split`` (default: the run's validation split) under the
+    crop protocol ``crops``; the predictions come back in :attr:`Result.output` (for ensembles,
+    reports and submissions)."""
+
+    name: ClassVar[str] = "accuracy"
+    columns: ClassVar = (("eval_top1", "eval top-1 %", "pct"),)
+
+    split: str | None = None
+    crops: str = "center"
+    scales: tuple[int, ...] | None = None
+    batch_size: int = 64
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    model_parallel: int = 1
+    source: Any = None  # a resolved dataset (default: the run's)
+
+    def __call__(self, run, progress: Progress = SILENT) -> Result:
+        source = self.source or run.cfg.source(data_dir=self.data_dir, manual_dir=self.manual_dir)
+        split = self.split or run.cfg.eval_split or source.eval_split
+        progress.start(f"evaluating {run.name}", source.num_examples(split))
+        p = predict_split(run, source, split=split, crops=self.crops, scales=self.scales, batch_size=self.batch_size,
+                          model_parallel=self.model_parallel, advance=progress.advance)
+        label = CROP_LABEL[self.crops].split(" (")[0]
+        return Result(key=f"{split}-{self.crops}", label=f"{split}, {label}",
+                      metrics={**metrics.accuracy(p.probs, p.labels)},
+                      details={"dataset": source.name, "split": split, "crops": self.crops, "spec": p.spec,
+                               "skipped_images": p.skipped},
+                      output=p)
+
+    @classmethod
+    def facts(cls, records):
+        top = max(records, key=lambda r: r["metrics"]["top1"])
+        return {"eval_top1": top["metrics"]["top1"], "eval_top5": top["metrics"].get("top5"),
+                "eval_protocol": top["label"], "evaluations": records}
+
+
 def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str = "center", scales=None,
                   batch_size: int = 64, data_dir: str | None = None, manual_dir: str | None = None,
-                  model_parallel: int = 1, advance: Callable[[int], None] = lambda n: None,
-                  on_model: Callable[[LoadedRun, int], None] = lambda run, n: None) -> tuple[dict, Predictions]:
+                  model_parallel: int = 1, progress: Progress = SILENT) -> tuple[dict, Predictions]:
     """Evaluate each run and, when there are several, their ensemble. Returns the JSON document of
-    ``cnnbench eval`` and the final (ensemble or single) predictions, for reports and submissions."""
+    ``cnnbench eval`` and the final (ensemble or single) predictions, for reports and submissions.
+    ``progress``: a stage of images per run."""
 
     parallel.make_mesh(None, model_parallel)  # a --model-parallel that cannot split the devices fails first
     datasets = {r.cfg.dataset for r in runs}
@@ -197,17 +233,17 @@ def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str
     cfg = runs[0].cfg
     source = cfg.source(data_dir=data_dir, manual_dir=manual_dir)
     split = split or cfg.eval_split or source.eval_split
-    total = source.num_examples(split)  # also checks that the split exists
+    source.num_examples(split)  # checks that the split exists
+    accuracy = Accuracy(split=split, crops=crops, scales=scales, batch_size=batch_size, model_parallel=model_parallel,
+                        source=source)
     predictions, models = [], []
     for run in runs:
-        on_model(run, total)
-        p = predict_split(run, source, split=split, crops=crops, scales=scales, batch_size=batch_size,
-                          model_parallel=model_parallel, advance=advance)
+        found = evaluate(run, accuracy, progress=progress)  # (kept in the run's eval/ for compare)
+        p = found.output
         predictions.append(p)
         models.append({"model": run.name, "run_dir": str(run.run_dir), "arch": run.cfg.arch,
                        "checkpoint": str(run.checkpoint), "weights": run.weights, "epoch": run.epoch, "spec": p.spec,
-                       **metrics.accuracy(p.probs, p.labels), "skipped_images": p.skipped})
-        _save(run, split, crops, {**models[-1], "dataset": source.name, "split": split, "crops": crops})
+                       **found.metrics, "skipped_images": p.skipped})
     final = combine(predictions) if len(predictions) > 1 else predictions[0]
     result = {**metrics.accuracy(final.probs, final.labels), "dataset": source.name, "split": split,
               "crops": crops, "protocol": CROP_LABEL[crops].format(
@@ -216,26 +252,3 @@ def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str
               "paper": [row for arch in dict.fromkeys(r.cfg.arch for r in runs)
                         for row in paper_rows(arch, source.name, split)]}
     return result, final
-
-
-def _save(run: LoadedRun, split: str, crops: str, row: dict) -> None:
-    """Keep the result in the run directory (``eval/<split>-<crops>.json``) for `cnnbench compare`,
-    holding the run's lock for the write; a run another process is writing (still training) is
-    evaluated all the same, and the result is not kept there (a warning says so)."""
-    lock = RunLock(run.run_dir)
-    holder = lock.try_acquire()
-    if holder is not None:
-        warn(f"result not kept in {run.run_dir}/eval: the run is being written by {describe_holder(holder)}")
-        return
-    try:
-        folder = run.run_dir / "eval"
-        folder.mkdir(exist_ok=True)
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in split)
-        write_text(folder / f"{safe}-{crops}.json", json.dumps(row, indent=2))
-    finally:
-        lock.release()
-
-
-def saved_results(run_dir: Path) -> list[dict]:
-    folder = Path(run_dir) / "eval"
-    return [read_json(p) | {"file": p.name} for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []

@@ -14,7 +14,6 @@ compares them with the peak of a large matrix multiplication measured in the sam
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import resource
 import statistics
@@ -22,6 +21,7 @@ import time
 from typing import Callable
 
 from cnnbench.errors import CnnbenchError, UsageError, setting
+from cnnbench.progress import SILENT, Progress
 
 MODES = ("train", "infer")
 PRECISIONS = ("fp32", "bf16")
@@ -29,15 +29,6 @@ PRECISIONS = ("fp32", "bf16")
 
 class OutOfMemory(CnnbenchError):
     """A batch that does not fit; ``--auto-batch`` halves it and tries again."""
-
-
-@dataclasses.dataclass
-class Events:
-    """What a benchmark reports while it runs; the CLI draws a progress bar from these."""
-
-    start: Callable[[str, int], None] = lambda label, steps: None  # a measurement of ``steps`` steps begins
-    advance: Callable[[], None] = lambda: None                       # one step (warm-up or timed) done
-    note: Callable[[str], None] = lambda text: None                  # something the user should know
 
 
 def _dtype(precision: str):
@@ -231,12 +222,13 @@ class Prepared:
 
 def measure(arch: str, mode: str, batch_size: int, *, input_size: int | None = None,
             precision: str = "fp32", steps: int = 10, warmup: int = 2, mesh=None,
-            events: Events = Events()) -> dict:
-    """One workload: compile, warm up, time. Raises :class:`OutOfMemory` when it does not fit."""
+            progress: Progress = SILENT) -> dict:
+    """One workload: compile, warm up, time (a stage of warm-up + timed steps). Raises
+    :class:`OutOfMemory` when it does not fit."""
     work = Prepared(arch, mode, batch_size, input_size=input_size, precision=precision, mesh=mesh)
-    events.start(work.label, warmup + steps)
-    work.run(warmup, events.advance)
-    times = work.run(steps, events.advance)
+    progress.start(work.label, warmup + steps)
+    work.run(warmup, progress.advance)
+    times = work.run(steps, progress.advance)
     step_s = statistics.median(times)
     result = {"arch": arch, "mode": mode, "batch_size": batch_size, "input_size": work.facts["input_size"],
               "precision": precision, "devices": int(work.mesh.devices.size),
@@ -261,7 +253,7 @@ def _memory(mesh) -> dict:
 def run(archs: list[str], *, modes: tuple[str, ...] = ("train",), batch_size: int = 32,
         input_size: int | None = None, precision: str = "fp32", steps: int = 10, warmup: int = 2,
         auto_batch: bool = False, devices: int | None = None, model_parallel: int = 1,
-        events: Events = Events()) -> list[dict]:
+        progress: Progress = SILENT) -> list[dict]:
     """Every (arch, mode) workload in order, plus the matmul peak they are compared with."""
     from cnnbench.archs import get_arch
 
@@ -285,9 +277,9 @@ def run(archs: list[str], *, modes: tuple[str, ...] = ("train",), batch_size: in
         raise UsageError(f"batch size {batch_size} does not divide over {n_dev} "
                          f"{'devices' if model_parallel == 1 else 'model groups'}; "
                          f"use a multiple of {n_dev} (or {setting('devices')})")
-    events.start(f"matmul peak ({precision})", 1)
+    progress.start(f"matmul peak ({precision})", 1)
     peak = matmul_peak(mesh, precision)
-    events.advance()
+    progress.advance()
     rows = []
     for arch in archs:
         for mode in modes:
@@ -295,14 +287,14 @@ def run(archs: list[str], *, modes: tuple[str, ...] = ("train",), batch_size: in
             while True:
                 try:
                     row = measure(arch, mode, batch, input_size=input_size, precision=precision,
-                                  steps=steps, warmup=warmup, mesh=mesh, events=events)
+                                  steps=steps, warmup=warmup, mesh=mesh, progress=progress)
                     break
                 except OutOfMemory as e:
                     smaller = (batch // 2) - (batch // 2) % n_dev
                     if not auto_batch or smaller < 1:
                         hint = "" if auto_batch else f"; use a smaller {setting('batch_size')} or {setting('auto_batch')}"
                         raise OutOfMemory(f"{e}{hint}") from None
-                    events.note(f"{arch} {mode}: batch {batch} does not fit, trying {smaller}")
+                    progress.note(f"{arch} {mode}: batch {batch} does not fit, trying {smaller}")
                     batch = smaller
             row["requested_batch_size"] = batch_size
             row["matmul_peak_flops"] = peak

@@ -1,35 +1,8 @@
-"""How `cnnbench bench` shows itself: a progress bar on stderr while it runs, then one table."""
+"""How `cnnbench bench` shows its results: one table, its columns and notes."""
 
 from __future__ import annotations
 
-from cnnbench.output import Column, err_console, human_bytes, integer
-
-
-def run_with_progress(archs: list[str], **options) -> list[dict]:
-    """:func:`cnnbench.perf.bench.run` with a rich progress bar (stderr, so JSON stdout stays clean)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from cnnbench.perf.bench import Events, run
-
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    console = err_console()
-    with Progress(*columns, console=console, transient=True) as progress:
-        current = {"task": None}
-
-        def start(label, steps):
-            if current["task"] is not None:
-                progress.remove_task(current["task"])
-            current["task"] = progress.add_task(label, total=steps)
-            if not console.is_terminal:  # (no bar off a terminal: a line per workload says it is alive)
-                console.print(f"bench: {label}", highlight=False, markup=False)
-
-        def advance():
-            progress.advance(current["task"])
-
-        def note(text):
-            progress.console.print(text, highlight=False)
-
-        return run(archs, events=Events(start, advance, note), **options)
+from cnnbench.output import Column, human_bytes, integer
 
 
 def _ms(v) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from cnnbench.errors import UsageError
+from cnnbench.progress import SILENT, Progress
 from cnnbench.pipeline.loader import Pipeline
 from cnnbench.pipeline.recipes import recipe_for
 from cnnbench.pipeline.source import Source
@@ -93,8 +93,9 @@ def decode_throughput(pipeline: Pipeline, *, images: int) -> dict:
 
 
 def throughput(pipeline: Pipeline, *, batches: int, warmup: int = 2,
-               advance: Callable[[int], None] = lambda n: None) -> dict:
-    """Images per second of one pipeline, after ``warmup`` batches (tf.data start-up excluded)."""
+               progress: Progress = SILENT) -> dict:
+    """Images per second of one pipeline, after ``warmup`` batches (tf.data start-up excluded);
+    ``progress`` counts the timed batches."""
     done, started, timed = 0, None, 0
     epoch = 0
     while done < batches + warmup:
@@ -104,9 +105,28 @@ def throughput(pipeline: Pipeline, *, batches: int, warmup: int = 2,
                 started = time.perf_counter()
             elif done > warmup:
                 timed += int(batch.get("mask", np.ones(len(batch["label"]))).sum())
-                advance(1)
+                progress.advance(1)
             if done >= batches + warmup:
                 break
         epoch += 1
     seconds = time.perf_counter() - started
     return {"images": timed, "seconds": seconds, "images_per_sec": timed / seconds}
+
+
+def bench_pipeline(pipeline: Pipeline, *, batches: int, progress: Progress = SILENT) -> list[dict]:
+    """`cnnbench data bench`: plain decoding of ``batches`` batches (the limit), then the pipeline
+    as it is (float32 from the host) and with its last steps on the device (uint8 from the host);
+    each row has ``images``, ``seconds``, ``images_per_sec`` and, after the first, ``vs_decode``."""
+    import dataclasses
+
+    progress.start("timing plain decoding")
+    rows = [{"pipeline": "decode only (the limit)",
+             **decode_throughput(pipeline, images=batches * pipeline.batch_size)}]
+    variants = [(f"{pipeline.ops} (float32 from the host)", pipeline),
+                ("same, uint8 + lighting/normalize on the device", dataclasses.replace(pipeline, device_finish=True))]
+    for label, p in variants:
+        progress.start(label[:40], batches)
+        rows.append({"pipeline": label, **throughput(p, batches=batches, progress=progress)})
+    for row in rows[1:]:
+        row["vs_decode"] = row["images_per_sec"] / rows[0]["images_per_sec"]
+    return rows

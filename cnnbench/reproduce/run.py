@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable
 
 from cnnbench.errors import UsageError, setting
+from cnnbench.output import plural
+from cnnbench.progress import SILENT, Progress
 from cnnbench.reproduce.finding import Budget, Finding, Runs
 from cnnbench.runs.config import TrainConfig
 from cnnbench.runs.layout import slug
@@ -48,14 +49,24 @@ class Plan:
         return sum(p.cfg.epochs for p in self.runs)
 
 
-@dataclasses.dataclass
-class Progress:
-    """What a reproduction reports while it runs (the CLI draws it)."""
+class _Epochs(Progress):
+    """A run's training as a reproduction shows it: its epoch bar under the overall one, and its
+    warnings; not its validation lines (the report has them)."""
 
-    run_start: Callable[[Planned, int, int], None] = lambda planned, index, total: None
-    train_events: Callable[[Planned], object] = lambda planned: None  # a train.loop.Events, or None
-    run_end: Callable[[Planned], None] = lambda planned: None
-    analysis: Callable[[str], None] = lambda what: None
+    def __init__(self, below: Progress, name: str):
+        self.below, self.name = below, name
+
+    def start(self, description, total=None, *, unit="items"):
+        self.below.start(f"  {self.name} {description}", total, unit=unit)
+
+    def advance(self, n=1):
+        self.below.advance(n)
+
+    def update(self, completed=None, *, total=None, status=None):
+        self.below.update(completed, total=total)
+
+    def warn(self, text):
+        self.below.warn(text)
 
 
 def _state(run_dir: Path, epochs: int) -> str:
@@ -109,24 +120,31 @@ def plan(finding: Finding, budget_name: str, *, seeds: int | None = None, datase
     return Plan(finding, budget_name, budget, dataset, seeds, out, planned)
 
 
-def execute(p: Plan, progress: Progress = Progress()) -> dict:
-    """Train what is not finished, analyse, and write the report; returns ``report.json``'s document."""
+def execute(p: Plan, progress: Progress = SILENT) -> dict:
+    """Train what is not finished, analyse, and write the report; returns ``report.json``'s document.
+    ``progress``: one stage counting the epochs of every run (a continued run's earlier epochs
+    count as it ends), a note per run, each run's epochs one level below."""
     from cnnbench.reproduce.report import write_report
-    from cnnbench.train.loop import Events, NonFiniteLoss, train
+    from cnnbench.train.loop import NonFiniteLoss, train
 
     started = time.time()
+    progress.start(f"{p.finding.name}: epochs of {plural(len(p.runs), 'run')}", p.epochs_total)
+    below = progress.nested()
     for index, planned in enumerate(p.runs):
-        progress.run_start(planned, index, len(p.runs))
+        verb = {"done": "finished, reused", "diverged": "diverged earlier, kept", "partial": "continuing",
+                "new": "training"}[planned.state]
+        progress.note(f"[{index + 1}/{len(p.runs)}] {planned.name}: {verb} ({planned.run_dir})")
         if planned.state in ("new", "partial"):
             try:
-                train(planned.cfg, run_dir=planned.run_dir, events=progress.train_events(planned) or Events())
+                train(planned.cfg, run_dir=planned.run_dir, progress=_Epochs(below, planned.name))
                 planned.state = "done"
             except NonFiniteLoss:  # the report counts it as diverged (summary.json records the stop)
                 planned.state = "diverged"
-        progress.run_end(planned)
+        progress.update(sum(r.cfg.epochs for r in p.runs[:index + 1]))
     dirs: dict[str, list[Path]] = {}
     for planned in p.runs:
         dirs.setdefault(planned.variant, []).append(planned.run_dir)
-    runs = Runs(p.finding, p.budget_name, p.budget, p.dataset, p.seeds, dirs, p.out, progress.analysis)
+    runs = Runs(p.finding, p.budget_name, p.budget, p.dataset, p.seeds, dirs, p.out,
+                lambda what: progress.note(f"analysis: {what}"))
     analysis = p.finding.analyse(runs)
     return write_report(p, analysis, time.time() - started)

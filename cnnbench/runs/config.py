@@ -17,6 +17,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "exponential", "plateau")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCALE_RULES = ("none", "linear")
+#: fine-tuning: every layer trains, the chosen ones (``trainable``), or the head alone
+STRATEGIES = ("all", "partial", "frozen-base")
 
 
 @dataclasses.dataclass

@@ -22,6 +22,9 @@ from pathlib import Path
 
 from cnnbench.errors import UsageError, setting
 
+#: the checkpoints a run keeps: the best validation top-1 and the newest
+CHECKPOINTS = ("best", "latest")
+
 RUNS = Path("runs")
 LOCK = ".lock"
 

@@ -20,8 +20,8 @@ from flax import nnx
 
 from cnnbench.archs.state import path_key
 from cnnbench.errors import UsageError, setting
+from cnnbench.runs.config import STRATEGIES
 
-STRATEGIES = ("all", "partial", "frozen-base")
 
 
 def _dotted(path) -> str:

@@ -18,6 +18,8 @@ from cnnbench import parallel
 from cnnbench.parallel import hosts
 from cnnbench.archs import create_model, get_arch
 from cnnbench.errors import CnnbenchError, UsageError, setting
+from cnnbench.output import plural
+from cnnbench.progress import SILENT, Progress
 from cnnbench.pipeline.loader import Pipeline, prefetch_to_device
 from cnnbench.pipeline.recipes import batch_mixing, recipe_for
 from cnnbench.runs.checkpoint import Checkpoints, remove_stale
@@ -25,16 +27,6 @@ from cnnbench.runs.config import TrainConfig, check_continues, write_config
 from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
 from cnnbench.runs.layout import History, MetricsLog, RunLock, new_run_dir, read_metrics, write_dataset, write_text
 from cnnbench.train.step import averaged, bf16_note, jit_train_step, make_steps, set_compute_dtype, train_state
-
-
-@dataclasses.dataclass
-class Events:
-    """What the loop reports while it runs; the CLI turns these into a progress bar."""
-
-    epoch_start: Callable[[int, int], None] = lambda epoch, steps: None
-    step: Callable[[dict], None] = lambda record: None
-    validation: Callable[[dict], None] = lambda record: None
-    note: Callable[[str], None] = lambda text: None  # something the user should know (a damaged checkpoint)
 
 
 def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
@@ -64,18 +56,21 @@ def is_first_process() -> bool:
     return jax.process_index() == 0
 
 
-def train(cfg: TrainConfig, *, run_dir: Path | None = None, events: Events = Events(),
-          on_run_dir: Callable[[Path, bool], None] = lambda path, resumed: None) -> dict:
+def train(cfg: TrainConfig, *, run_dir: Path | None = None, progress: Progress = SILENT) -> dict:
     """Train (or continue) the run ``cfg`` describes in ``run_dir`` (default: ``cfg.run_dir``, else
     a new ``runs/ARCH-DATASET-TIME``), holding the run directory's lock throughout (process 0 of
-    a multi-host run). A directory that holds another run is refused (:func:`check_continues`)."""
+    a multi-host run). A directory that holds another run is refused (:func:`check_continues`).
+
+    ``progress`` hears the run directory (a note), each epoch (a stage of steps, with the loss,
+    top-1 and images/s as its status), each validation (a note) and what went wrong on the way
+    (a damaged checkpoint: a warning)."""
     started = time.time()
     main = is_first_process()
     run_dir = Path(run_dir or cfg.run_dir or new_run_dir(cfg.arch, cfg.dataset))
     lock = RunLock(run_dir).acquire() if main else None
     try:
         check_continues(run_dir, dataclasses.replace(cfg, run_dir=str(run_dir)))
-        return _train(cfg, run_dir, events, on_run_dir, started, main)
+        return _train(cfg, run_dir, progress, started, main)
     except OSError as e:
         if e.errno not in WRITE_ERRORS or (e.filename and not _inside(e.filename, run_dir)):
             raise  # (a dataset file that cannot be read is not the run directory's failure)
@@ -104,7 +99,7 @@ def _write_failure(e: OSError, run_dir: Path) -> str:
     return f"cannot write {e.filename or run_dir}: {e.strerror or e}; training stopped; {kept}"
 
 
-def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started: float, main: bool) -> dict:
+def _train(cfg: TrainConfig, run_dir: Path, progress: Progress, started: float, main: bool) -> dict:
     mesh = parallel.make_mesh(cfg.devices, cfg.model_parallel)
     groups = parallel.data_size(mesh)
     if cfg.batch_size % (groups * cfg.accumulate):
@@ -153,7 +148,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     if cfg.precision == "bf16":
         note = bf16_note(mesh.devices.flat[0].platform)
         if note and main:
-            events.note(note)
+            progress.warn(note)
     parallel.plan(model, cfg.model_parallel, mesh)
     tx, lr_schedule = optimizer(cfg, steps_per_epoch, group)
     graphdef, state, other = train_state(model, tx, mesh, ema=cfg.ema is not None, loss_scale=cfg.precision == "fp16")
@@ -168,7 +163,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     run_dir.mkdir(parents=True, exist_ok=True)
     interrupted_save = remove_stale(run_dir) if main else []
     checkpoints = Checkpoints(run_dir, cfg.keep_checkpoints)
-    restored = checkpoints.restore(state, note=events.note)
+    restored = checkpoints.restore(state, note=progress.warn)
     if restored is None and not interrupted_save and any(r["kind"] == "validation" for r in read_metrics(run_dir)):
         checkpoints.close()  # epochs were finished and their checkpoints completed: they were deleted
         raise UsageError(f"{run_dir} has finished epochs in metrics.jsonl but no checkpoint to continue from "
@@ -177,7 +172,8 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
     if restored is not None:
         state, meta = restored
         start_epoch, best_top1, plateau = meta["epoch"] + 1, meta["best_top1"], meta["plateau"]
-    on_run_dir(run_dir, restored is not None)
+    split = f" (the model split over {cfg.model_parallel} devices)" if cfg.model_parallel > 1 else ""
+    progress.note(f"{'resuming' if restored is not None else 'run directory'}: {run_dir}{split}")
     if main:
         write_config(run_dir, cfg)
         write_dataset(run_dir, source, specs[True], eval_data.ops)
@@ -185,7 +181,7 @@ def _train(cfg: TrainConfig, run_dir: Path, events: Events, on_run_dir, started:
             write_text(run_dir / "transfer.json", json.dumps(transfer, indent=2))
     log = MetricsLog(run_dir / "metrics.jsonl", int(state["step"]) if restored else None, enabled=main)
 
-    loop = _Loop(cfg, train_step, eval_step, train_data, eval_data, data, checkpoints, log, events,
+    loop = _Loop(cfg, train_step, eval_step, train_data, eval_data, data, checkpoints, log, progress,
                  lr_schedule, run_dir, started)
     try:
         state = loop.run(state, start_epoch, best_top1, plateau)
@@ -260,7 +256,7 @@ class _Loop:
     sharding: object
     checkpoints: object
     log: object
-    events: Events
+    progress: Progress
     lr_schedule: Callable
     run_dir: Path
     started: float
@@ -282,7 +278,7 @@ class _Loop:
                       "best_top1": best_top1, **{f"train_{k}": v for k, v in means.items()},
                       **self.skipped(), "wall_time": time.time() - self.started}
             self.log.write(record)
-            self.events.validation(record)
+            self.progress.note(validation_line(record, self.cfg.epochs))
             self.checkpoints.save(int(state["step"]), state, {"epoch": epoch, "best_top1": best_top1,
                                                               "plateau": plateau, "validation": validation},
                                   best=is_best)
@@ -314,7 +310,7 @@ class _Loop:
         """One epoch; returns the state and the epoch's mean training metrics (loss, top1)."""
         steps = self.train_data.steps_per_epoch
         log_every = max(1, steps // 10)
-        self.events.epoch_start(epoch, steps)
+        self.progress.start(f"epoch {epoch + 1}/{self.cfg.epochs}", steps)
         window_start, window_images, window, sums, done = time.time(), 0, None, {}, 0
         for i, batch in enumerate(prefetch_to_device(self.train_data.epoch(epoch), self.sharding)):
             state, metrics = self.train_step(state, batch)
@@ -345,7 +341,8 @@ class _Loop:
                       **values, "images_per_sec": window_images / max(now - window_start, 1e-9),
                       "wall_time": now - self.started, "step_in_epoch": i + 1}
             self.log.write(record)
-            self.events.step(record)
+            self.progress.update(i + 1, status=f"loss {record['loss']:.4f}  top-1 {100 * record['top1']:.1f}%  "
+                                               f"{record['images_per_sec']:,.0f} img/s")
             window_start, window_images = now, 0
         return state, {k: v if k == "skipped" else v / max(done, 1) for k, v in sums.items()}
 
@@ -361,6 +358,20 @@ class _Loop:
             state = dict(state, opt_state=set_plateau_scale(state["opt_state"], scale))
             plateau["bad_epochs"] = 0
         return state, plateau
+
+
+def validation_line(record: dict, epochs: int) -> str:
+    """The line a validation leaves: top-1, top-5, loss (and the EMA weights', and images skipped)."""
+    line = (f"epoch {record['epoch']}/{epochs}: val top-1 {100 * record['top1']:.2f}%  "
+            f"top-5 {100 * record['top5']:.2f}%  loss {record['loss']:.4f}")
+    if "ema_top1" in record:
+        line += f"  (EMA: top-1 {100 * record['ema_top1']:.2f}%)"
+    skipped = [plural(record[key], what) for key, what in (("skipped_train_images", "training image"),
+                                                           ("skipped_eval_images", "validation image"))
+               if record.get(key)]
+    if skipped:
+        line += f"  ({' and '.join(skipped)} could not be decoded and were skipped: see skipped.txt)"
+    return line
 
 
 def evaluate(eval_step, state, pipeline, sharding) -> dict:

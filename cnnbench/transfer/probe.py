@@ -8,23 +8,25 @@ Features are computed once per (dataset, split, layer) and cached in the run dir
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 from pathlib import Path
-from typing import Callable
+from typing import ClassVar
 
 import numpy as np
 
 from cnnbench.errors import UsageError, setting
+from cnnbench.eval.evaluators import Evaluator, Result, register
+from cnnbench.progress import SILENT, Progress
 from cnnbench.runs.layout import slug
 
 CLASSIFIERS = ("logreg", "svm")
 
 
 def features(subject, dataset: str | None, split: str | None, layer: str, *, batch_size: int = 64,
-             data_dir: str | None = None, advance: Callable[[int], None] = lambda n: None,
-             on_split: Callable[[str, int], None] = lambda split, n: None) -> tuple[np.ndarray, np.ndarray, str]:
-    """(features (N, D), labels (N,), split) of every image of ``split``, cached in the run."""
+             data_dir: str | None = None, progress: Progress = SILENT) -> tuple[np.ndarray, np.ndarray, str]:
+    """(features (N, D), labels (N,), split) of every image of ``split``, cached in the run
+    (``progress``: a stage of images when they are computed)."""
     from cnnbench.viz.features import collect
     from cnnbench.viz.inputs import dataset_batches
 
@@ -39,10 +41,10 @@ def features(subject, dataset: str | None, split: str | None, layer: str, *, bat
     if cache.is_file():
         saved = np.load(cache)
         return saved["features"], saved["labels"], split
-    on_split(split, total)
+    progress.start(f"features of {split}", total)
     batches, _, _ = dataset_batches(subject, source.name, split=split, limit=total, batch_size=batch_size,
                                     data_dir=data_dir)
-    feats, labels = collect(subject, batches, name, advance)
+    feats, labels = collect(subject, batches, name, progress.advance)
     cache.parent.mkdir(exist_ok=True)
     np.savez(cache, features=feats.astype(np.float32), labels=labels)
     return feats, labels, split
@@ -99,11 +101,24 @@ def probe(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarr
 
 def run_probe(run_dir: Path, *, dataset: str | None, layer: str, kind: str, per_class: int | None, count: int,
               train_split: str | None = None, test_split: str | None = None, data_dir: str | None = None,
-              seed: int = 0, advance=lambda n: None, on_split=lambda split, n: None) -> dict:
+              seed: int = 0, progress: Progress = SILENT) -> dict:
+    """`cnnbench probe`: the :class:`Probe` evaluator on a run directory, its result kept in the run."""
+    from cnnbench.eval.evaluators import evaluate
     from cnnbench.runs.loaded import load_run
+
+    if kind not in CLASSIFIERS:  # (before anything loads)
+        raise UsageError(f"{setting('classifier')} must be one of {', '.join(CLASSIFIERS)}, not {kind!r}")
+    evaluator = Probe(dataset=dataset, layer=layer, classifier=kind, per_class=per_class, count=count,
+                      train_split=train_split, test_split=test_split, data_dir=data_dir, seed=seed)
+    return evaluate(load_run(run_dir), evaluator, progress=progress).output
+
+
+def probe_run(run, *, dataset: str | None, layer: str, kind: str, per_class: int | None, count: int,
+              train_split: str | None = None, test_split: str | None = None, data_dir: str | None = None,
+              seed: int = 0, progress: Progress = SILENT) -> dict:
+    """The probe of a loaded run: its features of both splits (cached in the run), then :func:`probe`."""
     from cnnbench.viz.inputs import from_run
 
-    run = load_run(run_dir)
     subject = from_run(run)
     name = subject.taps.resolve(layer)
     source = run.cfg.source(dataset=dataset, data_dir=data_dir)
@@ -112,20 +127,45 @@ def run_probe(run_dir: Path, *, dataset: str | None, layer: str, kind: str, per_
     if train_split == test_split:
         raise UsageError(f"{source.name} has one split ({train_split}); give {setting('train_split')} and {setting('test_split')}, "
                          f"e.g. train[:80%] and train[80%:]")
-    kw = dict(data_dir=data_dir, advance=advance, on_split=on_split)
+    kw = dict(data_dir=data_dir, progress=progress)
     x, y, _ = features(subject, source.name, train_split, name, **kw)
     xt, yt, _ = features(subject, source.name, test_split, name, **kw)
-    result = {"run": run.name, "run_dir": str(run.run_dir), "arch": run.cfg.arch, "dataset": source.name,
-              "layer": name, "train_split": train_split, "test_split": test_split,
-              **probe((x, y), (xt, yt), kind=kind, per_class=per_class, count=count, seed=seed)}
-    folder = run.run_dir / "probes"
-    folder.mkdir(exist_ok=True)
-    (folder / f"{slug(source.name)}-{name}-{kind}-{per_class or 'all'}.json").write_text(json.dumps(result, indent=2))
-    return result
+    return {"run": run.name, "run_dir": str(run.run_dir), "arch": run.cfg.arch, "dataset": source.name,
+            "layer": name, "train_split": train_split, "test_split": test_split,
+            **probe((x, y), (xt, yt), kind=kind, per_class=per_class, count=count, seed=seed)}
 
 
-def saved_probes(run_dir: Path) -> list[dict]:
-    folder = Path(run_dir) / "probes"
-    from cnnbench.runs.layout import read_json
+@register
+@dataclasses.dataclass
+class Probe(Evaluator):
+    """A linear classifier on ``layer``'s features (DeCAF): mean and spread of the test top-1 over
+    ``count`` training subsets of ``per_class`` images per class (None: all)."""
 
-    return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    name: ClassVar[str] = "probe"
+    columns: ClassVar = (("probe_top1", "probe top-1 %", "pct"), ("probe", "probe", "text"))
+
+    dataset: str | None = None
+    layer: str = "fc7"
+    classifier: str = "logreg"
+    per_class: int | None = None
+    count: int = 1
+    train_split: str | None = None
+    test_split: str | None = None
+    data_dir: str | None = None
+    seed: int = 0
+
+    def __call__(self, run, progress: Progress = SILENT) -> Result:
+        found = probe_run(run, dataset=self.dataset, layer=self.layer, kind=self.classifier, per_class=self.per_class,
+                          count=self.count, train_split=self.train_split, test_split=self.test_split,
+                          data_dir=self.data_dir, seed=self.seed, progress=progress)
+        per_class = self.per_class or "all"
+        metrics = {k: found[k] for k in ("top1", "top1_std")}
+        details = {k: v for k, v in found.items() if k not in metrics}
+        return Result(key=f"{found['dataset']}-{found['layer']}-{self.classifier}-{per_class}",
+                      label=f"{found['dataset']} {found['layer']} {self.classifier} {per_class}/class",
+                      metrics=metrics, details=details, output=found)
+
+    @classmethod
+    def facts(cls, records):
+        top = max(records, key=lambda r: r["metrics"]["top1"])
+        return {"probe_top1": top["metrics"]["top1"], "probe": top["label"], "probes": records}

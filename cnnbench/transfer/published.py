@@ -28,18 +28,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable
 
 from cnnbench.cache import cache_dir
 from cnnbench.errors import CnnbenchError, UsageError, setting
+from cnnbench.progress import SILENT, Progress
 
 MIRROR_ENV = "CNNBENCH_WEIGHTS_MIRROR"
 CHUNK = 1 << 20
 TIMEOUT_S = 30
-
-#: ``progress(stage, done, total)``: stage is "download" (bytes), "verify" (bytes) or "convert".
-Progress = Callable[[str, int, "int | None"], None]
-
 
 @dataclasses.dataclass(frozen=True)
 class Published:
@@ -152,11 +148,12 @@ def mirror_url(entry: Published, mirror: str | None = None) -> str:
 
 # --------------------------------------------------------------------------- downloading
 
-def download(entry: Published, *, mirror: str | None = None, progress: Progress | None = None,
+def download(entry: Published, *, mirror: str | None = None, progress: Progress = SILENT,
              timeout: float = TIMEOUT_S, folder: Path | None = None) -> Path:
     """The entry's file in the cache, downloaded (or the rest of it, after a cut-off download) and
     checked. A file that fails its digest is deleted; one that stops short stays as ``.part`` for
-    the next call to resume. Every failure is one :class:`CnnbenchError` line."""
+    the next call to resume. Every failure is one :class:`CnnbenchError` line. ``progress``: a
+    stage of bytes downloading, one checking."""
     folder = Path(folder) if folder else weights_dir() / "downloads"
     target = folder / entry.filename
     if target.is_file():
@@ -201,6 +198,7 @@ def _fetch(url: str, part: Path, have: int, progress: Progress | None, timeout: 
                             f"mirror, or fetch {url} yourself and run `cnnbench weights import`") from None
     except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as e:
         raise CnnbenchError(f"cannot download {url}: {e or type(e).__name__}") from None
+    progress.start(f"downloading {part.name.removesuffix('.part')}", None, unit="bytes")
     with response:
         length = response.headers.get("Content-Length")
         if response.status == 206:
@@ -225,8 +223,7 @@ def _fetch(url: str, part: Path, have: int, progress: Progress | None, timeout: 
                         break
                     out.write(chunk)
                     done += len(chunk)
-                    if progress:
-                        progress("download", done, total)
+                    progress.update(done, total=total)
         except OSError as e:
             raise CnnbenchError(f"cannot write {part}: {e.strerror}") from None
     if total is not None and done < total:
@@ -243,21 +240,21 @@ def _range_total(content_range: str | None) -> int | None:
     return None
 
 
-def digests(path: Path, algorithm: str, progress: Progress | None = None) -> tuple[str, str]:
+def digests(path: Path, algorithm: str, progress: Progress = SILENT) -> tuple[str, str]:
     """(the ``algorithm`` digest, the SHA-256) of a file, read once."""
     wanted, sha256 = hashlib.new(algorithm), hashlib.sha256()
     total, done = path.stat().st_size, 0
+    progress.start(f"checking {path.name.removesuffix('.part')}", total, unit="bytes")
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             wanted.update(chunk)
             sha256.update(chunk)
             done += len(chunk)
-            if progress:
-                progress("verify", done, total)
+            progress.update(done)
     return wanted.hexdigest(), sha256.hexdigest()
 
 
-def verify(path: Path, entry: Published, progress: Progress | None = None) -> str:
+def verify(path: Path, entry: Published, progress: Progress = SILENT) -> str:
     """Check ``path`` against the entry's digest; returns its full SHA-256."""
     algorithm, _, expected = entry.digest.partition(":")
     actual, sha256 = digests(path, algorithm, progress)
@@ -274,7 +271,7 @@ def run_dir(name: str) -> Path:
 
 
 def pretrained(name: str, *, out: str | Path | None = None, mirror: str | None = None,
-               progress: Progress | None = None, timeout: float = TIMEOUT_S) -> dict:
+               progress: Progress = SILENT, timeout: float = TIMEOUT_S) -> dict:
     """The run directory of the published weights ``name``: downloaded and converted on first use
     (into ``out``, default the cache's ``weights/runs/NAME``), reused afterwards. Returns a summary:
     ``run_dir``, ``name``, ``file``, ``sha256``, ``created`` (False when it was already there) ..."""
@@ -289,8 +286,7 @@ def pretrained(name: str, *, out: str | Path | None = None, mirror: str | None =
     if out and target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} already exists and is not an empty directory; choose another {setting('out')}")
     file = download(entry, mirror=mirror, progress=progress, timeout=timeout)
-    if progress:
-        progress("convert", 0, None)
+    progress.start(f"converting {entry.filename}")
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:

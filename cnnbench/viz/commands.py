@@ -12,18 +12,11 @@ import numpy as np
 
 from cnnbench.output import plural
 from cnnbench.errors import UsageError, setting
+from cnnbench.progress import SILENT, Progress
 from cnnbench.viz import features as feat
 from cnnbench.viz import figures as fg
 from cnnbench.viz import maps
 from cnnbench.viz.inputs import Subject, dataset_batches, load_image
-
-#: ``progress(description, total) -> advance(n)``: how long work reports itself (a rich bar in the CLI)
-Progress = Callable[[str, int], Callable[[int], None]]
-
-
-def no_progress(description: str, total: int) -> Callable[[int], None]:
-    return lambda n: None
-
 
 @dataclasses.dataclass
 class Written:
@@ -33,6 +26,11 @@ class Written:
 
     def as_dict(self) -> dict:
         return {"path": str(self.path), "note": self.note, **self.data}
+
+
+def _stage(progress: Progress, description: str, total: int) -> Callable[[int], None]:
+    progress.start(description, total)
+    return progress.advance
 
 
 def _name(subject: Subject, c: int) -> str:
@@ -63,7 +61,8 @@ def _label(subject: Subject, c: int, probs: np.ndarray) -> str:
 
 # --------------------------------------------------------------------------- filters
 
-def filters(subject: Subject, out: Path, *, layer: str | None = None, limit: int = 96) -> list[Written]:
+def filters(subject: Subject, out: Path, *, layer: str | None = None, limit: int = 96,
+            progress: Progress = SILENT) -> list[Written]:
     taps = subject.taps
     layer = taps.resolve(layer) if layer else feat.default_filter_layer(taps)
     f = feat.filters(taps, layer)
@@ -101,7 +100,7 @@ def filters(subject: Subject, out: Path, *, layer: str | None = None, limit: int
 # --------------------------------------------------------------------------- activations
 
 def activations(subject: Subject, image_path: str, out: Path, *, layers: list[str] | None = None,
-                count: int = 8) -> list[Written]:
+                count: int = 8, progress: Progress = SILENT) -> list[Written]:
     taps = subject.taps
     names = taps.resolve_all(layers) if layers else feat.default_activation_layers(taps)
     image, shift, x = _image(subject, image_path)
@@ -140,7 +139,7 @@ def activations(subject: Subject, image_path: str, out: Path, *, layers: list[st
 
 def top_patches(subject: Subject, out: Path, *, dataset: str | None, split: str | None, limit: int,
                 layer: str | None, channels: list[int] | None, top: int = 9, data_dir: str | None = None,
-                progress: Progress = no_progress) -> list[Written]:
+                progress: Progress = SILENT) -> list[Written]:
     taps = subject.taps
     layer = taps.resolve(layer) if layer else maps.default_gradcam_layer(taps)
     width = taps.by_name[layer].shape[-1]
@@ -148,7 +147,7 @@ def top_patches(subject: Subject, out: Path, *, dataset: str | None, split: str 
     batches, source, split = dataset_batches(subject, dataset, split=split, limit=limit, data_dir=data_dir)
     total = min(limit, source.num_examples(split))
     best, seen = feat.top_patches(subject, batches, layer, channels, top=top,
-                                  advance=progress(f"top patches of {layer}", total))
+                                  advance=_stage(progress, f"top patches of {layer}", total))
     g = taps.by_name[layer].geometry
     plt = fg.pyplot()
     fig, axes = plt.subplots(len(channels), top, figsize=(1.1 * top, 1.25 * len(channels) + 0.6), squeeze=False)
@@ -172,13 +171,13 @@ def top_patches(subject: Subject, out: Path, *, dataset: str | None, split: str 
 # --------------------------------------------------------------------------- maps over one image
 
 def occlusion(subject: Subject, image_path: str, out: Path, *, patch: int = 32, stride: int = 8,
-              wanted: str | None = None, progress: Progress = no_progress) -> list[Written]:
+              wanted: str | None = None, progress: Progress = SILENT) -> list[Written]:
     image, shift, x = _image(subject, image_path)
     h, w = image.shape[:2]
     positions = (-(-h // stride)) * (-(-w // stride))
     started = time.perf_counter()
     result = maps.occlusion(subject, image, shift, patch=patch, stride=stride,
-                            advance=progress(f"occlusion ({positions} positions)", positions))
+                            advance=_stage(progress, f"occlusion ({positions} positions)", positions))
     seconds = time.perf_counter() - started
     c = subject.class_index(wanted, int(np.argmax(result.clean)))
     p = result.probs[..., c]
@@ -198,7 +197,8 @@ def occlusion(subject: Subject, image_path: str, out: Path, *, patch: int = 32, 
                      "max": float(p.max()), "positions": positions, "seconds": seconds})]
 
 
-def saliency(subject: Subject, image_path: str, out: Path, *, wanted: str | None = None) -> list[Written]:
+def saliency(subject: Subject, image_path: str, out: Path, *, wanted: str | None = None,
+             progress: Progress = SILENT) -> list[Written]:
     image, _, x = _image(subject, image_path)
     c, probs = _predicted(subject, x, wanted)
     s = maps.saliency_map(maps.saliency(subject.taps, x, [c]))[0]
@@ -214,7 +214,8 @@ def saliency(subject: Subject, image_path: str, out: Path, *, wanted: str | None
                     f"{_name(subject, c)}: gradient of its logit, max |.| {s.max():.3g}")]
 
 
-def cam(subject: Subject, image_path: str, out: Path, *, wanted: str | None = None, classes: int = 3) -> list[Written]:
+def cam(subject: Subject, image_path: str, out: Path, *, wanted: str | None = None, classes: int = 3,
+        progress: Progress = SILENT) -> list[Written]:
     image, _, x = _image(subject, image_path)
     maps_, logits = maps.cam(subject.taps, x)
     probs = _softmax(logits)[0]
@@ -235,7 +236,7 @@ def cam(subject: Subject, image_path: str, out: Path, *, wanted: str | None = No
 
 
 def gradcam(subject: Subject, image_path: str, out: Path, *, layer: str | None = None,
-            wanted: str | None = None) -> list[Written]:
+            wanted: str | None = None, progress: Progress = SILENT) -> list[Written]:
     taps = subject.taps
     layer = taps.resolve(layer) if layer else maps.default_gradcam_layer(taps)
     image, _, x = _image(subject, image_path)
@@ -252,7 +253,7 @@ def gradcam(subject: Subject, image_path: str, out: Path, *, layer: str | None =
 
 
 def heatmap(subject: Subject, image_path: str, out: Path, *, size: int | None = None,
-            wanted: str | None = None) -> list[Written]:
+            wanted: str | None = None, progress: Progress = SILENT) -> list[Written]:
     """The fully-convolutional view on the image with its shorter side at ``size`` (default twice
     the training size), checked against the plain model at the training size."""
     from cnnbench.pipeline.spec import split_spec, unparse
@@ -298,12 +299,12 @@ def heatmap(subject: Subject, image_path: str, out: Path, *, size: int | None = 
 
 def tsne(subject: Subject, out: Path, *, dataset: str | None, split: str | None, limit: int = 2000,
          layer: str | None = None, data_dir: str | None = None, seed: int = 0,
-         progress: Progress = no_progress) -> list[Written]:
+         progress: Progress = SILENT) -> list[Written]:
     taps = subject.taps
     layer = taps.resolve(layer) if layer else feat.default_feature_layer(taps)
     batches, source, split = dataset_batches(subject, dataset, split=split, limit=limit, data_dir=data_dir)
     total = min(limit, source.num_examples(split))
-    features, labels = feat.collect(subject, batches, layer, advance=progress(f"features of {layer}", total))
+    features, labels = feat.collect(subject, batches, layer, advance=_stage(progress, f"features of {layer}", total))
     points = feat.tsne(features, seed=seed)
     plt = fg.pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 6))
@@ -328,7 +329,7 @@ def tsne(subject: Subject, out: Path, *, dataset: str | None, split: str | None,
 
 def neighbors(subject: Subject, image_path: str, out: Path, *, dataset: str | None, split: str | None,
               limit: int = 2000, k: int = 8, layer: str | None = None, data_dir: str | None = None,
-              progress: Progress = no_progress) -> list[Written]:
+              progress: Progress = SILENT) -> list[Written]:
     taps = subject.taps
     layer = taps.resolve(layer) if layer else feat.default_feature_layer(taps)
     image, shift, x = _image(subject, image_path)
@@ -341,7 +342,7 @@ def neighbors(subject: Subject, image_path: str, out: Path, *, dataset: str | No
     batches, source, split = dataset_batches(subject, dataset, split=run_split, limit=limit, data_dir=data_dir)
     total = min(limit, source.num_examples(split))
     best, seen = feat.neighbours(subject, query, batches, layer, k=k,
-                                 advance=progress(f"searching {source.name} {split}", total))
+                                 advance=_stage(progress, f"searching {source.name} {split}", total))
     fig, axes = fg.grid(len(best) + 1, len(best) + 1, cell=1.6, extra_height=0.7)
     fg.show_image(axes[0], image, f"query: {fg.short(_label(subject, c, probs), 24)}")
     for ax, n in zip(axes[1:], best):
@@ -352,3 +353,9 @@ def neighbors(subject: Subject, image_path: str, out: Path, *, dataset: str | No
     return [Written(fg.save(fig, path, title),
                     f"{len(best)} nearest of {seen} {split} images in {layer}: "
                     + ", ".join(source.class_names[n.label] for n in best))]
+
+
+#: `cnnbench visualize NAME`: every figure, each ``(subject, [image_path,] out, *, ..., progress)``
+FIGURES = {"filters": filters, "activations": activations, "top-patches": top_patches, "occlusion": occlusion,
+           "saliency": saliency, "cam": cam, "gradcam": gradcam, "heatmap": heatmap, "tsne": tsne,
+           "neighbors": neighbors}

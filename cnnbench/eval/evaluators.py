@@ -1,0 +1,81 @@
+"""Evaluators: one interface for everything that measures a trained run (big_vision's shape).
+
+An evaluator is set up with its options, then called on a loaded run with a progress reporter;
+it returns a :class:`Result` (the metrics, a key naming its setting, a label in words, its own
+details) that :func:`evaluate` keeps in the run (:mod:`cnnbench.runs.results`, one schema for
+all). `cnnbench compare` reads those back through each evaluator's :meth:`Evaluator.facts`, so a
+new evaluator is one class here with ``@register`` and no change to compare, the command line or
+the training loop::
+
+    @register
+    class MyMetric(Evaluator):
+        name = "my-metric"
+        columns = (("my_metric", "my metric %", "pct"),)
+
+        def __call__(self, run, progress=SILENT) -> Result: ...
+        @classmethod
+        def facts(cls, records) -> dict: ...
+
+Registered: ``accuracy`` in :mod:`cnnbench.eval.evaluate` (top-1/top-5 under ILSVRC's centre,
+10-crop or multi-scale protocol) and ``probe`` in :mod:`cnnbench.transfer.probe` (a linear
+classifier on a layer's features): an evaluator registers where it lives, and :mod:`cnnbench.compare` (above every
+package) imports the modules that hold them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from cnnbench.errors import UsageError
+from cnnbench.progress import SILENT, Progress
+from cnnbench.runs import results
+
+EVALUATORS: dict[str, type[Evaluator]] = {}
+
+
+@dataclasses.dataclass
+class Result:
+    key: str                # the setting, unique per evaluator in a run (its file name)
+    label: str              # the setting in words
+    metrics: dict           # the numbers
+    details: dict = dataclasses.field(default_factory=dict)  # kept with them (split, layer, ...)
+    output: Any = None      # what the caller may need besides (predictions); not kept
+
+
+class Evaluator:
+    """Options in ``__init__`` (a dataclass), the measurement in ``__call__``."""
+
+    name: ClassVar[str]
+    #: compare's columns: (fact key, header, "pct" for a fraction shown as a percentage or "text")
+    columns: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+
+    def __call__(self, run, progress: Progress = SILENT) -> Result:
+        raise NotImplementedError
+
+    @classmethod
+    def facts(cls, records: list[dict]) -> dict:
+        """What `cnnbench compare` shows of this evaluator's kept records (the run's best)."""
+        return {}
+
+
+def register(cls: type[Evaluator]) -> type[Evaluator]:
+    EVALUATORS[cls.name] = cls
+    return cls
+
+
+def get(name: str) -> type[Evaluator]:
+    if name not in EVALUATORS:
+        raise UsageError(f"no evaluator {name!r}; there are {', '.join(sorted(EVALUATORS))}")
+    return EVALUATORS[name]
+
+
+def evaluate(run, evaluator: Evaluator, *, progress: Progress = SILENT, keep: bool = True) -> Result:
+    """Run ``evaluator`` on a loaded run and keep its result there (unless ``keep`` is False)."""
+    result = evaluator(run, progress)
+    if keep:
+        model = {"checkpoint": str(run.checkpoint) if run.checkpoint else None, "weights": run.weights,
+                 "epoch": run.epoch, "arch": run.cfg.arch}
+        results.keep(run.run_dir, evaluator.name, result.key, label=result.label, metrics=result.metrics,
+                     model=model, details=result.details)
+    return result
