@@ -154,7 +154,6 @@ class Bar(Progress):
         return child
 
 
-
 def _count_column():
     from rich.progress import DownloadColumn, MofNCompleteColumn, ProgressColumn, TransferSpeedColumn
     from rich.text import Text
@@ -172,4 +171,3 @@ def _count_column():
             return Text("") if task.total is None else self._items.render(task)
 
     return Count()
-

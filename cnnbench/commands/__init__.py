@@ -48,7 +48,6 @@ def cli(verbose):
         fastops.check_env()
 
 
-
 #: every command (`cnnbench --help` lists them alphabetically)
 COMMANDS = [models.archs, models.summary, training.train, evaluation.eval_, evaluation.predict,
             comparing.compare, training.finetune, visualize.visualize, weights.weights, transfer.probe,

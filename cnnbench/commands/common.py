@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-
 from cnnbench.errors import UsageError
-
 
 MODEL_PARALLEL_HELP = ("Split each copy of the model over M devices (mesh axis 'model': the paper AlexNet's two "
                        "towers, the channels of every other network); batches split over devices / M.")

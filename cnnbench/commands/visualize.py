@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from cnnbench.runs.layout import CHECKPOINTS
-
 from cnnbench.commands.common import int_list
 from cnnbench.output import format_option
+from cnnbench.runs.layout import CHECKPOINTS
 
 
 # --------------------------------------------------------------------------- visualize

@@ -23,6 +23,7 @@ from cnnbench.eval import CROPS, metrics
 from cnnbench.eval.evaluators import Evaluator, Result, evaluate, register
 from cnnbench.runs.loaded import LoadedRun
 from cnnbench.progress import SILENT, Progress
+from cnnbench.runs import results
 from cnnbench.train.step import probabilities
 
 CROP_LABEL = {"center": "centre crop", "10": "10-crop (corners + centre, with flips)",
@@ -213,7 +214,9 @@ class Accuracy(Evaluator):
 
     @classmethod
     def facts(cls, records):
-        top = max(records, key=lambda r: r["metrics"]["top1"])
+        top = results.best_of(records)
+        if top is None:
+            return {}
         return {"eval_top1": top["metrics"]["top1"], "eval_top5": top["metrics"].get("top5"),
                 "eval_protocol": top["label"], "evaluations": records}
 

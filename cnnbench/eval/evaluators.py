@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from cnnbench.errors import UsageError
 from cnnbench.progress import SILENT, Progress
 from cnnbench.runs import results
 
@@ -62,12 +61,6 @@ class Evaluator:
 def register(cls: type[Evaluator]) -> type[Evaluator]:
     EVALUATORS[cls.name] = cls
     return cls
-
-
-def get(name: str) -> type[Evaluator]:
-    if name not in EVALUATORS:
-        raise UsageError(f"no evaluator {name!r}; there are {', '.join(sorted(EVALUATORS))}")
-    return EVALUATORS[name]
 
 
 def evaluate(run, evaluator: Evaluator, *, progress: Progress = SILENT, keep: bool = True) -> Result:

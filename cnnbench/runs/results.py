@@ -66,9 +66,9 @@ def read(run_dir: Path, evaluator: str | None = None) -> list[dict]:
     return [r for r in records if evaluator is None or r["evaluator"] == evaluator]
 
 
-def best(run_dir: Path, evaluator: str, metric: str = "top1") -> dict | None:
-    """The kept result of ``evaluator`` with the highest ``metric``, or None."""
-    found = [r for r in read(run_dir, evaluator) if r["metrics"].get(metric) is not None]
+def best_of(records: list[dict], metric: str = "top1") -> dict | None:
+    """The record with the highest ``metric``, or None."""
+    found = [r for r in records if r["metrics"].get(metric) is not None]
     return max(found, key=lambda r: r["metrics"][metric]) if found else None
 
 
@@ -83,8 +83,8 @@ def _earlier_accuracy(row: dict) -> dict:
 
 def _earlier_probe(row: dict) -> dict:
     """A ``probes/*.json`` of before the schema (`cnnbench probe`'s document)."""
-    per_class = row.get("per_class") or "all"
-    return {"evaluator": "probe", "key": f"{row['dataset']}-{row['layer']}-{row['classifier']}-{per_class}",
-            "label": f"{row['dataset']} {row['layer']} {row['classifier']} {per_class}/class",
-            "metrics": {"top1": row["top1"], "top1_std": row.get("top1_std")}, "model": {},
+    setting = [row.get(k) for k in ("dataset", "layer", "classifier")] + [row.get("per_class") or "all"]
+    return {"evaluator": "probe", "key": "-".join(map(str, setting)),
+            "label": " ".join(map(str, setting)) + "/class",
+            "metrics": {"top1": row.get("top1"), "top1_std": row.get("top1_std")}, "model": {},
             **{k: v for k, v in row.items() if k not in ("top1", "top1_std")}}

@@ -18,6 +18,7 @@ import numpy as np
 from cnnbench.errors import UsageError, setting
 from cnnbench.eval.evaluators import Evaluator, Result, register
 from cnnbench.progress import SILENT, Progress
+from cnnbench.runs import results
 from cnnbench.runs.layout import slug
 
 CLASSIFIERS = ("logreg", "svm")
@@ -167,5 +168,7 @@ class Probe(Evaluator):
 
     @classmethod
     def facts(cls, records):
-        top = max(records, key=lambda r: r["metrics"]["top1"])
+        top = results.best_of(records)
+        if top is None:
+            return {}
         return {"probe_top1": top["metrics"]["top1"], "probe": top["label"], "probes": records}
