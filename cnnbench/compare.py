@@ -74,11 +74,13 @@ def run_facts(run_dir: Path) -> dict:
 
 
 def evaluators() -> dict:
-    """Every registered evaluator (each registers where it lives: eval, transfer)."""
+    """Every registered evaluator: cnnbench's own (each registers where it lives: eval, transfer)
+    and those of installed packages (entry point group ``cnnbench.evaluators``)."""
     import cnnbench.eval.evaluate  # noqa: F401 (registers accuracy)
     import cnnbench.transfer.probe  # noqa: F401 (registers the probe evaluator)
-    from cnnbench.eval.evaluators import EVALUATORS
+    from cnnbench.eval.evaluators import EVALUATORS, load_plugins
 
+    load_plugins()
     return EVALUATORS
 
 

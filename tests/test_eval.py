@@ -390,8 +390,59 @@ def test_a_new_evaluator_is_one_registered_class_and_compare_shows_it(runs, tmp_
         assert run_facts(run_dir)["weight_norm"] == pytest.approx(expected, rel=1e-5)
         shown = CliRunner().invoke(cli, ["compare", str(run_dir), "--no-bench"])
         assert shown.exit_code == 0 and "weight norm" in shown.output, shown.output
+        # and from the command line, by name, with its options
+        (run_dir / "eval" / "weight-norm-all.json").unlink()
+        shown = CliRunner().invoke(cli, ["eval", str(run_dir), "--evaluator", "weight-norm", "--format", "json"])
+        assert shown.exit_code == 0, shown.output
+        document = json.loads(shown.stdout)
+        assert document["evaluator"] == "weight-norm" and document["results"][0]["setting"] == "all parameters"
+        assert document["results"][0]["metrics"]["l2"] == pytest.approx(expected, rel=1e-5)
+        assert len(results.read(run_dir, "weight-norm")) == 1
+        for args, message in ((["--evaluator", "no-such"], "no evaluator 'no-such'; registered: accuracy, probe"),
+                              (["--evaluator", "weight-norm", "--set", "scale=2"], "has no option scale; its options: none"),
+                              (["--evaluator", "weight-norm", "--crops", "10"], "--crops belong to the accuracy evaluator"),
+                              (["--set", "crops=10"], "takes its options as flags")):
+            shown = CliRunner().invoke(cli, ["eval", str(run_dir), *args])
+            assert shown.exit_code == 2 and message in shown.output, (args, shown.output)
+            assert len(shown.output.strip().splitlines()) == 1
     finally:
         EVALUATORS.pop("weight-norm")
+
+
+def test_an_installed_package_adds_evaluators_through_an_entry_point(tmp_path, monkeypatch):
+    """A plugin: a module named under the entry point group cnnbench.evaluators registers its
+    evaluators on import; one that fails to import is one line."""
+    import importlib.metadata
+
+    from cnnbench.compare import evaluators
+    from cnnbench.errors import UsageError
+    from cnnbench.eval import evaluators as lib
+
+    (tmp_path / "cnnbench_plugin_demo.py").write_text(
+        "import dataclasses\nfrom typing import ClassVar\n"
+        "from cnnbench.eval.evaluators import Evaluator, Result, register\n"
+        "@register\n@dataclasses.dataclass\nclass Depth(Evaluator):\n"
+        "    name: ClassVar[str] = 'depth'\n    scale: float = 1.0\n"
+        "    def __call__(self, run, progress):\n"
+        "        return Result(key='all', label='depth', metrics={'layers': 7 * self.scale})\n")
+    (tmp_path / "cnnbench_plugin_broken.py").write_text("raise RuntimeError('not today')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    group = "cnnbench.evaluators"
+    good = importlib.metadata.EntryPoint("depth", "cnnbench_plugin_demo", group)
+    bad = importlib.metadata.EntryPoint("broken", "cnnbench_plugin_broken", group)
+    plugins = [good]
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: [e for e in plugins if e.group == group])
+    try:
+        assert "depth" in evaluators()
+        assert lib.create("depth", {"scale": 2.0})(None, None).metrics == {"layers": 14.0}
+        plugins.append(bad)
+        with pytest.raises(UsageError, match=r"evaluator plugin broken \(cnnbench_plugin_broken\) does not load: "
+                                             r"RuntimeError: not today"):
+            evaluators()
+    finally:
+        lib.EVALUATORS.pop("depth", None)
+        lib._loaded_plugins.discard("cnnbench_plugin_demo")
 
 
 def test_results_of_before_the_schema_are_read(runs, tmp_path):
@@ -409,6 +460,7 @@ def test_results_of_before_the_schema_are_read(runs, tmp_path):
     (run_dir / "probes" / "digits-f6-logreg-10.json").write_text(json.dumps(
         {"run": "lenet5-0", "dataset": "digits", "layer": "f6", "classifier": "logreg", "per_class": 10,
          "top1": 0.6, "top1_std": 0.02}))
+    (run_dir / "probes" / "notes.json").write_text("[1, 2]")  # JSON, but no result: passed over
     kept = results.read(run_dir)
     assert [(r["evaluator"], r["key"], r["metrics"]["top1"]) for r in kept] == [
         ("accuracy", "test-10", 0.75), ("probe", "digits-f6-logreg-10", 0.6)]

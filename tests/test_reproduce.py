@@ -165,6 +165,7 @@ def test_smoke_reproduction_reports_and_a_second_run_reuses_it(tmp_path):
     second = CliRunner().invoke(cli, args[:-2])
     assert second.exit_code == 0, second.output
     assert "member-seed0: finished, reused" in second.output and "member-seed1: continuing" in second.output
+    assert "analysis: evaluating the 2 models and their ensemble" in second.output  # the analysis's progress
     assert (run / "metrics.jsonl").read_text() == lines and (run / "summary.json").exists()
     again = json.loads((out / "report.json").read_text())
     assert again["measured"] == doc["measured"] and again["verdict"] == doc["verdict"]

@@ -169,6 +169,7 @@ def test_finetune_errors_are_one_line(digits_0_4):
     assert "goes with --strategy partial" in error("--strategy", "all", "--trainable", "head")
     assert "'last 40'" in error("--strategy", "partial", "--trainable", "last 40")
     assert "LAYER=NUMBER" in error("--lr-mult", "head")
+    assert "LAYER=NUMBER" in error("--lr-mult", "head=fast")
     result = CliRunner().invoke(cli, ["finetune", str(digits_0_4), "--dataset", "digits"])
     assert result.exit_code == 2 and "not a run" in result.output
 

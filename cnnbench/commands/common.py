@@ -10,19 +10,26 @@ MODEL_PARALLEL_HELP = ("Split each copy of the model over M devices (mesh axis '
                        "towers, the channels of every other network); batches split over devices / M.")
 
 
-def parse_options(pairs: tuple[str, ...], what: str = "-o") -> dict:
-    """``-o key=value`` (or ``--set``) pairs; values are read as TOML (``false``, ``0.3``,
-    ``[100, 100]``) or text."""
+_EXAMPLES = {"-o": "activation=relu", "--set": "plateau_patience=3", "--lr-mult": "head=10"}
+
+
+def parse_options(pairs: tuple[str, ...], what: str = "-o", *, numbers: bool = False) -> dict:
+    """``-o key=value`` (or ``--set``, ``--lr-mult``) pairs; values are read as TOML (``false``,
+    ``0.3``, ``[100, 100]``) or text; with ``numbers``, only numbers are accepted. Dashes in a key
+    become underscores (a setting's name), except with ``numbers`` (there the keys are layer names)."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        example = f"{what} {_EXAMPLES.get(what, 'name=value')}"
         if not sep or not key:
-            example = "activation=relu" if what == "-o" else "plateau_patience=3"
-            raise UsageError(f"{what} {pair!r} is not KEY=VALUE (e.g. {what} {example})")
+            raise UsageError(f"{what} {pair!r} is not {'LAYER=NUMBER' if numbers else 'KEY=VALUE'} (e.g. {example})")
         try:
-            options[key.replace("-", "_")] = tomllib.loads(f"v = {value}")["v"]
+            parsed = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
-            options[key.replace("-", "_")] = value
+            parsed = value
+        if numbers and (isinstance(parsed, bool) or not isinstance(parsed, (int, float))):
+            raise UsageError(f"{what} {pair!r} is not LAYER=NUMBER (e.g. {example})")
+        options[key if numbers else key.replace("-", "_")] = float(parsed) if numbers else parsed
     return options
 
 

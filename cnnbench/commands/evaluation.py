@@ -8,7 +8,7 @@ from cnnbench.eval import CROPS
 from cnnbench.runs.layout import CHECKPOINTS
 
 from cnnbench.errors import UsageError
-from cnnbench.commands.common import MODEL_PARALLEL_HELP, PRETRAINED_HELP, int_list, pretrained_run
+from cnnbench.commands.common import MODEL_PARALLEL_HELP, PRETRAINED_HELP, int_list, parse_options, pretrained_run
 from cnnbench.output import Column, emit, err_console, format_option, integer, plural
 
 
@@ -44,9 +44,14 @@ def _pct(v) -> str:
 @click.option("--data-dir", type=click.Path(file_okay=False), help="TFDS data directory (default: the run's).")
 @click.option("--manual-dir", type=click.Path(file_okay=False), help="Manual download folder (default: the run's).")
 @click.option("--model-parallel", type=int, metavar="M", default=1, show_default=True, help=MODEL_PARALLEL_HELP)
+@click.option("--evaluator", default="accuracy", show_default=True, metavar="NAME",
+              help="A registered evaluator instead of accuracy: probe, or one an installed package adds.")
+@click.option("--set", "evaluator_options", multiple=True, metavar="KEY=VALUE",
+              help="An option of --evaluator (e.g. --evaluator probe --set layer=fc6 --set dataset=cifar10).")
 @format_option
 def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, raw_weights, report_file, submission, class_map,
-          ground_truth, predictions, num_classes, data_dir, manual_dir, model_parallel, fmt):
+          ground_truth, predictions, num_classes, data_dir, manual_dir, model_parallel, evaluator, evaluator_options,
+          fmt):
     """Top-1/top-5 of trained RUNS (default: the latest under ./runs); several runs add their ensemble.
 
     \b
@@ -56,9 +61,14 @@ def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, raw_weights,
       cnnbench eval runs/vgg16-imagenet2012-* --crops multiscale --scales 256,384,512
       cnnbench eval runs/resnet50-* --submission sub.txt
       cnnbench eval --ground-truth ILSVRC2012_validation_ground_truth.txt --predictions sub.txt
+      cnnbench eval runs/alexnet-* --evaluator probe --set dataset=caltech101 --set layer=fc6
     """
     from pathlib import Path
 
+    if evaluator != "accuracy" or evaluator_options:
+        _check_accuracy_only(evaluator)
+        _run_evaluator(evaluator, parse_options(evaluator_options, what="--set"), runs, checkpoint, raw_weights, fmt)
+        return
     if ground_truth or predictions:
         if not (ground_truth and predictions) or runs:
             raise UsageError("scoring a submission takes --ground-truth FILE and --predictions FILE, and no run")
@@ -96,6 +106,54 @@ def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, raw_weights,
         notes.append(f"{plural(result['skipped_images'], 'image')} could not be decoded and were skipped")
     _eval_table(rows, result, fmt, top5, f"{result['dataset']} {result['split']}: "
                                         f"{plural(result['num_examples'], 'image')}", notes)
+
+
+#: the options of `cnnbench eval` that only the accuracy evaluator has (its settings as flags)
+_ACCURACY_ONLY = ("top5", "split", "crops", "scales", "batch_size", "report_file", "submission", "class_map",
+                  "ground_truth", "predictions", "num_classes", "data_dir", "manual_dir", "model_parallel")
+
+
+def _check_accuracy_only(evaluator: str) -> None:
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    if evaluator == "accuracy":
+        raise UsageError("the accuracy evaluator takes its options as flags (--split, --crops, --scales ...), not --set")
+    given = [p.opts[0] for p in ctx.command.params
+             if p.name in _ACCURACY_ONLY and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+    if given:
+        raise UsageError(f"{', '.join(given)} belong to the accuracy evaluator; give the {evaluator} evaluator's "
+                         f"options as --set KEY=VALUE")
+
+
+def _run_evaluator(name, options, runs, checkpoint, raw_weights, fmt):
+    """`cnnbench eval --evaluator NAME`: one registered evaluator on each run, its result kept in the
+    run (compare shows it) and shown as a table of its metrics."""
+    from pathlib import Path
+
+    from cnnbench.compare import evaluators
+    from cnnbench.eval.evaluators import create, evaluate
+    from cnnbench.progress import Bar
+    from cnnbench.runs.loaded import latest_run, load_run
+
+    evaluators()  # cnnbench's own and the installed packages'
+    chosen = create(name, options)
+    with err_console().status("loading checkpoints ..."):
+        loaded = [load_run(Path(r), which=checkpoint, raw=raw_weights) for r in (runs or [latest_run()])]
+    found = []
+    with Bar() as bar:
+        for run in loaded:
+            result = evaluate(run, chosen, progress=bar)
+            found.append({"model": run.name, "run_dir": str(run.run_dir), "key": result.key, "setting": result.label,
+                          "metrics": result.metrics, "details": result.details})
+    names = list(dict.fromkeys(k for f in found for k in f["metrics"]))
+    number = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    emit([{"model": f["model"], "setting": f["setting"], **f["metrics"]} for f in found],
+         [Column("model", "model", justify="left"), Column("setting", "setting", justify="left", wrap=True),
+          *(Column(k, k, number) for k in names)], fmt,
+         title=f"the {name} evaluator on {plural(len(found), 'run')}",
+         notes=[f"kept in each run as eval/{name}-KEY.json (cnnbench compare shows it)"],
+         document={"evaluator": name, "options": options, "results": found})
 
 
 def _eval_table(rows, document, fmt, top5, title, notes=()):

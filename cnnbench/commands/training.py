@@ -106,14 +106,7 @@ def train(arch, config_file, options, settings, resume, run_dir, pretrained, coo
     if pretrained:
         if resume:
             raise UsageError("--pretrained starts a run; --resume continues one: give one of them")
-        weights_dir = Path(pretrained_run(pretrained, fmt)["run_dir"])
-        weights = config_lib.from_run(weights_dir)
-        if arch and arch != weights.arch:
-            raise UsageError(f"--pretrained {pretrained} holds a {weights.arch}, not a {arch}; "
-                             f"leave out ARCH or name {weights.arch}")
-        arch = weights.arch
-        values["init_from"] = str(weights_dir)
-        values.setdefault("arch_options", dict(weights.arch_options))  # (Keras's ResNet-50 is v1)
+        arch = config_lib.start_from(Path(pretrained_run(pretrained, fmt)["run_dir"]), arch, values)
     target = Path(resume or run_dir) if (resume or run_dir) else None
     if target is not None and is_first_process():
         check_free(target)  # a second writer hears who holds the run first (process 0 writes it)
@@ -199,15 +192,7 @@ def finetune(source, pretrained, dataset, strategy, trainable, lr_mults, run_dir
     if pretrained:
         source = pretrained_run(pretrained, fmt)["run_dir"]
 
-    multipliers = {}
-    for pair in lr_mults:
-        layer, sep, value = pair.partition("=")
-        try:
-            multipliers[layer] = float(value) if sep and layer else None
-        except ValueError:
-            multipliers[layer] = None
-        if multipliers[layer] is None:
-            raise UsageError(f"--lr-mult {pair!r} is not LAYER=NUMBER (e.g. head=10)")
+    multipliers = parse_options(lr_mults, what="--lr-mult", numbers=True)
     cfg = finetune_config(Path(source), dataset=dataset, strategy=strategy, trainable=trainable,
                           lr_multipliers=multipliers, overrides=values)
     summary = _train_with_progress(cfg, Path(run_dir) if run_dir else None, fmt)

@@ -16,6 +16,10 @@ the training loop::
         @classmethod
         def facts(cls, records) -> dict: ...
 
+An installed package adds its evaluators through the entry point group ``cnnbench.evaluators``
+(``my-metric = my_package.metrics``: importing the module registers them), and `cnnbench eval
+--evaluator my-metric --set key=value` runs one with those options.
+
 Registered: ``accuracy`` in :mod:`cnnbench.eval.evaluate` (top-1/top-5 under ILSVRC's centre,
 10-crop or multi-scale protocol) and ``probe`` in :mod:`cnnbench.transfer.probe` (a linear
 classifier on a layer's features): an evaluator registers where it lives, and :mod:`cnnbench.compare` (above every
@@ -27,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+from cnnbench.errors import UsageError
 from cnnbench.progress import SILENT, Progress
 from cnnbench.runs import results
 
@@ -61,6 +66,43 @@ class Evaluator:
 def register(cls: type[Evaluator]) -> type[Evaluator]:
     EVALUATORS[cls.name] = cls
     return cls
+
+
+PLUGIN_GROUP = "cnnbench.evaluators"
+_loaded_plugins: set[str] = set()
+
+
+def load_plugins() -> None:
+    """Import the evaluator modules installed packages name under :data:`PLUGIN_GROUP`; one that
+    fails to import is one line naming its package's entry point."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=PLUGIN_GROUP):
+        if entry.value in _loaded_plugins:
+            continue
+        try:
+            entry.load()
+        except Exception as e:  # noqa: BLE001 (someone else's module: any failure is theirs)
+            raise UsageError(f"the evaluator plugin {entry.name} ({entry.value}) does not load: "
+                             f"{type(e).__name__}: {e}") from None
+        _loaded_plugins.add(entry.value)
+
+
+def create(name: str, options: dict) -> Evaluator:
+    """The registered evaluator ``name`` set up with ``options`` (its fields), or one line saying
+    which names or options there are."""
+    if name not in EVALUATORS:
+        raise UsageError(f"no evaluator {name!r}; registered: {', '.join(sorted(EVALUATORS))}")
+    cls = EVALUATORS[name]
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise UsageError(f"the {name} evaluator has no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(sorted(fields)) or 'none'}")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"the {name} evaluator does not take these options: {e}") from None
 
 
 def evaluate(run, evaluator: Evaluator, *, progress: Progress = SILENT, keep: bool = True) -> Result:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from cnnbench.errors import UsageError
+from cnnbench.progress import SILENT, Progress
 from cnnbench.reproduce.verdict import Stats, Test
 
 BUDGETS = ("smoke", "small", "paper")
@@ -60,7 +61,12 @@ class Runs:
     seeds: int
     dirs: dict[str, list[Path]]  # variant name -> one run directory per seed (seed order)
     out: Path                    # the reproduction's folder (figures go here)
-    advance: Callable[[str], None] = lambda what: None  # progress of the analysis (evaluations)
+    progress: Progress = SILENT  # the analysis's: a note per evaluation, the evaluation's bar below it
+
+    def note(self, what: str) -> Progress:
+        """Say what the analysis evaluates now; returns the progress for that evaluation."""
+        self.progress.note(f"analysis: {what}")
+        return self.progress.nested()
 
     def finding_variant(self, name: str) -> Variant:
         return next(v for v in self.finding.variants if v.name == name)

@@ -267,8 +267,8 @@ def _loaded(runs: Runs, variant: str):
 def _ensemble(runs: Runs) -> Analysis:
     from cnnbench.eval.evaluate import evaluate_runs
 
-    runs.advance(f"evaluating the {runs.seeds} models and their ensemble")
-    result, _ = evaluate_runs(_loaded(runs, "member"))
+    below = runs.note(f"evaluating the {runs.seeds} models and their ensemble")
+    result, _ = evaluate_runs(_loaded(runs, "member"), progress=below)
     singles = stats(100 * (1 - m["top1"]) for m in result["models"])
     ensemble = 100 * (1 - result["top1"])
     measured = {"single model": singles, f"ensemble of {runs.seeds}": stats([ensemble])}
@@ -311,9 +311,9 @@ def _ten_crop(runs: Runs) -> Analysis:
 
     centre, ten = [], []
     for run in _loaded(runs, "model"):
-        runs.advance(f"evaluating {run.name}: centre crop and 10-crop")
-        centre.append(100 * (1 - evaluate_runs([run], crops="center")[0]["top1"]))
-        ten.append(100 * (1 - evaluate_runs([run], crops="10")[0]["top1"]))
+        below = runs.note(f"evaluating {run.name}: centre crop and 10-crop")
+        centre.append(100 * (1 - evaluate_runs([run], crops="center", progress=below)[0]["top1"]))
+        ten.append(100 * (1 - evaluate_runs([run], crops="10", progress=below)[0]["top1"]))
     measured = {"centre crop": stats(centre), "10-crop": stats(ten)}
     gain = stats(c - t for c, t in zip(centre, ten))
     test = positive(gain, what="centre-crop minus 10-crop error (per model)")
@@ -410,8 +410,8 @@ def _transfer(runs: Runs) -> Analysis:
     for layer, label in zip(PROBE_LAYERS[from_run(runs.dirs["source"][0]).arch], PROBE_LABELS):
         values = []
         for source in runs.dirs["source"]:
-            runs.advance(f"probing {layer} of {source.name}")
-            result = run_probe(source, dataset=target_dataset, layer=layer, kind="logreg", per_class=None, count=1)
+            result = run_probe(source, dataset=target_dataset, layer=layer, kind="logreg", per_class=None, count=1,
+                               progress=runs.note(f"probing {layer} of {source.name}"))
             values.append(100 * result["top1"])
         probes[label] = stats(values)
     tests.append(exceeds(probes[PROBE_LABELS[2]], probes[PROBE_LABELS[0]],

@@ -144,7 +144,6 @@ def execute(p: Plan, progress: Progress = SILENT) -> dict:
     dirs: dict[str, list[Path]] = {}
     for planned in p.runs:
         dirs.setdefault(planned.variant, []).append(planned.run_dir)
-    runs = Runs(p.finding, p.budget_name, p.budget, p.dataset, p.seeds, dirs, p.out,
-                lambda what: progress.note(f"analysis: {what}"))
+    runs = Runs(p.finding, p.budget_name, p.budget, p.dataset, p.seeds, dirs, p.out, progress)
     analysis = p.finding.analyse(runs)
     return write_report(p, analysis, time.time() - started)

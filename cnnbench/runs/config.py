@@ -177,6 +177,19 @@ def write_config(run_dir: Path, cfg: TrainConfig, *, home: Path | None = None) -
     write_text(Path(run_dir) / "config.json", dataclasses.replace(cfg, run_dir=str(home or run_dir)).to_json())
 
 
+def start_from(weights_dir: Path, arch: str | None, overrides: dict) -> str:
+    """A new run that starts from the weights in ``weights_dir`` (a run, or published or imported
+    weights): sets ``init_from`` and, unless given, the weights' architecture options in
+    ``overrides``; returns the architecture, which is the weights' (``arch`` may only repeat it)."""
+    weights = from_run(weights_dir)
+    if arch and arch != weights.arch:
+        raise UsageError(f"{weights_dir} holds a {weights.arch}, not a {arch}; leave out the architecture "
+                         f"or name {weights.arch}")
+    overrides["init_from"] = str(weights_dir)
+    overrides.setdefault("arch_options", dict(weights.arch_options))  # (Keras's ResNet-50 is v1)
+    return weights.arch
+
+
 def requested(run_dir: Path | None, arch: str | None, path: str | Path | None, overrides: dict) -> TrainConfig:
     """What `cnnbench train` asks for. Into a directory that holds a run (``--resume``, or a
     ``--run-dir`` with a ``config.json``): that run's configuration with the architecture, the

@@ -57,12 +57,11 @@ def read(run_dir: Path, evaluator: str | None = None) -> list[dict]:
     """Every kept result of the run (of one ``evaluator``, if given), oldest file name first."""
     run_dir = Path(run_dir)
     records = []
-    for path in sorted((run_dir / FOLDER).glob("*.json")) if (run_dir / FOLDER).is_dir() else ():
-        record = read_json(path)  # (a damaged file is one line naming it, like every run file)
-        if isinstance(record, dict):
-            records.append(record if "evaluator" in record else _earlier_accuracy(record))
-    for path in sorted((run_dir / "probes").glob("*.json")) if (run_dir / "probes").is_dir() else ():
-        records.append(_earlier_probe(read_json(path)))
+    for folder, earlier in ((FOLDER, _earlier_accuracy), ("probes", _earlier_probe)):
+        for path in sorted((run_dir / folder).glob("*.json")) if (run_dir / folder).is_dir() else ():
+            record = read_json(path)  # (a damaged file is one line naming it, like every run file)
+            if isinstance(record, dict):  # (what is not an object is no result of ours)
+                records.append(record if "evaluator" in record else earlier(record))
     return [r for r in records if evaluator is None or r["evaluator"] == evaluator]
 
 
