@@ -71,6 +71,10 @@ class LayerRecord:
     device_params: int = 0
     #: connections (LeCun et al. 1998's count): multiply-adds plus one per bias use
     connections: int = 0
+    #: the layer whose output is this layer's input (None: the network's input or a merge)
+    source: str | None = None
+    #: how many layers and merges take this layer's output (filled in as the trace goes on)
+    uses: int = 0
 
     @property
     def activations(self) -> int:
@@ -88,6 +92,14 @@ class Recorder:
         self._split: dict[int, bool] = {}
         self._gathered: set[int] = set()
         self._alive: list[Any] = []  # keeps traced arrays alive so their ids are never reused
+        self._made_by: dict[int, LayerRecord] = {}  # id of an output -> the record of its layer
+
+    def used(self, x) -> LayerRecord | None:
+        """Count one use of ``x``; the record of the layer that made it, if a layer did."""
+        maker = self._made_by.get(id(x))
+        if maker is not None:
+            maker.uses += 1
+        return maker
 
     def geometry(self, x) -> Geometry:
         return self._geometry.get(id(x), Geometry())
@@ -153,6 +165,7 @@ def record(module, x, y, *, kind: str, kernel: int | None = None, stride: int | 
     if connections is None:  # a weight layer's bias is one more connection per output value
         connections = int(macs) + (int(np.prod(y.shape[1:])) if getattr(module, "bias", None) is not None
                                    and kind in WEIGHT_LAYERS else 0)
+    maker = recorder.used(x)
     recorder.records.append(LayerRecord(
         name=recorder.names.get(id(module), type(module).__name__),
         kind=kind,
@@ -171,7 +184,9 @@ def record(module, x, y, *, kind: str, kernel: int | None = None, stride: int | 
         split_output=split_output,
         moved_bytes=moved,
         device_params=count_params(module, per_device_of=recorder.ways) if params else 0,
+        source=maker.name if maker is not None else None,
     ))
+    recorder._made_by[id(y)] = recorder.records[-1]
 
 
 def merge(inputs, y) -> None:
@@ -180,6 +195,8 @@ def merge(inputs, y) -> None:
     recorder = _ACTIVE.get()
     if recorder is None:
         return
+    for x in inputs:
+        recorder.used(x)
     widest = max((recorder.geometry(x) for x in inputs), key=lambda g: g.receptive_field)
     recorder.set_geometry(y, widest, max(recorder.depth(x) for x in inputs),
                           any(recorder.split(x) for x in inputs))

@@ -79,7 +79,12 @@ class Predictions:
 def probabilities_fn(model: nnx.Module, finish, mesh: Mesh | None = None) -> Callable:
     """A jitted ``(images, shift) -> (B, classes)`` softmax, averaged over any crop axes; with a
     ``mesh`` the model is split over its ``model`` axis (:func:`cnnbench.parallel.plan`) and its
-    weights placed so (batches come sharded over ``data``)."""
+    weights placed so (batches come sharded over ``data``). The program is the inference model's
+    (:func:`cnnbench.archs.inference.fold_batch_norm`: batch norm folded into its convolution);
+    ``model`` itself is left as it is."""
+    from cnnbench.archs.inference import fold_batch_norm
+
+    model, _ = fold_batch_norm(model)
     if mesh is not None:
         parallel.plan(model, parallel.model_size(mesh), mesh)
     graphdef, state = nnx.split(model)

@@ -3,7 +3,8 @@
 What is timed is what `cnnbench train` runs: the jitted step of :mod:`cnnbench.train.step` with the
 default optimiser (SGD with momentum 0.9 and weight decay, as the papers), sharded over the same
 mesh, on a batch that already lives on the devices (no input pipeline, no TensorFlow). Inference is
-the forward pass in inference mode (batch-norm running statistics, no dropout) returning logits.
+the forward pass of the inference model (batch norm folded into its convolution, no dropout, as
+`cnnbench eval` runs it) returning logits.
 
 Every measurement: compile (timed on its own), ``warmup`` untimed steps, then ``steps`` timed
 steps, each ended by ``block_until_ready``; the step time is their median. Achieved FLOP/s count
@@ -126,6 +127,10 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     facts = {"input_size": size, "params": count_params(model),
              "macs": sum(r.macs for r in trace_model(model, shape))}
     dtype = _dtype(precision)
+    if mode == "infer":  # what evaluation runs: the inference model (batch norm folded)
+        from cnnbench.archs.inference import fold_batch_norm
+
+        model, _ = fold_batch_norm(model, shape)
     if precision == "bf16":
         set_compute_dtype(model, dtype)
     parallel.plan(model, model_size(mesh), mesh)

@@ -16,14 +16,14 @@ def extract(run_dir: Path, batch: np.ndarray, layer: str, *, batch_size: int = 6
     import jax.numpy as jnp
 
     from cnnbench.runs.loaded import load_run
-    from cnnbench.viz.taps import Taps
+    from cnnbench.viz.inputs import from_run
 
     run = load_run(run_dir)
     if batch.ndim != 4 or batch.shape[-1] != run.channels:
         raise UsageError(f"the input must be an N x H x W x {run.channels} batch (preprocessed, channels last), "
                          f"not {'x'.join(map(str, batch.shape))}")
-    taps = Taps(run.model, (run.input_size, run.input_size, run.channels), run.cfg.arch)
-    name = "logits" if layer == "logits" else taps.resolve(layer)
+    name = "logits" if layer == "logits" else from_run(run).taps.resolve(layer)
+    taps = from_run(run, reading=(name,)).taps  # the inference model up to the layer read
 
     @jax.jit
     def run_batch(state, x):

@@ -120,8 +120,8 @@ def probe_run(run, *, dataset: str | None, layer: str, kind: str, per_class: int
     """The probe of a loaded run: its features of both splits (cached in the run), then :func:`probe`."""
     from cnnbench.viz.inputs import from_run
 
-    subject = from_run(run)
-    name = subject.taps.resolve(layer)
+    name = from_run(run).taps.resolve(layer)
+    subject = from_run(run, reading=(name,))  # the inference model up to the layer read
     source = run.cfg.source(dataset=dataset, data_dir=data_dir)
     train_split = train_split or source.train_split
     test_split = test_split or source.eval_split

@@ -63,11 +63,20 @@ class Subject:
         raise UsageError(f"no class {name!r}; give an index 0-{len(names) - 1} or a name ({shown})")
 
 
-def from_run(run: LoadedRun) -> Subject:
+def from_run(run: LoadedRun, *, reading: tuple[str, ...] | None = None) -> Subject:
+    """The run's model to look into. ``reading``: the only layers whose outputs will be read (as
+    :meth:`Taps.resolve` names them); then the rest runs as the inference model (batch norm
+    folded into its convolution, :mod:`cnnbench.archs.inference`). None: the model as trained."""
     from cnnbench.pipeline.preprocess import compile_host
 
     _, finish = compile_host(run.eval_spec)
-    taps = Taps(run.model, (run.input_size, run.input_size, run.channels), run.cfg.arch)
+    shape = (run.input_size, run.input_size, run.channels)
+    model = run.model
+    if reading is not None:
+        from cnnbench.archs.inference import fold_batch_norm
+
+        model, _ = fold_batch_norm(model, shape, keep=tuple(reading))
+    taps = Taps(model, shape, run.cfg.arch)
     return Subject(taps, list(run.class_names), finish, f"{run.cfg.arch} ({run.name})", run)
 
 

@@ -1,0 +1,94 @@
+"""The inference model: a trained network rewritten for evaluation only, with batch norm folded
+into the convolution before it.
+
+In inference mode a batch-norm layer is a fixed per-channel multiply-add, ``y = x * a + b`` with
+``a = scale / sqrt(var + eps)`` and ``b = bias - mean * a``; after a convolution ``x = w * i + c``
+that is the convolution with kernel ``w * a`` (each output channel scaled) and bias ``c * a + b``.
+:func:`fold_batch_norm` makes that convolution once (in float64 on the host, then in the weights'
+dtype) and puts an :class:`Identity` where the batch norm was, so the compiled forward pass does one
+pass over each activation less and XLA can fuse the bias with the ReLU after it. Training keeps the
+model as it is (batch norm's statistics change while it trains); evaluation, prediction, feature
+extraction and `cnnbench bench --mode infer` use this one.
+
+Which convolution a batch norm follows is read from a shape-only trace of the model
+(:func:`cnnbench.archs.trace.trace_model`: the layer whose output is the batch norm's input), and a
+pair is folded only where nothing else takes the convolution's output. Layers named in ``keep``
+(a layer whose output is being read, e.g. for features) are left as they are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flax import nnx
+
+from cnnbench.archs import trace
+from cnnbench.archs.layers import BatchNorm, Conv
+
+
+class Identity(nnx.Module):
+    """Where a folded batch norm was: its input, unchanged."""
+
+    def __call__(self, x, train: bool = False):
+        trace.record(self, x, x, kind="identity")
+        return x
+
+
+def _parent(model, path):
+    node = model
+    for key in path[:-1]:
+        node = node[key] if isinstance(key, int) else getattr(node, key)
+    return node
+
+
+def fold_batch_norm(model: nnx.Module, input_shape: tuple[int, ...] | None = None, *,
+                    keep: tuple[str, ...] = ()) -> tuple[nnx.Module, list[tuple[str, str]]]:
+    """A copy of ``model`` with every batch norm that directly follows a convolution folded into
+    it; the model itself is not changed. Only for inference: the copy has no batch statistics left
+    to train. Returns the copy and the (convolution, batch norm) pairs folded, by layer name.
+    ``input_shape`` (HWC): what the trace feeds it (default: what a :class:`Net` was
+    built for)."""
+    if input_shape is None:
+        input_shape = (model.input_size, model.input_size, model.in_channels)
+    if getattr(model, "model_parallel", 1) > 1 or any(
+            getattr(m, "partition", None) is not None for _, m in nnx.iter_modules(model)):
+        raise ValueError("fold batch norm before splitting the model over devices (parallel.plan)")
+    model = nnx.clone(model)
+    records = {r.name: r for r in trace.trace_model(model, input_shape)}
+    modules = {".".join(map(str, path)): (path, m) for path, m in nnx.iter_modules(model)}
+    pairs = []
+    for name, record in records.items():
+        conv_name = record.source
+        if record.kind != "batchnorm" or conv_name is None or name in keep or conv_name in keep:
+            continue
+        conv_record = records.get(conv_name)
+        (path, bn), (_, conv) = modules[name], modules.get(conv_name, (None, None))
+        if (conv_record is None or conv_record.kind != "conv" or conv_record.uses != 1
+                or not isinstance(conv, Conv) or not isinstance(bn, BatchNorm)):
+            continue
+        _fold(conv, bn)
+        parent = _parent(model, path)
+        if isinstance(path[-1], int):
+            parent[path[-1]] = Identity()
+        else:
+            setattr(parent, path[-1], Identity())
+        pairs.append((conv_name, name))
+    return model, pairs
+
+
+def _fold(conv: Conv, bn: BatchNorm) -> None:
+    """``conv`` followed by ``bn`` (inference mode) as one convolution, computed in float64."""
+    var, mean = np.asarray(bn.var[...], np.float64), np.asarray(bn.mean[...], np.float64)
+    a = 1.0 / np.sqrt(var + bn.epsilon)
+    if bn.scale is not None:
+        a = a * np.asarray(bn.scale[...], np.float64)
+    b = -mean * a
+    if bn.bias is not None:
+        b = b + np.asarray(bn.bias[...], np.float64)
+    kernel = conv.kernel[...]
+    conv.kernel[...] = (np.asarray(kernel, np.float64) * a).astype(kernel.dtype)  # HWIO: O scales
+    if conv.bias is not None:
+        bias = conv.bias[...]
+        conv.bias[...] = (np.asarray(bias, np.float64) * a + b).astype(bias.dtype)
+    else:
+        conv.bias = nnx.Param(np.asarray(b, kernel.dtype))
+        conv.use_bias = True
