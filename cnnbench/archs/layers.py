@@ -19,7 +19,7 @@ from jax import lax
 
 from cnnbench.archs import initializers as init
 from cnnbench.archs import trace
-from cnnbench.kernels import fastops
+from cnnbench.kernels import fastops, products
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -88,7 +88,7 @@ class Dense(nnx.Linear):
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
                  kernel_init=init.lecun_normal(), bias_init=init.zeros, rngs: nnx.Rngs):
         super().__init__(in_features, out_features, use_bias=bias, kernel_init=kernel_init,
-                         bias_init=bias_init, rngs=rngs)
+                         bias_init=bias_init, rngs=rngs, dot_general=products.dot_general)
         self.partition = None  # as Conv's
 
     def __call__(self, x, train: bool = False):
@@ -102,8 +102,7 @@ class Dense(nnx.Linear):
     def _product(self, x, kernel, bias):
         """``x @ kernel + bias`` on the arrays one device holds."""
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
-        y = (self.dot_general or lax.dot_general)(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
-                                                  precision=self.precision)
+        y = self.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
         return y if bias is None else y + bias
 
 

@@ -31,71 +31,16 @@ each compiled function's cache key.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from cnnbench.kernels import winograd
-
-#: what ``CNNBENCH_FASTOPS`` / :func:`use` switch; "batchnorm" is the normalisation's form
-#: (:class:`cnnbench.archs.layers.BatchNorm`)
-OPS = ("conv", "pool", "lrn", "batchnorm")
-
-
-def _from_env(value: str) -> frozenset:
-    """``CNNBENCH_FASTOPS``: 1 (default, all), 0 (none) or a comma list of :data:`OPS`."""
-    value = value.strip().lower()
-    return frozenset(OPS if value in ("", "1", "all") else () if value == "0"
-                     else (name.strip() for name in value.split(",")))
-
-
-def check_env(environ=os.environ) -> None:
-    """A ``CNNBENCH_FASTOPS`` naming anything :data:`OPS` lacks is a usage error (a misspelt name
-    would otherwise turn every fast path off without a word)."""
-    unknown = _from_env(environ.get("CNNBENCH_FASTOPS", "1")) - set(OPS)
-    if unknown:
-        from cnnbench.errors import UsageError
-
-        raise UsageError(f"CNNBENCH_FASTOPS names {', '.join(sorted(unknown))}: use 1 (all), 0 (none) "
-                         f"or a comma list of {','.join(OPS)}")
-
-
-class Choice(NamedTuple):
-    """Which fast formulations layers use (:data:`OPS`), and for which backend they are chosen
-    (``None``: JAX's default backend; the CPU formulations run only on "cpu")."""
-    ops: frozenset
-    platform: str | None = None
-
-
-#: the choice in force, part of every compiled function's cache key (``jax.make_user_context``): a
-#: function compiled under one choice is traced again under another, never silently stale
-_CHOICE = jax.make_user_context(default_value=Choice(_from_env(os.environ.get("CNNBENCH_FASTOPS", "1"))))
-
-
-def enabled(op: str) -> bool:
-    return op in _CHOICE.value.ops
-
-
-def platform() -> str:
-    """The backend the formulations are chosen for: :func:`use`'s ``platform``, else JAX's default."""
-    return _CHOICE.value.platform or jax.default_backend()
-
-
-@contextlib.contextmanager
-def use(on: bool | tuple[str, ...] | None = True, *, platform: str | None = None):
-    """Layers traced inside this block use (or do not use) the fast formulations: all (``True``),
-    none (``False``), those named, or as before (``None``); ``platform`` chooses them as for that
-    backend (e.g. "gpu": the CPU-only formulations stay off)."""
-    current = _CHOICE.value
-    ops = current.ops if on is None else frozenset(OPS if on is True else () if on is False else on)
-    with _CHOICE(Choice(ops, platform or current.platform)):
-        yield
-
+from cnnbench.kernels.choice import (OPS, Choice, _from_env, check_env, enabled, low_precision_products,  # noqa: F401
+                                     platform, use, within)
+from cnnbench.kernels.products import accumulator, product
 
 # --------------------------------------------------------------------------- max pooling
 
@@ -282,11 +227,16 @@ def _out_hw(x, k, s, pads):
 def _matmul_forward(x, w, s, pads):
     k, out_hw = w.shape[0], _out_hw(x, w.shape[0], s, pads)
     cols = _patches(_pad(x, pads), k, s, out_hw)
-    return lax.dot_general(cols, w.reshape(-1, w.shape[-1]), (((3,), (0,)), ((), ())))
+    return product(cols, w.reshape(-1, w.shape[-1]), (((3,), (0,)), ((), ())))
 
 
 def _lax_conv(x, w, s, pads):
-    return lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    """XLA's convolution; bf16 operands sum in float32. (Float32 ones stay float32 under bf16
+    products: XLA's bf16 convolution was not clearly faster in whole steps, BENCHMARKS.md.)"""
+    acc = accumulator(x.dtype)
+    y = lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 preferred_element_type=acc)
+    return y if acc is None else y.astype(x.dtype)
 
 
 def _matmul_input_grad(dy, w, s, pads, x_shape, chunk: int | None = None):
@@ -297,7 +247,7 @@ def _matmul_input_grad(dy, w, s, pads, x_shape, chunk: int | None = None):
     t, left = pads[0][0], pads[1][0]
 
     def part(dyc):
-        cols = lax.dot_general(dyc, w.reshape(-1, w.shape[-1]), (((3,), (1,)), ((), ())))  # [n,Ho,Wo,kkC]
+        cols = product(dyc, w.reshape(-1, w.shape[-1]), (((3,), (1,)), ((), ())))  # [n,Ho,Wo,kkC]
         parts = ((i, j, cols[..., (i * k + j) * c:(i * k + j + 1) * c]) for i in range(k) for j in range(k))
         dxp = _scatter_back(parts, k, s, (hp, wp))
         return lax.slice(dxp, (0, t, left, 0), (dyc.shape[0], t + x_shape[1], left + x_shape[2], c))
@@ -340,11 +290,9 @@ def _matmul_weight_grad(x, dy, k, s, pads, chunk: int | None = None):
             # VGG's 3x3 conv1 133 -> 91 (batch 32; BENCHMARKS.md, issue 6). On 64+ channels this
             # was 1-1.8x slower (a real transpose of the channels).
             cols = _patches_t(_pad(xc, pads), k, s, dyc.shape[1:3])
-            return lax.dot_general(cols, dyc.reshape(-1, o), (((1,), (0,)), ((), ())),
-                                   preferred_element_type=acc_dtype)  # [kkC, O]
+            return product(cols, dyc.reshape(-1, o), (((1,), (0,)), ((), ())), sums=acc_dtype)  # [kkC, O]
         cols = _patches(_pad(xc, pads), k, s, dyc.shape[1:3])
-        return lax.dot_general(cols, dyc, (((0, 1, 2), (0, 1, 2)), ((), ())),
-                               preferred_element_type=acc_dtype)  # [kkC, O]
+        return product(cols, dyc, (((0, 1, 2), (0, 1, 2)), ((), ())), sums=acc_dtype)  # [kkC, O]
 
     return winograd.summed(part, x, dy, chunk).astype(dtype).reshape(k, k, c, o)
 
@@ -356,8 +304,8 @@ def _pointwise_weight_grad(x, dy, acc_dtype):
     a network) XLA hands it to YNNPACK behind an explicit transpose of x at 1-3 GB/s, which cost
     ResNet-50 3-6% of its training step (three in-process A/Bs, BENCHMARKS.md, issue 6)."""
     m = x.shape[0] * x.shape[1] * x.shape[2]
-    halves = lax.dot_general(x.reshape(2, m // 2, x.shape[-1]), dy.reshape(2, m // 2, dy.shape[-1]),
-                             (((1,), (1,)), ((0,), (0,))), preferred_element_type=acc_dtype)
+    halves = product(x.reshape(2, m // 2, x.shape[-1]), dy.reshape(2, m // 2, dy.shape[-1]),
+                     (((1,), (1,)), ((0,), (0,))), sums=acc_dtype)
     return halves[0] + halves[1]  # [C, O]
 
 

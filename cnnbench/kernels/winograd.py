@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cnnbench.kernels.products import accumulator, to_products
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Minimal:
@@ -242,12 +244,16 @@ def _forward(f: Minimal, x, kernel, pads, swapped: bool = False):
     (ho, wo), (th, tw), _ = _tiling(f, h, wd, pads)
     o, a = kernel[0].shape[1 if swapped else 2], f.a
     dims = (((2,), (2 if swapped else 1,)), ((0,), (0,)))
-    m = [lax.dot_general(t, k, dims) for t, k in zip(_input_tiles(f, x, pads), kernel)]  # [g, P, O] each
+    # low-precision products (kernels.products): bf16 tiles and kernel, float32 sums, and the output
+    # transform in float32
+    acc = accumulator(to_products(kernel[0]).dtype)
+    m = [lax.dot_general(to_products(t), to_products(k), dims, preferred_element_type=acc)
+         for t, k in zip(_input_tiles(f, x, pads), kernel)]  # [g, P, O] each
     m = [part[i].reshape(n, th, tw, o) for part in m for i in range(part.shape[0])]     # the a*a points
     y = _transform_2d(f.AT, [m[k * a:(k + 1) * a] for k in range(a)])               # y[u][v]: [n, th, tw, o]
     y = jnp.stack([jnp.stack(row) for row in y])                                # [u, v, n, th, tw, o]
     y = jnp.transpose(y, (2, 3, 0, 4, 1, 5)).reshape(n, th * f.m, tw * f.m, o)
-    return y[:, :ho, :wo, :]
+    return y[:, :ho, :wo, :].astype(x.dtype)
 
 
 def batched(f, x, size: int):
@@ -281,7 +287,7 @@ def conv(x, w, pads, turned: bool = False):
     f = form(w.shape[0], _out_hw(x, w.shape[0], pads))
     _, (th, tw), _ = _tiling(f, x.shape[1], x.shape[2], pads)
     size = chunk(x.shape[0], th * tw, max(w.shape[2], w.shape[3]), a=f.a)
-    kernel = _kernel(f, w, turned)
+    kernel = [to_products(k) for k in _kernel(f, w, turned)]  # (low-precision products: once, not per chunk)
     return batched(lambda xc: _forward(f, xc, kernel, pads, swapped=turned), x, size)
 
 
@@ -309,7 +315,8 @@ def weight_grad(x, dy, pads, k: int = 3):
         grid = [[d[:, :, u, :, v, :] for v in range(m)] for u in range(m)]      # dY tiles [b, th, tw, o]
         dm = _transform_2d(f.AT.T, grid)                                           # A dY A^T: a x a
         dm = _stacked([dm[i][j].reshape(b * th * tw, o) for i in range(a) for j in range(a)])
-        return jnp.concatenate([lax.dot_general(vg, dg, (((1,), (1,)), ((0,), (0,))), preferred_element_type=acc)
+        return jnp.concatenate([lax.dot_general(to_products(vg), to_products(dg), (((1,), (1,)), ((0,), (0,))),
+                                                preferred_element_type=acc)
                                 for vg, dg in zip(v, dm)])                        # [a*a, C, O]
 
     du = summed(part, x, dy, chunk(n, th * tw, max(c, o), a=a))

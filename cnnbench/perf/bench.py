@@ -49,6 +49,8 @@ def matmul_peak(mesh, precision: str = "fp32", size: int | None = None, repeats:
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
+    from cnnbench.kernels.products import product
+
     n_dev = mesh.devices.size
     if size is None:
         size = 2048 if mesh.devices.flat[0].platform == "cpu" else 8192
@@ -56,9 +58,12 @@ def matmul_peak(mesh, precision: str = "fp32", size: int | None = None, repeats:
     dtype = _dtype(precision)
     make = jax.jit(lambda k: jax.random.normal(k, (n_dev, size, size), dtype), out_shardings=sharding)
     a, b = make(jax.random.key(1)), make(jax.random.key(2))
-    # ``highest`` keeps float32 float32 on accelerators that would otherwise round to TF32/bf16.
-    matmul = jax.jit(lambda a, b: jnp.matmul(a, b, precision="highest" if precision == "fp32" else None),
-                     out_shardings=sharding)
+    # ``highest`` keeps float32 float32 on accelerators that would otherwise round to TF32/bf16;
+    # bf16 sums in float32, as every bf16 product of the models does (cnnbench.kernels.products)
+    if precision == "fp32":
+        matmul = jax.jit(lambda a, b: jnp.matmul(a, b, precision="highest"), out_shardings=sharding)
+    else:
+        matmul = jax.jit(lambda a, b: product(a, b, (((2,), (1,)), ((0,), (0,)))), out_shardings=sharding)
     matmul(a, b).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
@@ -118,7 +123,7 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     from cnnbench.parallel.mesh import model_size
     from cnnbench.runs.config import TrainConfig
     from cnnbench.train.optim import optimizer
-    from cnnbench.train.step import jit_train_step, make_steps, set_compute_dtype, train_state
+    from cnnbench.train.step import jit_train_step, make_steps, precision_plan, train_state
 
     info = get_arch(arch)
     size = size or info.input_size
@@ -126,13 +131,14 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     shape = (size, size, model.in_channels)
     facts = {"input_size": size, "params": count_params(model),
              "macs": sum(r.macs for r in trace_model(model, shape))}
-    dtype = _dtype(precision)
+    plan = precision_plan(precision, mesh.devices.flat[0].platform)
+    facts.update(products=plan.products, precision_note=plan.note)
+    dtype = plan.compute
     if mode == "infer":  # what evaluation runs: the inference model (batch norm folded)
         from cnnbench.archs.inference import fold_batch_norm
 
         model, _ = fold_batch_norm(model, shape)
-    if precision == "bf16":
-        set_compute_dtype(model, dtype)
+    plan.apply(model)
     parallel.plan(model, model_size(mesh), mesh)
     replicated, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     # Made on the devices, already sharded: the host never holds the batch.
@@ -145,7 +151,7 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
         tx, _ = optimizer(TrainConfig(arch=arch, batch_size=batch_size, epochs=1), steps_per_epoch=1000)
         graphdef, state, other = train_state(model, tx, mesh)
         train_step, _ = make_steps(graphdef, other, tx, seed=0, finish=None, dtype=dtype)
-        step = jit_train_step(train_step, state, mesh)
+        step = jit_train_step(plan.step(train_step), state, mesh)
         batch = {"image": images, "label": labels}
         return step, (state, batch), lambda out: (out[0], batch), facts
 
@@ -157,7 +163,7 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
         return model(images.astype(dtype), train=False)
 
     state = parallel.place({"params": params, "batch_stats": batch_stats}, mesh)
-    step = jax.jit(forward, out_shardings=replicated)
+    step = jax.jit(plan.step(forward), out_shardings=replicated)
     return step, (state, images), lambda out: (state, images), facts
 
 
@@ -242,6 +248,7 @@ def measure(arch: str, mode: str, batch_size: int, *, input_size: int | None = N
               "compile_s": work.compile_s, "step_time_ms": 1e3 * step_s,
               "step_time_ms_min": 1e3 * min(times), "samples_per_sec": batch_size / step_s,
               "params": work.facts["params"], "macs": work.facts["macs"],
+              "products": work.facts["products"], "precision_note": work.facts["precision_note"],
               "flops_per_step": work.flops_per_step, "flops_per_sec": work.flops_per_step / step_s,
               "collectives": work.collectives, **_memory(work.mesh)}
     del work

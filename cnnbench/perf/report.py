@@ -43,11 +43,11 @@ def notes(rows: list[dict]) -> list[str]:
              "'of matmul peak' can exceed 100%: the multiply-adds are counted as direct convolutions, and "
              "cnnbench computes some with fewer multiplications (Winograd F(2x2,3x3)) than that count",
              f"XLA_FLAGS: {first['xla_flags'] or '(none)'}"]
-    from cnnbench.train.step import bf16_note
-
-    slow = bf16_note(first.get("platform", "")) if first["precision"] == "bf16" else None
-    if slow:
-        lines.append(slow)
+    if first.get("precision_note"):
+        lines.append(first["precision_note"])
+    elif first.get("products"):
+        lines.append(f"--precision {first['precision']} on a CPU: float32 layers whose convolutions and dense "
+                     f"layers multiply {first['products']} operands into float32 sums (the CPU's bf16 instructions)")
     if first.get("model_parallel", 1) > 1:
         lines.append(f"each copy of the model split over {first['model_parallel']} devices (--model-parallel), "
                      f"the batch over {first['devices'] // first['model_parallel']} copies")

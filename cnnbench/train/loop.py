@@ -26,7 +26,7 @@ from cnnbench.runs.checkpoint import Checkpoints, remove_stale
 from cnnbench.runs.config import TrainConfig, check_continues, write_config
 from cnnbench.train.optim import optimizer, plateau_scale, set_plateau_scale
 from cnnbench.runs.layout import History, MetricsLog, RunLock, new_run_dir, read_metrics, write_dataset, write_text
-from cnnbench.train.step import averaged, bf16_note, jit_train_step, make_steps, set_compute_dtype, train_state
+from cnnbench.train.step import averaged, jit_train_step, make_steps, precision_plan, train_state
 
 
 def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
@@ -142,13 +142,11 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: Progress, started: float, 
         from cnnbench.train.start import prepare
 
         group, transfer = prepare(model, cfg)
-    dtype = {"bf16": jnp.bfloat16, "fp16": jnp.float16}.get(cfg.precision, jnp.float32)
-    if cfg.precision != "fp32":
-        set_compute_dtype(model, dtype)
-    if cfg.precision == "bf16":
-        note = bf16_note(mesh.devices.flat[0].platform)
-        if note and main:
-            progress.warn(note)
+    precision = precision_plan(cfg.precision, mesh.devices.flat[0].platform)
+    precision.apply(model)
+    dtype = precision.compute
+    if precision.note and main:
+        progress.warn(precision.note)
     parallel.plan(model, cfg.model_parallel, mesh)
     tx, lr_schedule = optimizer(cfg, steps_per_epoch, group)
     graphdef, state, other = train_state(model, tx, mesh, ema=cfg.ema is not None, loss_scale=cfg.precision == "fp16")
@@ -156,8 +154,8 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: Progress, started: float, 
                                        eval_finish=eval_data.finish, dtype=dtype, ema_decay=cfg.ema,
                                        accumulate=cfg.accumulate, mixing=mixing,
                                        label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
-    train_step = jit_train_step(train_step, state, mesh)
-    eval_step = jax.jit(eval_step, out_shardings=replicated)
+    train_step = jit_train_step(precision.step(train_step), state, mesh)
+    eval_step = jax.jit(precision.step(eval_step), out_shardings=replicated)
 
     # ---- run directory, resume
     run_dir.mkdir(parents=True, exist_ok=True)

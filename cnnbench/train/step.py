@@ -9,13 +9,17 @@ a pure function of its seed, resumed or not.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from cnnbench.parallel.mesh import place, replicated, shardings
+from cnnbench.kernels import fastops
 from cnnbench.kernels.flags import step_options
+from cnnbench.kernels.products import cpu_has_bf16
+from cnnbench.parallel.mesh import place, replicated, shardings
 from cnnbench.pipeline.preprocess import Finish
 
 
@@ -26,14 +30,48 @@ def set_compute_dtype(model: nnx.Module, dtype) -> None:
             module.dtype = dtype
 
 
-def bf16_note(platform: str) -> str | None:
-    """What ``--precision bf16`` costs on ``platform``: on a CPU, XLA's bf16 convolutions and
-    matrix products run slower than float32 (resnet20 training, batch 64: 95 vs 343 images/s on a
-    Zen 5 with AVX512-BF16, BENCHMARKS.md), so a one-line note says so; None elsewhere."""
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """How a ``--precision`` computes on a platform: the dtype the layers (and the images) compute
+    in, the dtype of the matrix products' operands in float32 layers (for
+    :func:`cnnbench.kernels.fastops.within`; None: their own), and a one-line note for the user."""
+
+    compute: object = jnp.float32
+    products: str | None = None
+    note: str | None = None
+
+    def apply(self, model: nnx.Module) -> None:
+        if self.compute != jnp.float32:
+            set_compute_dtype(model, self.compute)
+
+    def step(self, fn):
+        """A step function that computes this way (its products' operands), jitted like any other."""
+        return fastops.within(fn, products=self.products)
+
+
+def precision_plan(precision: str, platform: str, bf16_units: bool | None = None) -> Precision:
+    """``fp32``: float32 throughout. ``fp16``: layers in float16 (the loop adds dynamic loss
+    scaling). ``bf16`` on an accelerator: layers in bf16, parameters and optimiser state float32.
+
+    ``bf16`` on a CPU: XLA:CPU's element-wise bf16 arithmetic runs slower than float32's, and its
+    products reach the CPU's bf16 instructions (AVX512-BF16, AMX) only when they sum in float32. So
+    the layers stay float32 and only the products of the convolutions and dense layers take bf16
+    operands summed in float32 (:mod:`cnnbench.kernels.products`), as PyTorch's CPU autocast does:
+    on a 2-core Zen 5 with AVX512-BF16, 1.1-1.3x the float32 step (BENCHMARKS.md, issue 26). A CPU
+    without bf16 instructions (``bf16_units``; default: read from the CPU's flags) would emulate
+    them, slower than float32: there it computes in float32 and says so."""
+    if precision == "fp16":
+        return Precision(jnp.float16)
+    if precision != "bf16":
+        return Precision()
     if platform != "cpu":
-        return None
-    return ("--precision bf16 on a CPU: XLA computes it slower than fp32 here (3.6x for resnet20 training on "
-            "a Zen 5 with AVX512-BF16); use fp32 on CPUs, bf16 on GPUs and TPUs")
+        return Precision(jnp.bfloat16)
+    if bf16_units is None:
+        bf16_units = cpu_has_bf16()
+    if bf16_units:
+        return Precision(products="bfloat16")
+    return Precision(note="--precision bf16: this CPU has no bf16 instructions (avx512_bf16, amx_bf16), where "
+                          "bf16 products run slower than float32; computing in float32 instead")
 
 
 def _images(batch, finish: Finish | None, dtype):

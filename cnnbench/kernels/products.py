@@ -1,0 +1,71 @@
+"""Matrix products of low-precision operands, as the CPU's bf16 instructions compute them.
+
+XLA:CPU runs a bf16 x bf16 product that sums in bf16 slower than float32, but one that sums in
+float32 (``preferred_element_type``) on the CPU's bf16 dot-product instructions (AVX512-BF16,
+AMX): 2048 x 2048 matrices on a 2-core Zen 5 with AVX512-BF16, best of 5 (BENCHMARKS.md, issue 26):
+
+| operands -> sums | GFLOP/s |
+| --- | ---: |
+| float32 -> float32 | 209 |
+| bf16 -> bf16 | 180 |
+| bf16 -> float32 | 387 |
+
+So every product of the fast formulations (and of the dense layers) goes through :func:`product`,
+and XLA's convolution gets the same ``preferred_element_type`` (:func:`accumulator`). On a CPU,
+``--precision bf16`` keeps the layers in float32 (XLA:CPU's element-wise bf16 arithmetic is slower
+than float32's) and gives only the products bf16 operands (:func:`to_products`), as PyTorch's CPU
+autocast does for its convolutions and matrix products.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from cnnbench.kernels.choice import low_precision_products
+
+
+def accumulator(dtype):
+    """The dtype a product of ``dtype`` operands sums in when that is wider: float32 for bf16 and
+    float16 (None: their own)."""
+    return jnp.float32 if jnp.dtype(dtype).itemsize < 4 and jnp.issubdtype(dtype, jnp.floating) else None
+
+
+def to_products(x):
+    """``x`` as a product's operand: float32 values in the chosen low precision
+    (:func:`cnnbench.kernels.choice.low_precision_products`: ``--precision bf16`` on a CPU), else as
+    they are."""
+    low = low_precision_products()
+    return x.astype(low) if low is not None and x.dtype == jnp.float32 else x
+
+
+def product(a, b, dims, *, sums=None):
+    """``lax.dot_general(a, b, dims)``: low-precision operands (bf16, float16: a layer's compute
+    dtype, or float32 made bf16 by :func:`to_products`) multiply into float32 sums, rounded once to
+    the inputs' dtype at the end, or returned as ``sums`` (a gradient's partial sums)."""
+    out = jnp.result_type(a, b) if sums is None else sums
+    a, b = to_products(a), to_products(b)
+    acc = accumulator(a.dtype) if a.dtype == b.dtype else None
+    if acc is None:
+        return lax.dot_general(a, b, dims, preferred_element_type=sums)
+    return lax.dot_general(a, b, dims, preferred_element_type=acc).astype(out)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None):
+    """Drop-in for ``lax.dot_general`` (what ``nnx.Linear`` calls): :func:`product` where nothing
+    else is asked for (a precision, an output type, a sharding), ``lax.dot_general`` otherwise."""
+    if precision is None and preferred_element_type is None and out_sharding is None:
+        return product(lhs, rhs, dimension_numbers)
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                           preferred_element_type=preferred_element_type, out_sharding=out_sharding)
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has bf16 dot-product instructions (``avx512_bf16`` or ``amx_bf16`` among
+    its flags), where bf16 products with float32 sums outrun float32's."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
