@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The prepared accelerator check (issue 26): on a machine with a GPU (or TPU), within a fixed time,
 #   1. installs cnnbench into a fresh venv that sees the machine's own JAX/Flax (no network needed:
-#      --system-site-packages, then `pip install --no-deps -e .`; wheels in .whl/ are installed first),
+#      the machine python's packages are visible in it, then `pip install --no-deps -e .`; wheels in
+#      .whl/ are installed first),
 #   2. checks that the CPU-only convolution formulations are off on that backend,
-#   3. runs the test suite (on the host CPU, as CI does: tests/conftest.py pins JAX_PLATFORMS=cpu),
+#   3. runs the test suite (on the host CPU, as CI does: tests/conftest.py pins JAX_PLATFORMS=cpu;
+#      the data tests need TensorFlow, which an accelerator image may lack: carry its wheels in .whl/),
 #   4. `cnnbench bench resnet50 --precision bf16 --auto-batch` (training, large batch),
 #   5. the other workloads (alexnet-owt, resnet18, googlenet-bn, vgg11; train and infer) at large batch,
 #   6. a short `cnnbench train` on synthetic data,
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
     --batch-size) batch="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --only) only=",$2,"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -67,8 +69,12 @@ step() {
 }
 
 # 1. a fresh venv over the machine's own accelerator JAX (nothing is downloaded)
+# (the machine's python3 may itself be a venv, whose packages --system-site-packages would not
+# reach: its site-packages are added to the new venv by a .pth file instead)
 venv="${CNNBENCH_ACCEL_VENV:-/tmp/cnnbench-accel-venv}"
-python3 -m venv --system-site-packages "$venv" && . "$venv/bin/activate"
+parent_site=$(python3 -c 'import site; print("\n".join(site.getsitepackages()))')
+python3 -m venv "$venv" && . "$venv/bin/activate"
+echo "$parent_site" > "$(python -c 'import site; print(site.getsitepackages()[0])')/zz-machine-packages.pth"
 install() {
   if ls .whl/*.whl > /dev/null 2>&1; then
     python -m pip install -q --no-index --no-deps .whl/*.whl || return 1
@@ -101,7 +107,7 @@ assert jax.default_backend() == "cpu" or plain, "a CPU-only convolution formulat
 EOF
 
 # 3. the test suite, on the host CPU
-step tests 30 python -m pytest -q -x -p no:cacheprovider
+step tests 30 python -m pytest -q -p no:cacheprovider
 
 # 4. ResNet-50 bf16 training at large batch (the figure NVIDIA publishes)
 step resnet50_bf16 15 cnnbench bench resnet50 --mode train --precision bf16 --batch-size "$batch" \

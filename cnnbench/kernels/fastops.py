@@ -25,8 +25,9 @@ A grouped convolution (the paper AlexNet's two towers) runs as one :func:`conv` 
 CPU. All are ``jax.custom_vjp`` functions checked against ``lax.conv_general_dilated``,
 ``lax.reduce_window`` and the differentiated LRN formula (outputs and gradients) in
 ``tests/test_fastops.py``. ``use(False)`` (or ``CNNBENCH_FASTOPS=0``) switches every layer back to
-the plain lax ops; ``use(platform="gpu")`` chooses as for an accelerator. The choice is part of
-each compiled function's cache key.
+the plain lax ops; ``use(platform="gpu")`` chooses as for an accelerator; ``use(products=
+"bfloat16")`` gives every product bf16 operands with float32 sums (:mod:`cnnbench.kernels.products`).
+The choice (:mod:`cnnbench.kernels.choice`) is part of each compiled function's cache key.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 XLA:CPU runs a bf16 x bf16 product that sums in bf16 slower than float32, but one that sums in
 float32 (``preferred_element_type``) on the CPU's bf16 dot-product instructions (AVX512-BF16,
-AMX): 2048 x 2048 matrices on a 2-core Zen 5 with AVX512-BF16, best of 5 (BENCHMARKS.md, issue 26):
+AMX): 2048 x 2048 matrices on a 2-core AMD EPYC Zen 4 with AVX512-BF16, best of 5 (BENCHMARKS.md, issue 26):
 
 | operands -> sums | GFLOP/s |
 | --- | ---: |

@@ -57,7 +57,7 @@ def precision_plan(precision: str, platform: str, bf16_units: bool | None = None
     products reach the CPU's bf16 instructions (AVX512-BF16, AMX) only when they sum in float32. So
     the layers stay float32 and only the products of the convolutions and dense layers take bf16
     operands summed in float32 (:mod:`cnnbench.kernels.products`), as PyTorch's CPU autocast does:
-    on a 2-core Zen 5 with AVX512-BF16, 1.1-1.3x the float32 step (BENCHMARKS.md, issue 26). A CPU
+    on a 2-core AMD EPYC (Zen 4) with AVX512-BF16, 1.1-1.3x the float32 step (BENCHMARKS.md, issue 26). A CPU
     without bf16 instructions (``bf16_units``; default: read from the CPU's flags) would emulate
     them, slower than float32: there it computes in float32 and says so."""
     if precision == "fp16":
