@@ -401,6 +401,8 @@ def test_a_new_evaluator_is_one_registered_class_and_compare_shows_it(runs, tmp_
         for args, message in ((["--evaluator", "no-such"], "no evaluator 'no-such'; registered: accuracy, probe"),
                               (["--evaluator", "weight-norm", "--set", "scale=2"], "has no option scale; its options: none"),
                               (["--evaluator", "weight-norm", "--crops", "10"], "--crops belong to the accuracy evaluator"),
+                              (["--evaluator", "probe", "--set", "per_class=abc"],
+                               "the probe evaluator's per_class takes int, not 'abc'"),
                               (["--set", "crops=10"], "takes its options as flags")):
             shown = CliRunner().invoke(cli, ["eval", str(run_dir), *args])
             assert shown.exit_code == 2 and message in shown.output, (args, shown.output)

@@ -23,6 +23,7 @@ from flax import nnx
 
 from cnnbench.archs import trace
 from cnnbench.archs.layers import BatchNorm, Conv
+from cnnbench.archs.net import module_at, set_module
 
 
 class Identity(nnx.Module):
@@ -31,13 +32,6 @@ class Identity(nnx.Module):
     def __call__(self, x, train: bool = False):
         trace.record(self, x, x, kind="identity")
         return x
-
-
-def _parent(model, path):
-    node = model
-    for key in path[:-1]:
-        node = node[key] if isinstance(key, int) else getattr(node, key)
-    return node
 
 
 def fold_batch_norm(model: nnx.Module, input_shape: tuple[int, ...] | None = None, *,
@@ -54,24 +48,17 @@ def fold_batch_norm(model: nnx.Module, input_shape: tuple[int, ...] | None = Non
         raise ValueError("fold batch norm before splitting the model over devices (parallel.plan)")
     model = nnx.clone(model)
     records = {r.name: r for r in trace.trace_model(model, input_shape)}
-    modules = {".".join(map(str, path)): (path, m) for path, m in nnx.iter_modules(model)}
     pairs = []
     for name, record in records.items():
-        conv_name = record.source
-        if record.kind != "batchnorm" or conv_name is None or name in keep or conv_name in keep:
+        conv = records.get(record.source)  # the layer whose output this one takes
+        if (record.kind != "batchnorm" or conv is None or conv.kind != "conv" or conv.uses != 1
+                or {name, conv.name} & set(keep)):
             continue
-        conv_record = records.get(conv_name)
-        (path, bn), (_, conv) = modules[name], modules.get(conv_name, (None, None))
-        if (conv_record is None or conv_record.kind != "conv" or conv_record.uses != 1
-                or not isinstance(conv, Conv) or not isinstance(bn, BatchNorm)):
-            continue
-        _fold(conv, bn)
-        parent = _parent(model, path)
-        if isinstance(path[-1], int):
-            parent[path[-1]] = Identity()
-        else:
-            setattr(parent, path[-1], Identity())
-        pairs.append((conv_name, name))
+        conv_layer, bn_layer = module_at(model, conv.name), module_at(model, name)
+        if isinstance(conv_layer, Conv) and isinstance(bn_layer, BatchNorm):  # (not LeNet's table layers)
+            _fold(conv_layer, bn_layer)
+            set_module(model, name, Identity())
+            pairs.append((conv.name, name))
     return model, pairs
 
 

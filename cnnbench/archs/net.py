@@ -55,3 +55,19 @@ def feature_shape(features: nnx.Module, input_size: int, in_channels: int) -> tu
 def flat_size(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
+
+def module_at(model: nnx.Module, name: str):
+    """The submodule at a dotted layer name (``features.layer1.0.conv1``; list items by index)."""
+    for part in name.split("."):
+        model = model[int(part)] if isinstance(model, (list, tuple)) else getattr(model, part)
+    return model
+
+
+def set_module(model: nnx.Module, name: str, module) -> None:
+    """Put ``module`` at the dotted layer ``name`` of ``model`` in place of what is there."""
+    parent_name, _, key = name.rpartition(".")
+    parent = module_at(model, parent_name) if parent_name else model
+    if isinstance(parent, list):
+        parent[int(key)] = module
+    else:
+        setattr(parent, key, module)

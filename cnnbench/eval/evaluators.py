@@ -29,6 +29,8 @@ package) imports the modules that hold them.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from typing import Any, ClassVar
 
 from cnnbench.errors import UsageError
@@ -99,10 +101,44 @@ def create(name: str, options: dict) -> Evaluator:
     if unknown:
         raise UsageError(f"the {name} evaluator has no option {', '.join(unknown)}; its options: "
                          f"{', '.join(sorted(fields)) or 'none'}")
+    hints = _hints(cls)
+    for key, value in options.items():
+        if key in hints and not _accepts(hints[key], value):
+            raise UsageError(f"the {name} evaluator's {key} takes {_shown(hints[key])}, not {value!r}")
+        if isinstance(value, list):  # (TOML arrays for tuple options)
+            options = {**options, key: tuple(value)}
     try:
         return cls(**options)
     except (TypeError, ValueError) as e:
         raise UsageError(f"the {name} evaluator does not take these options: {e}") from None
+
+
+def _hints(cls) -> dict:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 (a plugin's annotations that do not resolve: no check)
+        return {}
+
+
+def _accepts(hint, value) -> bool:
+    """Whether an option's value (as `--set` reads it: TOML) fits its field's annotation."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (tuple, list):
+        return isinstance(value, (list, tuple))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True  # (Any and the like: anything)
+
+
+def _shown(hint) -> str:
+    return " or ".join(getattr(h, "__name__", str(h)) for h in typing.get_args(hint) or (hint,)
+                       if h is not type(None)) or "nothing"
 
 
 def evaluate(run, evaluator: Evaluator, *, progress: Progress = SILENT, keep: bool = True) -> Result:

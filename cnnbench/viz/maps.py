@@ -20,6 +20,7 @@ from jax import lax
 
 from cnnbench.archs.layers import (AdaptiveAvgPool, Act, AvgPool, BatchNorm, Conv, Dense, Dropout,
                                    Flatten, GlobalAvgPool, LRN, MaxPool)
+from cnnbench.archs.net import module_at
 from cnnbench.errors import UsageError, setting
 from cnnbench.viz import incremental as incremental_forward
 from cnnbench.viz.inputs import Subject
@@ -200,12 +201,6 @@ def nnx_merge(taps: Taps, state):
     from flax import nnx
 
     return nnx.merge(taps.graphdef, state)
-
-
-def module_at(model, name: str):
-    for part in name.split("."):
-        model = getattr(model, part)
-    return model
 
 
 # --------------------------------------------------------------------------- FCN heat map

@@ -13,6 +13,7 @@ never modified (every call works on its own merged copy).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnnbench.archs import trace
+from cnnbench.archs.net import module_at, set_module
 from cnnbench.errors import UsageError
 
 
@@ -42,19 +44,6 @@ class _Tap:
         return getattr(self._inner, attr)
 
 
-def _parts(name: str) -> list:
-    return name.split(".")
-
-
-def _child(parent, key: str):
-    return parent[int(key)] if isinstance(parent, (list, tuple)) else getattr(parent, key)
-
-
-def _set_child(parent, key: str, value) -> None:
-    if isinstance(parent, list):
-        parent[int(key)] = value
-    else:
-        setattr(parent, key, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +60,18 @@ class Taps:
     """
 
     def __init__(self, model: nnx.Module, input_shape: tuple[int, int, int], arch: str = "the model"):
-        self.graphdef, state = nnx.split(model)
-        # On the device once: restored weights are host arrays, and every jitted visualisation
-        # call would otherwise copy them again (244 MB for AlexNet, per chunk of occlusion).
-        self.state = jax.device_put(state)
+        self.graphdef, self._host_state = nnx.split(model)
         self.input_shape, self.arch = tuple(input_shape), arch
         self._all = [".".join(map(str, path)) for path, _ in nnx.iter_modules(model) if path]
         self.layers = self._trace()
         self.by_name = {layer.name: layer for layer in self.layers}
+
+    @functools.cached_property
+    def state(self):
+        """The weights on the device, put there once, when first used (resolving a layer's name
+        needs only the trace): restored weights are host arrays, and every jitted visualisation
+        call would otherwise copy them again (244 MB for AlexNet, per chunk of occlusion)."""
+        return jax.device_put(self._host_state)
 
     # ------------------------------------------------------------------ the forward pass
 
@@ -89,12 +82,8 @@ class Taps:
         store: dict[str, jax.Array] = {}
         deltas = deltas or {}
         # Deepest first, so a parent wraps children that are already tapped.
-        for name in sorted(set(names), key=lambda n: -len(_parts(n))):
-            *path, key = _parts(name)
-            parent = model
-            for part in path:
-                parent = _child(parent, part)
-            _set_child(parent, key, _Tap(_child(parent, key), name, store, deltas.get(name), on_output))
+        for name in sorted(set(names), key=lambda n: -n.count(".")):
+            set_module(model, name, _Tap(module_at(model, name), name, store, deltas.get(name), on_output))
         logits = model(x, train=False)
         return logits, store
 
@@ -110,7 +99,7 @@ class Taps:
 
                 self.apply(state, x, self._all, on_output=seen)
 
-        jax.eval_shape(forward, self.state, jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32))
+        jax.eval_shape(forward, self._host_state, jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32))
         return list(order.values())
 
     # ------------------------------------------------------------------ names
@@ -144,21 +133,11 @@ class Taps:
 
     def of_kind(self, types: tuple[type, ...]) -> list[str]:
         """Names of the layers whose module is an instance of ``types``, in forward order."""
-        model = nnx.merge(self.graphdef, self.state)
-        out = []
-        for name in self.names:
-            module = model
-            for part in _parts(name):
-                module = _child(module, part)
-            if isinstance(module, types):
-                out.append(name)
-        return out
+        model = nnx.merge(self.graphdef, self._host_state)
+        return [name for name in self.names if isinstance(module_at(model, name), types)]
 
     def module(self, name: str):
-        module = nnx.merge(self.graphdef, self.state)
-        for part in _parts(name):
-            module = _child(module, part)
-        return module
+        return module_at(nnx.merge(self.graphdef, self._host_state), name)
 
     def spatial(self, name: str) -> bool:
         return len(self.by_name[name].shape) == 3
