@@ -114,7 +114,8 @@ def test_winograd_in_chunks_of_the_batch_matches_lax(monkeypatch):
     assert fastops.choose(3, 1, 3, 64, (224, 224), "cpu", pads) == PLANS[1] | {"input_grad": "matmul"}  # VGG's conv1
     assert fastops.choose(3, 1, 16, 16, (32, 32), "cpu", pads) == {"forward": "xla", "input_grad": "matmul",
                                                                   "weight_grad": "winograd"}  # ResNet-20's
-    assert fastops.choose(3, 2, 64, 64, (28, 28), "cpu", pads)["forward"] == "xla"
+    assert fastops.choose(3, 2, 64, 128, (28, 28), "cpu", pads) == PLANS[0]  # ResNet's strided 3x3
+    assert fastops.choose(3, 2, 16, 32, (16, 16), "cpu", pads)["forward"] == "xla"  # CIFAR ResNet's
     assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", pads, jnp.bfloat16)["forward"] == "xla"
     assert fastops.choose(3, 1, 64, 64, (56, 56), "gpu", pads)["forward"] == "xla"
     none = ((0, 0), (0, 0))
@@ -169,9 +170,9 @@ def test_space_to_depth_stem_matches_lax(hw, k, s, pad):
         _close(a, b)
 
 
-def test_patch_gradients_in_chunks_of_the_batch_match_lax():
-    """The patch-based gradients loop over the batch a few images at a time: every chunk size (and
-    the size chosen for a map) gives XLA's own weight and input gradients."""
+def test_patch_passes_in_chunks_of_the_batch_match_lax():
+    """The patch-based passes loop over the batch a few images at a time: every chunk size (and
+    the size chosen for a map) gives XLA's own output, weight and input gradients."""
     n, k, s, pads = 6, 3, 2, ((1, 1), (1, 1))
     x = jax.random.normal(jax.random.key(4), (n, 11, 11, 5))
     w = jax.random.normal(jax.random.key(5), (k, k, 5, 4))
@@ -185,6 +186,7 @@ def test_patch_gradients_in_chunks_of_the_batch_match_lax():
     expected_dx = jax.vjp(lambda x: lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=(
         "NHWC", "HWIO", "NHWC")), x)[1](dy)[0]
     for chunk in (1, 2, 3, 6, None):
+        _close(jax.jit(lambda x: fastops._matmul_forward(x, w, s, pads, chunk))(x), y)
         _close(jax.jit(lambda x, dy: fastops._matmul_weight_grad(x, dy, k, s, pads, chunk))(x, dy), expected)
         _close(jax.jit(lambda dy: fastops._matmul_input_grad(dy, w, s, pads, x.shape, chunk))(dy), expected_dx)
     assert fastops._patch_chunk(32, (56, 56)) == 2

@@ -225,10 +225,16 @@ def _out_hw(x, k, s, pads):
     return tuple((n + lo + hi - k) // s + 1 for n, (lo, hi) in zip(x.shape[1:3], pads))
 
 
-def _matmul_forward(x, w, s, pads):
+def _matmul_forward(x, w, s, pads, chunk: int | None = None):
+    """Patches times the kernel; a ``k x k`` layer ``chunk`` images at a time (:func:`_patch_chunk`),
+    so the patches stay in the caches; a 1x1 layer (its patches are its input) in one product."""
     k, out_hw = w.shape[0], _out_hw(x, w.shape[0], s, pads)
-    cols = _patches(_pad(x, pads), k, s, out_hw)
-    return product(cols, w.reshape(-1, w.shape[-1]), (((3,), (0,)), ((), ())))
+    kernel = w.reshape(-1, w.shape[-1])
+
+    def part(xc):
+        return product(_patches(_pad(xc, pads), k, s, out_hw), kernel, (((3,), (0,)), ((), ())))
+
+    return winograd.batched(part, x, chunk or (x.shape[0] if k == 1 else _patch_chunk(x.shape[0], out_hw)))
 
 
 def _lax_conv(x, w, s, pads):
@@ -361,6 +367,15 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
         # 1x1 (ResNet's bottlenecks and projections, GoogLeNet's reductions, NiN): one matrix
         # product per pass. XLA hands a 1x1 convolution to YNNPACK's convolution at 58-129
         # GFLOP/s; as a product it ran at 140-184 (forward 1.1-2.7x, input gradient 1.3-2.5x faster).
+        return {"forward": "matmul", "input_grad": "matmul", "weight_grad": "matmul"}
+    if k == 3 and s > 1 and cin >= 64 and jnp.dtype(dtype) == jnp.float32:
+        # A strided 3x3 layer (the first 3x3 of ResNet's stages 2-4): patches and one product per
+        # few images (:func:`_patch_chunk`) forward too. Per layer (batch 32, Zen 4, ms) XLA's
+        # convolution against the chunked patches: 56x56x64 -> 128 40 -> 28, 28x28x128 -> 256
+        # 36 -> 22, and with bf16 products (which XLA's float32 convolution cannot take) 47 -> 23,
+        # 31 -> 16, 45 -> 21. Whole steps, old plan against this one, in one process:
+        # resnet18 inference +5% (float32) and +18% (bf16), training +2% and +4%; resnet50
+        # inference +1% and +2-8%, training +2% and +9-13% (BENCHMARKS.md, issue 26).
         return {"forward": "matmul", "input_grad": "matmul", "weight_grad": "matmul"}
     # Elsewhere XLA's forward convolution is kept (patches + matmul, chunked or not, was no
     # faster); both gradients are patches x matmul over cache-sized batch chunks: the weight
