@@ -1,7 +1,7 @@
 """Each convolution layer of an architecture, each pass, each formulation: which is fastest here?
 
     python benchmarks/conv_plans.py resnet18 [--batch-size 32] [--input-size 224] [--rounds 3]
-        [--passes forward,input_grad,weight_grad] [--json]
+        [--passes forward,input_grad,weight_grad] [--products bfloat16] [--json]
 
 :func:`cnnbench.kernels.fastops.choose` picks, per layer shape, XLA's convolution, patches and a
 matrix product, or Winograd for the forward pass, the input gradient and the weight gradient, from
@@ -11,7 +11,9 @@ each layer is jitted on its own for every formulation that applies, and the form
 in interleaved rounds (median of ``--rounds``), so a noisy neighbour hits them alike. The table
 marks the formulation ``choose`` picks now and the fastest one; the last rows sum the layers' time
 (each layer times the number of times it occurs in the network) under the current plan and under
-the per-pass fastest. Per-layer times are leads, not verdicts: change ``choose`` only where whole
+the per-pass fastest. ``--products bfloat16`` times every formulation as ``--precision bf16`` runs
+it on a CPU with bf16 instructions (float32 layers, bf16 operands in the products; XLA's
+convolution stays float32). Per-layer times are leads, not verdicts: change ``choose`` only where whole
 steps (``cnnbench bench``, ``benchmarks/torch_peer.py``) measure faster too.
 """
 
@@ -124,6 +126,7 @@ def main(argv=None) -> int:
     parser.add_argument("--input-size", type=int, help="default: the architecture's own")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--passes", default=",".join(PASSES))
+    parser.add_argument("--products", choices=("bfloat16",), help="the products' operands (default: float32)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     passes = [p for p in args.passes.split(",") if p]
@@ -142,7 +145,8 @@ def main(argv=None) -> int:
     stem = next(iter(layers))
     rows, total_chosen, total_fastest = [], 0.0, 0.0
     for layer, count in layers.items():
-        timed = time_layer(layer, args.batch_size, passes, args.rounds)
+        with fastops.use(products=args.products):  # traced (at the first call) under the choice
+            timed = time_layer(layer, args.batch_size, passes, args.rounds)
         h, w, c, k, s, p, o = layer
         for name, t in timed.items():
             if name == "input_grad" and layer == stem:
@@ -153,10 +157,11 @@ def main(argv=None) -> int:
         print(f"timed {h}x{w}x{c} -> {o}, {k}x{k}/{s}", file=sys.stderr)
 
     if args.json:
-        print(json.dumps({"arch": args.arch, "batch_size": args.batch_size, "rows": rows,
+        print(json.dumps({"arch": args.arch, "batch_size": args.batch_size, "products": args.products or "float32", "rows": rows,
                           "total_chosen_ms": total_chosen, "total_fastest_ms": total_fastest}, indent=1))
         return 0
-    print(f"{args.arch}, batch {args.batch_size}, {args.input_size}px, float32; median of {args.rounds} "
+    print(f"{args.arch}, batch {args.batch_size}, {args.input_size}px, float32, {args.products or 'float32'} "
+          f"products; median of {args.rounds} "
           f"interleaved rounds, ms; * = choose()'s pick, ! = fastest where it differs")
     forms = [f for f in ("xla", "matmul", "winograd", "space-to-depth") if any(f in r["ms"] for r in rows)]
     print("| layer | x | pass | " + " | ".join(forms) + " |")
