@@ -91,15 +91,33 @@ def test_evaluation_runs_the_inference_model_and_leaves_the_run_model_alone():
     from cnnbench.parallel import make_mesh
     from cnnbench.train.step import probabilities
 
-    model = trained_statistics(create_model("resnet20", seed=0))
-    before = jax.tree.map(np.asarray, nnx.state(model, (nnx.Param, nnx.BatchStat)))
+    graphdef, state = nnx.split(trained_statistics(create_model("resnet20", seed=0)))
+    model = nnx.merge(graphdef, jax.tree.map(np.array, state))  # NumPy weights, as a restored run's
+    before = jax.tree.map(np.copy, nnx.state(model, (nnx.Param, nnx.BatchStat)))
     images = jax.random.normal(jax.random.key(3), (8, 32, 32, 3))
-    got = np.asarray(probabilities_fn(model, None, make_mesh(None, 2))(images, None))
     want = np.asarray(probabilities(model, images))
-    assert got.shape == (8, 10) and np.abs(got - want).max() < 1e-5
+    for _ in range(2):  # e.g. centre crop, then 10 crops: each folds the run's model afresh
+        got = np.asarray(probabilities_fn(model, None, make_mesh(None, 2))(images, None))
+        assert got.shape == (8, 10) and np.abs(got - want).max() < 1e-5
     after = jax.tree.map(np.asarray, nnx.state(model, (nnx.Param, nnx.BatchStat)))
     assert jax.tree.all(jax.tree.map(np.array_equal, before, after))
     assert all(getattr(m, "partition", None) is None for _, m in nnx.iter_modules(model))  # not split
+
+
+def test_fold_leaves_a_model_of_numpy_weights_alone():
+    """A restored checkpoint's weights are NumPy arrays, which ``[...] =`` would change in place in
+    the original too (a clone shares them): the fold makes new arrays instead."""
+    model = trained_statistics(create_model("resnet20", seed=0))
+    graphdef, state = nnx.split(model)
+    host = nnx.merge(graphdef, jax.tree.map(np.array, state))
+    before = jax.tree.map(np.copy, nnx.state(host, (nnx.Param, nnx.BatchStat)))
+    folded, report = fold_batch_norm(host)
+    assert len(report) == 19
+    after = nnx.state(host, (nnx.Param, nnx.BatchStat))
+    assert jax.tree.all(jax.tree.map(np.array_equal, before, jax.tree.map(np.asarray, after)))
+    x = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
+    want, got = eval_mode(host)(x), eval_mode(folded)(x)
+    assert np.abs(np.asarray(got) - np.asarray(want)).max() <= 2e-5 * np.abs(np.asarray(want)).max()
 
 
 def test_fold_refuses_a_model_already_split_over_devices():

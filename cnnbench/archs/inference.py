@@ -8,7 +8,8 @@ that is the convolution with kernel ``w * a`` (each output channel scaled) and b
 dtype) and puts an :class:`Identity` where the batch norm was, so the compiled forward pass does one
 pass over each activation less and XLA can fuse the bias with the ReLU after it. Training keeps the
 model as it is (batch norm's statistics change while it trains); evaluation, prediction, feature
-extraction and `cnnbench bench --mode infer` use this one.
+extraction, the visualisations (but the kernels shown by `visualize filters`) and `cnnbench bench
+--mode infer` use this one.
 
 Which convolution a batch norm follows is read from a shape-only trace of the model
 (:func:`cnnbench.archs.trace.trace_model`: the layer whose output is the batch norm's input), and a
@@ -71,11 +72,13 @@ def _fold(conv: Conv, bn: BatchNorm) -> None:
     b = -mean * a
     if bn.bias is not None:
         b = b + np.asarray(bn.bias[...], np.float64)
+    # New arrays, never ``[...] =``: that writes into a NumPy array in place, and a cloned model
+    # shares its arrays with the original (a restored checkpoint's weights are NumPy arrays).
     kernel = conv.kernel[...]
-    conv.kernel[...] = (np.asarray(kernel, np.float64) * a).astype(kernel.dtype)  # HWIO: O scales
+    conv.kernel.set_value((np.asarray(kernel, np.float64) * a).astype(kernel.dtype))  # HWIO: O scales
     if conv.bias is not None:
         bias = conv.bias[...]
-        conv.bias[...] = (np.asarray(bias, np.float64) * a + b).astype(bias.dtype)
+        conv.bias.set_value((np.asarray(bias, np.float64) * a + b).astype(bias.dtype))
     else:
         conv.bias = nnx.Param(np.asarray(b, kernel.dtype))
         conv.use_bias = True
