@@ -187,6 +187,39 @@ def test_incremental_occlusion_equals_full_forward_passes(arch, size, patch, str
     assert not np.allclose(full.probs, full.clean, atol=1e-4 * scale)  # the squares do change things
 
 
+def test_figures_compute_on_the_inference_model():
+    """Once a figure knows which layers it reads, it computes on the inference model (batch norm
+    folded into its convolution, the layers read kept as they are): the same activations and
+    occlusion maps within float32 rounding, occlusion's incremental passes included. A network
+    without batch norm is left as it is."""
+    from cnnbench.archs.inference import Identity
+    from cnnbench.viz import incremental
+
+    def folded_pairs(subject):
+        model = nnx.merge(subject.taps.graphdef, subject.taps._host_state)
+        return model, sum(isinstance(m, Identity) for _, m in nnx.iter_modules(model))
+
+    _, subject = _subject("resnet20", 32)
+    inference, pairs = folded_pairs(subject.reading())
+    assert pairs == 19 and incremental.supported(inference)
+    names = ["features.bn1", "features.layer2"]  # the stem's batch norm (read, so kept) and a stage
+    reading = subject.reading(names)
+    assert folded_pairs(reading)[1] == 18
+    image = np.random.default_rng(2).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    shift = np.zeros(3, np.float32)
+    want = feat.activations(subject, image[None], shift[None], names)
+    got = feat.activations(reading, image[None], shift[None], names)
+    for name in names:
+        assert got[name].shape == want[name].shape
+        np.testing.assert_allclose(got[name], want[name], atol=2e-5 * float(np.abs(want[name]).max()))
+    fast = maps.occlusion(subject.reading(), image, shift, patch=8, stride=8, chunk=16)
+    full = maps.occlusion(subject, image, shift, patch=8, stride=8, chunk=16, incremental=False)
+    np.testing.assert_allclose(fast.probs, full.probs, atol=2e-5)
+    np.testing.assert_allclose(fast.clean, full.clean, atol=2e-5)
+    _, plain = _subject()
+    assert plain.reading() is plain  # lenet5: nothing to fold
+
+
 def _softmax(z):
     e = np.exp(z - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)

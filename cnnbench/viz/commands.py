@@ -103,6 +103,7 @@ def activations(subject: Subject, image_path: str, out: Path, *, layers: list[st
                 count: int = 8, progress: Progress = SILENT) -> list[Written]:
     taps = subject.taps
     names = taps.resolve_all(layers) if layers else feat.default_activation_layers(taps)
+    subject = subject.reading(names)
     image, shift, x = _image(subject, image_path)
     acts = feat.activations(subject, image[None], shift[None], names)
     plt = fg.pyplot()
@@ -142,6 +143,7 @@ def top_patches(subject: Subject, out: Path, *, dataset: str | None, split: str 
                 progress: Progress = SILENT) -> list[Written]:
     taps = subject.taps
     layer = taps.resolve(layer) if layer else maps.default_gradcam_layer(taps)
+    subject = subject.reading([layer])
     width = taps.by_name[layer].shape[-1]
     channels = list(channels) if channels else list(range(min(8, width)))
     batches, source, split = dataset_batches(subject, dataset, split=split, limit=limit, data_dir=data_dir)
@@ -172,6 +174,7 @@ def top_patches(subject: Subject, out: Path, *, dataset: str | None, split: str 
 
 def occlusion(subject: Subject, image_path: str, out: Path, *, patch: int = 32, stride: int = 8,
               wanted: str | None = None, progress: Progress = SILENT) -> list[Written]:
+    subject = subject.reading()
     image, shift, x = _image(subject, image_path)
     h, w = image.shape[:2]
     positions = (-(-h // stride)) * (-(-w // stride))
@@ -199,6 +202,7 @@ def occlusion(subject: Subject, image_path: str, out: Path, *, patch: int = 32, 
 
 def saliency(subject: Subject, image_path: str, out: Path, *, wanted: str | None = None,
              progress: Progress = SILENT) -> list[Written]:
+    subject = subject.reading()
     image, _, x = _image(subject, image_path)
     c, probs = _predicted(subject, x, wanted)
     s = maps.saliency_map(maps.saliency(subject.taps, x, [c]))[0]
@@ -216,6 +220,7 @@ def saliency(subject: Subject, image_path: str, out: Path, *, wanted: str | None
 
 def cam(subject: Subject, image_path: str, out: Path, *, wanted: str | None = None, classes: int = 3,
         progress: Progress = SILENT) -> list[Written]:
+    subject = subject.reading([maps.cam_layers(subject.taps)[0]])
     image, _, x = _image(subject, image_path)
     maps_, logits = maps.cam(subject.taps, x)
     probs = _softmax(logits)[0]
@@ -239,9 +244,10 @@ def gradcam(subject: Subject, image_path: str, out: Path, *, layer: str | None =
             wanted: str | None = None, progress: Progress = SILENT) -> list[Written]:
     taps = subject.taps
     layer = taps.resolve(layer) if layer else maps.default_gradcam_layer(taps)
+    subject = subject.reading([layer])
     image, _, x = _image(subject, image_path)
     c, probs = _predicted(subject, x, wanted)
-    m, _ = maps.gradcam(taps, x, [c], layer)
+    m, _ = maps.gradcam(subject.taps, x, [c], layer)
     plt = fg.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     fg.show_image(axes[0], image, f"{Path(image_path).name}: {_label(subject, c, probs)}")
@@ -258,6 +264,7 @@ def heatmap(subject: Subject, image_path: str, out: Path, *, size: int | None = 
     the training size), checked against the plain model at the training size."""
     from cnnbench.pipeline.spec import split_spec, unparse
 
+    subject = subject.reading()
     taps, run = subject.taps, subject.run
     size = size or 2 * subject.input_size
     if size < subject.input_size:
@@ -302,6 +309,7 @@ def tsne(subject: Subject, out: Path, *, dataset: str | None, split: str | None,
          progress: Progress = SILENT) -> list[Written]:
     taps = subject.taps
     layer = taps.resolve(layer) if layer else feat.default_feature_layer(taps)
+    subject = subject.reading([layer])
     batches, source, split = dataset_batches(subject, dataset, split=split, limit=limit, data_dir=data_dir)
     total = min(limit, source.num_examples(split))
     features, labels = feat.collect(subject, batches, layer, advance=_stage(progress, f"features of {layer}", total))
@@ -332,6 +340,7 @@ def neighbors(subject: Subject, image_path: str, out: Path, *, dataset: str | No
               progress: Progress = SILENT) -> list[Written]:
     taps = subject.taps
     layer = taps.resolve(layer) if layer else feat.default_feature_layer(taps)
+    subject = subject.reading([layer])
     image, shift, x = _image(subject, image_path)
     query = feat.feature_fn(subject, layer)(image[None], shift[None])[0]
     c, probs = _predicted(subject, x, None)

@@ -17,11 +17,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnnbench.kernels import fastops
 from cnnbench.archs import layers as L
+from cnnbench.archs.inference import Identity
+from cnnbench.kernels import fastops
 
-#: layers that act on each spatial position alone (in evaluation mode)
-POINTWISE = (L.Act, L.LRN, L.BatchNorm, L.Dropout)
+#: layers that act on each spatial position alone (in evaluation mode; a folded batch norm's
+#: :class:`Identity` too)
+POINTWISE = (L.Act, L.LRN, L.BatchNorm, L.Dropout, Identity)
 
 
 def _pads(layer, x) -> tuple[tuple[int, int], tuple[int, int]]:

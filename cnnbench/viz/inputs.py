@@ -6,7 +6,7 @@ them after ``finish`` (normalisation), which runs inside each jitted function.""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +33,16 @@ class Subject:
     @property
     def channels(self) -> int:
         return self.taps.input_shape[2]
+
+    def reading(self, names: Sequence[str] = ()) -> "Subject":
+        """This subject as the inference program (:mod:`cnnbench.archs.inference`: batch norm folded
+        into the convolution before it), every layer in ``names`` keeping its output: what a
+        figure computes on once it knows which layers it reads. ``self`` where nothing folds."""
+        from flax import nnx
+
+        model = nnx.merge(self.taps.graphdef, self.taps._host_state)
+        taps = _inference_taps(model, self.taps.input_shape, self.taps.arch, names)
+        return self if taps is None else dataclasses.replace(self, taps=taps)
 
     def model_input(self, images, shift):
         """Inside a traced function: display images (0-255) -> what the model was trained on."""
@@ -71,13 +81,18 @@ def from_run(run: LoadedRun, *, reading: tuple[str, ...] | None = None) -> Subje
 
     _, finish = compile_host(run.eval_spec)
     shape = (run.input_size, run.input_size, run.channels)
-    model = run.model
-    if reading is not None:
-        from cnnbench.archs.inference import fold_batch_norm
-
-        model, _ = fold_batch_norm(model, shape, keep=tuple(reading))
-    taps = Taps(model, shape, run.cfg.arch)
+    taps = None if reading is None else _inference_taps(run.model, shape, run.cfg.arch, reading)
+    taps = taps or Taps(run.model, shape, run.cfg.arch)
     return Subject(taps, list(run.class_names), finish, f"{run.cfg.arch} ({run.name})", run)
+
+
+def _inference_taps(model, shape, arch: str, keep: Sequence[str]) -> Taps | None:
+    """:class:`Taps` of ``model`` with batch norm folded (``keep``: layers left as they are, their
+    outputs read), or None where no pair folds."""
+    from cnnbench.archs.inference import fold_batch_norm
+
+    folded, pairs = fold_batch_norm(model, shape, keep=tuple(keep))
+    return Taps(folded, shape, arch) if pairs else None
 
 
 def load_image(subject: Subject, path: str, spec: str | None = None) -> tuple[np.ndarray, np.ndarray]:
