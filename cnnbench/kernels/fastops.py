@@ -11,7 +11,8 @@ caches, while XLA's matrix multiplication runs close to the machine's peak. So h
   or Winograd's F(2x2, 3x3) / F(3x3, 5x5) (:mod:`cnnbench.kernels.winograd`). :func:`choose` picks per
   layer what measured faster on a CPU: Winograd for every pass of a 3x3 stride-1 layer and of a
   5x5 one with 64+ input channels; matrix products for every pass of a 1x1 layer (its patches
-  are its input); elsewhere XLA's forward and the patch-based gradients.
+  are its input); the patches for every pass of a strided 3x3 layer on 64+ channels; elsewhere
+  XLA's forward and the patch-based gradients.
 - :func:`max_pool` is max pooling whose gradient goes to the first maximum of each window in
   row-major order, exactly one position per window, as select-and-scatter does, but computed as
   ``k*k`` compare-and-select passes over strided slices (on a CPU).
