@@ -311,7 +311,8 @@ def runs(tmp_path_factory):
     Image.fromarray(rng.integers(0, 256, (40, 36), dtype=np.uint8)).save(grey)
     Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)).save(colour)
     return {"lenet5": (_fake_run(root, "lenet5", "synthetic:32x32x1:10:64"), grey),
-            "nin-cifar": (_fake_run(root, "nin-cifar", "synthetic:32x32x3:10:64"), colour)}
+            "nin-cifar": (_fake_run(root, "nin-cifar", "synthetic:32x32x3:10:64"), colour),
+            "resnet20": (_fake_run(root, "resnet20", "synthetic:32x32x3:10:64"), colour)}
 
 
 def _viz(*args):
@@ -344,6 +345,23 @@ def test_every_subcommand_writes_a_png(runs, tmp_path):
     heat = _viz("heatmap", lenet, grey, "--size", "48", *common)[0]
     assert heat["training_size_max_difference"] < 1e-4 and heat["rows"] >= 5
     assert len(list(out.glob("*.png"))) == 11
+
+
+def test_subcommands_on_a_batch_norm_network_run_the_inference_program(runs, tmp_path):
+    """On a run with batch norm every figure that computes folds it first (the layers it reads
+    keep their outputs): the subcommands still write their figures, and the fully-convolutional
+    head of the folded model reproduces the folded model's logits."""
+    resnet, colour = runs["resnet20"]
+    common = ["--out", tmp_path / "figs"]
+    acts = _viz("activations", resnet, colour, "--layers", "bn1,layer2", "--maps", "4", *common)[0]
+    assert acts["note"] == "features.bn1 32x32x16; features.layer2 16x16x32"
+    occ = _viz("occlusion", resnet, colour, "--patch", "8", "--stride", "8", *common)[0]
+    assert occ["positions"] == 16 and 0 <= occ["min"] <= occ["max"] <= 1
+    _viz("gradcam", resnet, colour, *common)
+    _viz("cam", resnet, colour, *common)
+    heat = _viz("heatmap", resnet, colour, "--size", "48", *common)[0]
+    assert heat["training_size_max_difference"] < 1e-4
+    assert len(list((tmp_path / "figs").glob("*.png"))) == 5
 
 
 def test_default_output_folder_is_in_the_run(runs):
