@@ -4,6 +4,7 @@
         [--archs alexnet-owt,resnet18,vgg11] [--modes train,infer] [--batch-size 32] \\
         [--input-size 224] [--rounds 3] [--steps 3] [--round-warmup 1] [--no-compile] \\
         [--peer-malloc same|default] [--precision fp32|bf16] [--json]
+    python benchmarks/torch_peer.py --table saved.json   # the table of a run saved with --json
 
 PyTorch is not a dependency of cnnbench, so the two halves run in two interpreters: this script
 runs under cnnbench's environment (JAX) and starts itself again under ``--torch-python`` (any
@@ -224,9 +225,13 @@ def main():
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16: PyTorch under torch.autocast('cpu', torch.bfloat16), cnnbench with --precision bf16.")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--table", metavar="JSON", help="Print the table of a run saved with --json, and stop.")
     args = parser.parse_args()
     if args.worker:
         return torch_worker(args.threads)
+    if args.table:
+        with open(args.table) as f:
+            return print_table(json.load(f))
     if args.round_warmup < 0 or args.steps < 1 or args.rounds < 1:
         parser.error("--rounds and --steps must be at least 1, --round-warmup at least 0")
 
@@ -326,16 +331,21 @@ def main():
     if args.json:
         print(json.dumps(doc, indent=2))
         return
+    print_table(doc)
+
+
+def print_table(doc: dict) -> None:
+    """The markdown table of a run (``--json``'s document, or one saved and read back with ``--table``)."""
     print(f"machine: {doc['machine']}; jax {doc['jax']}, torch {doc['torch']}, torchvision "
-          f"{doc['torchvision']}, {args.threads} threads; XLA_FLAGS={xla_flags or '(none)'}; "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES') or '(none)'} (PyTorch worker: {args.peer_malloc})")
-    print(f"{args.precision}; {args.rounds} interleaved rounds x {args.steps} steps (after {args.round_warmup} untimed); "
-          f"matmul peak {peak / 1e9:.0f} GFLOP/s (best); ratios: of medians / median per round / of fastest steps")
+          f"{doc['torchvision']}, {doc['threads']} threads; XLA_FLAGS={doc['xla_flags'] or '(none)'}; "
+          f"GLIBC_TUNABLES={doc['glibc_tunables'] or '(none)'} (PyTorch worker: {doc['peer_malloc']})")
+    print(f"{doc['precision']}; {doc['rounds']} interleaved rounds x {doc['steps']} steps (after {doc['round_warmup']} untimed); "
+          f"matmul peak {doc['matmul_peak_flops'] / 1e9:.0f} GFLOP/s (best); ratios: of medians / median per round / of fastest steps")
     head = ["workload", "cnnbench img/s", "torch eager img/s", "ratio", "torch.compile img/s", "ratio",
             "cnnbench % of peak (median / fastest)", "vs faster peer"]
     print("| " + " | ".join(head) + " |")
     print("| --- |" + " ---: |" * (len(head) - 1))
-    for r in results:
+    for r in doc['results']:
         cells = [f"{r['arch']} {r['mode']}", f"{r['cnnbench_samples_per_sec']:.1f}"]
         for v in ("eager", "compile"):
             if f"ratio_vs_{v}" in r:
