@@ -183,3 +183,32 @@ def test_bf16_precision_on_a_cpu_keeps_float32_layers_and_close_results():
         a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
         cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
         assert cosine > 0.98 and abs(np.linalg.norm(b) / np.linalg.norm(a) - 1) < 0.05, cosine
+
+
+def test_bf16_inference_rounds_dense_kernels_once_with_bit_identical_outputs():
+    """With bf16 products the inference model stores its dense kernels in bf16 once (what every
+    product would round them to), and computes exactly what the per-call rounding computed;
+    convolution kernels and every other weight stay float32. Without low-precision products
+    nothing changes."""
+    from cnnbench.train.step import precision_plan
+
+    plan = precision_plan("bf16", "cpu", bf16_units=True)
+    model, _ = fold_batch_norm(create_model("alexnet-owt", num_classes=10, input_size=67, seed=0))
+    prepared = nnx.clone(model)
+    plan.prepare_inference(prepared)
+    kinds = {}
+    for path, value in nnx.to_flat_state(nnx.state(prepared, nnx.Param)):
+        kinds.setdefault(path[-2], set()).add((path[-1], str(value[...].dtype)))
+    assert kinds["fc6"] == kinds["fc7"] == kinds["fc8"] == {("kernel", "bfloat16"), ("bias", "float32")}
+    assert all(dtype == "float32" for name, found in kinds.items() if not name.startswith("fc")
+               for _, dtype in found)
+    x = jax.random.normal(jax.random.key(5), (2, 67, 67, 3))
+
+    def forward(model):
+        graphdef, state = nnx.split(model)
+        return np.asarray(jax.jit(plan.step(lambda s, x: nnx.merge(graphdef, s)(x, train=False)))(state, x))
+
+    assert np.array_equal(forward(prepared), forward(model))
+    unchanged = nnx.clone(model)
+    precision_plan("fp32", "cpu").prepare_inference(unchanged)
+    assert all(v[...].dtype == np.float32 for _, v in nnx.to_flat_state(nnx.state(unchanged, nnx.Param)))

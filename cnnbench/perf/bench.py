@@ -138,6 +138,7 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
         from cnnbench.archs.inference import fold_batch_norm
 
         model, _ = fold_batch_norm(model, shape)
+        plan.prepare_inference(model)
     plan.apply(model)
     parallel.plan(model, model_size(mesh), mesh)
     replicated, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)

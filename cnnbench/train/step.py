@@ -48,6 +48,21 @@ class Precision:
         """A step function that computes this way (its products' operands), jitted like any other."""
         return fastops.within(fn, products=self.products)
 
+    def prepare_inference(self, model: nnx.Module) -> None:
+        """The inference model's weights stored as its products read them, once, not on every call:
+        with low-precision products (bf16 on a CPU) each dense layer's kernel is rounded to bf16
+        here, the very values :func:`cnnbench.kernels.products.to_products` would round it to in
+        every forward pass (the outputs are bit-identical). The kernel of alexnet-owt's fc6 alone
+        is 151 MB in float32, read and rounded on every batch otherwise: bf16 inference at batch 32
+        on an Intel Xeon with AMX, 147 -> 108 ms per batch (BENCHMARKS.md, issue 26). Convolution
+        kernels stay float32: Winograd's transform of a rounded kernel would round twice."""
+        if self.products is None:
+            return
+        low = jnp.dtype(self.products)
+        for _, module in nnx.iter_modules(model):
+            if isinstance(module, nnx.Linear) and module.dtype is None and module.kernel[...].dtype == jnp.float32:
+                module.kernel.set_value(module.kernel[...].astype(low))
+
 
 def precision_plan(precision: str, platform: str, bf16_units: bool | None = None) -> Precision:
     """``fp32``: float32 throughout. ``fp16``: layers in float16 (the loop adds dynamic loss
