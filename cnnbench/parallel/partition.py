@@ -141,31 +141,3 @@ def plan(model, ways: int, mesh: Mesh | None = None):
                 if variable is not None:
                     _split_last(variable)
     return model
-    num_classes = getattr(model, "num_classes", None)
-    for path, module in nnx.iter_modules(model):
-        name = ".".join(map(str, path))
-        if isinstance(module, nnx.Conv) and hasattr(module, "partition"):  # the layers that can split
-            groups = module.feature_group_count
-            if groups > 1 and groups != ways:
-                raise UsageError(f"{name} is a grouped convolution of {groups} towers: it splits over "
-                                 f"{setting('model_parallel')} {groups} (or 1), not {ways}")
-            if module.out_features % ways:
-                continue
-            module.partition = Partition("tower" if groups > 1 else "column", ways, mesh)
-            _split_last(module.kernel)
-            if module.bias is not None:
-                _split_last(module.bias)
-        elif isinstance(module, nnx.Linear) and hasattr(module, "partition"):
-            if module.out_features == num_classes and module.in_features % ways == 0:
-                module.partition = Partition("row", ways, mesh)
-                module.kernel.set_metadata(out_sharding=("model", None))
-            elif module.out_features % ways == 0:
-                module.partition = Partition("column", ways, mesh)
-                _split_last(module.kernel)
-                if module.bias is not None:
-                    _split_last(module.bias)
-        elif isinstance(module, nnx.BatchNorm) and module.num_features % ways == 0:
-            for variable in (module.scale, module.bias, module.mean, module.var):
-                if variable is not None:
-                    _split_last(variable)
-    return model
