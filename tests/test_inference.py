@@ -212,27 +212,3 @@ def test_bf16_inference_rounds_dense_kernels_once_with_bit_identical_outputs():
     unchanged = nnx.clone(model)
     precision_plan("fp32", "cpu").prepare_inference(unchanged)
     assert all(v[...].dtype == np.float32 for _, v in nnx.to_flat_state(nnx.state(unchanged, nnx.Param)))
-
-
-def test_transposed_dense_kernels_compute_the_same_outputs():
-    """The inference model stores dense kernels [out, in]: same parameters, same trace, the same
-    outputs within float32 rounding (the product sums in another order), a second call changes
-    nothing, and a model split over devices refuses it (its kernels are cut along the last axis)."""
-    from cnnbench.archs.inference import transpose_dense
-    from cnnbench.archs.trace import count_params, trace_model
-    from cnnbench.parallel import plan
-
-    model = create_model("alexnet-owt", num_classes=10, input_size=67, seed=0)
-    moved = nnx.clone(model)
-    assert transpose_dense(moved) == 3 and transpose_dense(moved) == 0
-    assert moved.head.fc6.kernel[...].shape == (4096, 9216) and model.head.fc6.kernel[...].shape == (9216, 4096)
-    np.testing.assert_array_equal(moved.head.fc8.kernel[...], np.asarray(model.head.fc8.kernel[...]).T)
-    assert count_params(moved) == count_params(model)
-    shape = (67, 67, 3)
-    assert [(r.name, r.output_shape, r.macs) for r in trace_model(moved, shape)] == \
-        [(r.name, r.output_shape, r.macs) for r in trace_model(model, shape)]
-    x = jax.random.normal(jax.random.key(6), (3, *shape))
-    want, got = (np.asarray(jax.jit(lambda x, m=m: m(x, train=False))(x)) for m in (model, moved))
-    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
-    with pytest.raises(ValueError, match="cannot split"):
-        plan(moved, 2)

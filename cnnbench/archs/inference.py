@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from cnnbench.archs import trace
-from cnnbench.archs.layers import BatchNorm, Conv, Dense
+from cnnbench.archs.layers import BatchNorm, Conv
 from cnnbench.archs.net import module_at, set_module
 
 
@@ -82,24 +82,3 @@ def _fold(conv: Conv, bn: BatchNorm) -> None:
     else:
         conv.bias = nnx.Param(np.asarray(b, kernel.dtype))
         conv.use_bias = True
-
-
-def transpose_dense(model: nnx.Module) -> int:
-    """Store every dense layer's kernel ``[out, in]`` (as PyTorch keeps it) instead of ``[in, out]``,
-    in place; the layers then contract their input with the kernel's second axis. Returns how many.
-
-    XLA:CPU's product of a batch with a large kernel runs faster that way round: alexnet-owt's fc6,
-    32 x 9216 by 9216 x 4096, in 27 ms instead of 37 (float32) and 4.3 instead of 11.6 (bf16
-    operands), VGG's fc6 (25088 inputs) in 63 instead of 104 and 17 instead of 39 (Intel Xeon with
-    AMX, BENCHMARKS.md, issue 26). The inference model re-lays its weights out once; training keeps
-    ``[in, out]``. Only for a model used whole on each device: split over a ``model`` axis
-    (:func:`cnnbench.parallel.plan`), a layer's kernel is cut along its output axis, the last."""
-    count = 0
-    for _, module in nnx.iter_modules(model):
-        if isinstance(module, Dense) and not module.transposed:
-            if getattr(module.partition, "ways", 1) > 1:
-                raise ValueError("transpose dense kernels of a model used whole on each device, not one split over devices")
-            module.kernel.set_value(np.ascontiguousarray(np.asarray(module.kernel[...]).T))
-            module.transposed = True
-            count += 1
-    return count

@@ -90,25 +90,19 @@ class Dense(nnx.Linear):
         super().__init__(in_features, out_features, use_bias=bias, kernel_init=kernel_init,
                          bias_init=bias_init, rngs=rngs, dot_general=products.dot_general)
         self.partition = None  # as Conv's
-        #: the kernel stored [out, in] (the inference model's layout: :func:`cnnbench.archs.inference.transpose_dense`)
-        self.transposed = False
 
     def __call__(self, x, train: bool = False):
         if self.partition is None:
-            y = self._product(x, self.kernel[...], None if self.bias is None else self.bias[...])
+            y = super().__call__(x)
         else:
-            y = self.partition.run(self._product, self._whole, x, self.kernel, self.bias)
+            y = self.partition.run(self._product, super().__call__, x, self.kernel, self.bias)
         trace.record(self, x, y, kind="dense", macs=self.in_features * self.out_features)
         return y
-
-    def _whole(self, x):
-        return self._product(x, self.kernel[...], None if self.bias is None else self.bias[...])
 
     def _product(self, x, kernel, bias):
         """``x @ kernel + bias`` on the arrays one device holds."""
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
-        y = self.dot_general(x, kernel, (((x.ndim - 1,), (1 if self.transposed else 0,)), ((), ())),
-                             precision=self.precision)
+        y = self.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
         return y if bias is None else y + bias
 
 

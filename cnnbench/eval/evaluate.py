@@ -82,14 +82,11 @@ def probabilities_fn(model: nnx.Module, finish, mesh: Mesh | None = None) -> Cal
     weights placed so (batches come sharded over ``data``). The program is the inference model's
     (:func:`cnnbench.archs.inference.fold_batch_norm`: batch norm folded into its convolution);
     ``model`` itself is left as it is."""
-    from cnnbench.archs.inference import fold_batch_norm, transpose_dense
+    from cnnbench.archs.inference import fold_batch_norm
 
     model, _ = fold_batch_norm(model)
-    ways = 1 if mesh is None else parallel.model_size(mesh)
-    if ways == 1:  # dense kernels re-laid out for the product (a split model cuts them as trained)
-        transpose_dense(model)
     if mesh is not None:
-        parallel.plan(model, ways, mesh)
+        parallel.plan(model, parallel.model_size(mesh), mesh)
     graphdef, state = nnx.split(model)
     if mesh is not None:
         state = parallel.place(state, mesh)

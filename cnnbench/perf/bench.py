@@ -135,11 +135,9 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     facts.update(products=plan.products, precision_note=plan.note)
     dtype = plan.compute
     if mode == "infer":  # what evaluation runs: the inference model (batch norm folded)
-        from cnnbench.archs.inference import fold_batch_norm, transpose_dense
+        from cnnbench.archs.inference import fold_batch_norm
 
         model, _ = fold_batch_norm(model, shape)
-        if model_size(mesh) == 1:
-            transpose_dense(model)
         plan.prepare_inference(model)
     plan.apply(model)
     parallel.plan(model, model_size(mesh), mesh)
