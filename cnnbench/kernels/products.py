@@ -2,13 +2,13 @@
 
 XLA:CPU runs a bf16 x bf16 product that sums in bf16 slower than float32, but one that sums in
 float32 (``preferred_element_type``) on the CPU's bf16 dot-product instructions (AVX512-BF16,
-AMX): 2048 x 2048 matrices on a 2-core AMD EPYC Zen 4 with AVX512-BF16, best of 5 (BENCHMARKS.md, issue 26):
+AMX): 2048 x 2048 matrices, 2 cores, best of 5 (``benchmarks/xla_bf16.py``; BENCHMARKS.md, issue 26):
 
-| operands -> sums | GFLOP/s |
-| --- | ---: |
-| float32 -> float32 | 209 |
-| bf16 -> bf16 | 180 |
-| bf16 -> float32 | 387 |
+| operands -> sums | AMD EPYC Zen 4 (AVX512-BF16), GFLOP/s | Intel Xeon with AMX, GFLOP/s |
+| --- | ---: | ---: |
+| float32 -> float32 | 209 | 315 |
+| bf16 -> bf16 | 180 | 263 |
+| bf16 -> float32 | 387 | 1543 |
 
 So every product of the fast formulations (and of the dense layers) goes through :func:`product`,
 and XLA's convolution gets the same ``preferred_element_type`` (:func:`accumulator`). On a CPU,

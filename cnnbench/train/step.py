@@ -54,8 +54,9 @@ class Precision:
         here, the very values :func:`cnnbench.kernels.products.to_products` would round it to in
         every forward pass (the outputs are bit-identical). The kernel of alexnet-owt's fc6 alone
         is 151 MB in float32, read and rounded on every batch otherwise: bf16 inference at batch 32
-        on an Intel Xeon with AMX, 147 -> 108 ms per batch (BENCHMARKS.md, issue 26). Convolution
-        kernels stay float32: Winograd's transform of a rounded kernel would round twice."""
+        on an Intel Xeon with AMX, in one process, alexnet-owt 142 -> 118 ms per batch, vgg11 778 ->
+        750 (fastest steps), the ResNets and googlenet-bn level (BENCHMARKS.md, issue 26).
+        Convolution kernels stay float32: Winograd's transform of a rounded kernel would round twice."""
         if self.products is None:
             return
         low = jnp.dtype(self.products)
@@ -72,7 +73,8 @@ def precision_plan(precision: str, platform: str, bf16_units: bool | None = None
     products reach the CPU's bf16 instructions (AVX512-BF16, AMX) only when they sum in float32. So
     the layers stay float32 and only the products of the convolutions and dense layers take bf16
     operands summed in float32 (:mod:`cnnbench.kernels.products`), as PyTorch's CPU autocast does:
-    on a 2-core AMD EPYC (Zen 4) with AVX512-BF16, 1.1-1.3x the float32 step (BENCHMARKS.md, issue 26). A CPU
+    on a 2-core AMD EPYC (Zen 4) with AVX512-BF16, 1.1-1.3x the float32 step, on a 2-core Intel
+    Xeon with AMX 1.2-1.8x (BENCHMARKS.md, issue 26). A CPU
     without bf16 instructions (``bf16_units``; default: read from the CPU's flags) would emulate
     them, slower than float32: there it computes in float32 and says so."""
     if precision == "fp16":
