@@ -230,8 +230,11 @@ def main():
     if args.worker:
         return torch_worker(args.threads)
     if args.table:
-        with open(args.table) as f:
-            return print_table(json.load(f))
+        try:
+            with open(args.table) as f:
+                return print_table(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError) as e:  # unreadable, not JSON, not a --json run
+            sys.exit(f"torch_peer.py: --table {args.table}: not a run saved with --json ({type(e).__name__}: {e})")
     if args.round_warmup < 0 or args.steps < 1 or args.rounds < 1:
         parser.error("--rounds and --steps must be at least 1, --round-warmup at least 0")
 
