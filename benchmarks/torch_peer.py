@@ -31,7 +31,8 @@ same 60,965,224 parameters at 227x227).
 Training is one optimiser step of SGD with momentum 0.9 and weight decay 5e-4 on a cross-entropy
 loss (GoogLeNet adds its auxiliary losses with weight 0.3 on both sides); inference is the forward
 pass in eval mode (``torch.inference_mode``). cnnbench runs with the XLA options its command line
-sets (:mod:`cnnbench.kernels.flags`, huge pages for large buffers included); PyTorch with
+sets (:mod:`cnnbench.kernels.flags`, huge pages for large buffers included) and on the devices
+it uses (on a CPU one per core for inference, one for training: ``devices`` in the table); PyTorch with
 ``torch.set_num_threads`` equal to the cores JAX uses and, by default, the same C-library settings
 (``--peer-malloc default``: PyTorch as a plain script runs it). Synthetic data, float32, NCHW for
 PyTorch (its default), NHWC for cnnbench (its layout).
@@ -248,12 +249,15 @@ def main():
     # for neither), then the XLA options, before JAX starts.
     flags.use_hugepages()
     xla_flags = flags.apply()
+    try:
+        flags.use_cpu_devices()
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     import jax
 
     from cnnbench.parallel import make_mesh
     from cnnbench.perf.bench import Prepared, matmul_peak
 
-    mesh = make_mesh(1)
     peer_env = dict(os.environ)
     if args.peer_malloc == "default":
         peer_env.pop("GLIBC_TUNABLES", None)
@@ -269,6 +273,7 @@ def main():
     for arch in args.archs.split(","):
         for mode in args.modes.split(","):
             label = f"{arch} {mode} b{args.batch_size} {args.input_size}px {args.precision}"
+            mesh = make_mesh(training=mode == "train", batch_size=args.batch_size)  # as `cnnbench bench` does
             ours = Prepared(arch, mode, args.batch_size, input_size=args.input_size, precision=args.precision,
                             mesh=mesh)
             ours.run(2)
@@ -301,7 +306,7 @@ def main():
                 return [statistics.median(times[v][i:i + n]) / statistics.median(times["cnnbench"][i:i + n])
                         for i in range(0, len(times["cnnbench"]), n)]
             row = {"arch": arch, "torchvision": TORCHVISION[arch], "mode": mode, "precision": args.precision,
-                   "batch_size": args.batch_size,
+                   "batch_size": args.batch_size, "devices": int(mesh.devices.size),
                    "input_size": args.input_size, "cnnbench_ms": 1e3 * med["cnnbench"],
                    "cnnbench_samples_per_sec": args.batch_size / med["cnnbench"],
                    "cnnbench_compile_s": ours.compile_s, "flops_per_step": ours.flops_per_step,
@@ -349,7 +354,8 @@ def print_table(doc: dict) -> None:
     print("| " + " | ".join(head) + " |")
     print("| --- |" + " ---: |" * (len(head) - 1))
     for r in doc['results']:
-        cells = [f"{r['arch']} {r['mode']}", f"{r['cnnbench_samples_per_sec']:.1f}"]
+        cells = [f"{r['arch']} {r['mode']}" + (f" ({r['devices']} devices)" if r.get("devices", 1) > 1 else ""),
+                 f"{r['cnnbench_samples_per_sec']:.1f}"]
         for v in ("eager", "compile"):
             if f"ratio_vs_{v}" in r:
                 cells += [f"{r[f'torch_{v}_samples_per_sec']:.1f}",

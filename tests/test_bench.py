@@ -218,3 +218,44 @@ def test_conv_plans_counts_each_group_and_times_every_formulation():
     for name, t in timed.items():
         assert set(t["ms"]) == {"xla", "matmul", "winograd"} and all(v > 0 for v in t["ms"].values())
         assert t["chosen"] == "winograd" and t["fastest"] in t["ms"]
+
+
+def test_cpu_devices_one_per_core_unless_the_user_chose():
+    count = flags.cpu_device_count
+    assert [count({}, cores=c) for c in (1, 2, 3, 4, 6, 16, 64)] == [None, 2, 2, 4, 4, 8, 8]
+    assert count({"CNNBENCH_CPU_DEVICES": "3"}, cores=2) == 3
+    assert count({"CNNBENCH_CPU_DEVICES": "1"}, cores=2) is None
+    assert count({"CNNBENCH_CPU_DEVICES": "Auto"}, cores=2) == 2
+    # a device count the user set stands: theirs in XLA_FLAGS or in JAX's own variable
+    assert count({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, cores=2) is None
+    assert count({"JAX_NUM_CPU_DEVICES": "4"}, cores=2) is None
+    for bad in ("0", "two", "-2"):
+        with pytest.raises(ValueError, match="CNNBENCH_CPU_DEVICES"):
+            count({"CNNBENCH_CPU_DEVICES": bad}, cores=2)
+    environ = {"CNNBENCH_CPU_DEVICES": "2"}
+    assert flags.use_cpu_devices(environ) == 2 and environ["JAX_NUM_CPU_DEVICES"] == "2"
+    assert flags.split_cpu_devices(environ) == 2
+    assert flags.use_cpu_devices(environ) == 2  # a command started by a command: still cnnbench's split
+    environ["JAX_NUM_CPU_DEVICES"] = "4"  # the user's, set after ours
+    assert flags.split_cpu_devices(environ) == 0 and flags.use_cpu_devices(environ) == 0
+
+
+def test_the_command_splits_inference_over_the_cores_and_trains_on_one():
+    """`cnnbench` with no device count of the user's: inference on one device per core, training on
+    one of them; a batch they do not divide runs on fewer; a bad setting is one line, exit code 2."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(CNNBENCH_CPU_DEVICES="2", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "cnnbench.cli", "bench", "lenet5", "--steps", "1", "--warmup", "0", "--format", "json"]
+    proc = subprocess.run(cmd + ["--mode", "both", "--batch-size", "8"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [(r["mode"], r["devices"], r["batch_size"]) for r in rows] == [("train", 1, 8), ("infer", 2, 8)]
+    proc = subprocess.run(cmd + ["--mode", "infer", "--batch-size", "3"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert [(r["devices"], r["batch_size"]) for r in json.loads(proc.stdout)] == [(1, 3)]
+    proc = subprocess.run(cmd + ["--mode", "infer"], env={**env, "CNNBENCH_CPU_DEVICES": "many"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == "Error: CNNBENCH_CPU_DEVICES='many': use auto or a number of devices (1 for one)"

@@ -258,3 +258,25 @@ def test_checkpoints_move_between_meshes(tmp_path):
         results.append(json.loads(result.output))
     assert results[0]["num_examples"] == results[1]["num_examples"] > 0
     assert results[0]["top1"] == results[1]["top1"] and results[0]["top5"] == results[1]["top5"]
+
+
+def test_training_takes_one_model_group_of_the_split_cpu_devices(monkeypatch, tmp_path):
+    """On the per-core CPU devices the command makes (here this process's eight, marked as if
+    cnnbench had made them), inference takes them all and training one model group, unless
+    --devices says otherwise; a device count of the user's leaves every device to both."""
+    n = len(jax.devices())
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", str(n))
+    monkeypatch.setenv("CNNBENCH_SPLIT_CPU_DEVICES", str(n))
+    assert parallel.make_mesh().devices.size == n
+    assert parallel.make_mesh(batch_size=12).devices.size == 6  # the most that divide the batch
+    assert parallel.make_mesh(training=True).devices.size == 1
+    assert parallel.make_mesh(model_parallel=2, training=True).devices.shape == (1, 2)
+    assert parallel.make_mesh(4, training=True).devices.size == 4
+    summary = train(load(None, "mlp2", {"dataset": "synthetic:12x12x3:4:96", "input_size": 12, "batch_size": 12,
+                                        "epochs": 1}), run_dir=tmp_path / "run")  # 12 does not divide over 8
+    assert summary["final"]["top1"] is not None
+    monkeypatch.setenv("CNNBENCH_SPLIT_CPU_DEVICES", "")  # the user's count: every device for both
+    assert parallel.make_mesh(training=True).devices.size == n
+    with pytest.raises(UsageError, match="does not divide over 8 devices"):
+        train(load(None, "mlp2", {"dataset": "synthetic:12x12x3:4:96", "input_size": 12, "batch_size": 12,
+                                  "epochs": 1}), run_dir=tmp_path / "run2")

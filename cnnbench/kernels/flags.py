@@ -172,3 +172,64 @@ def use_hugepages() -> None:
         os.execve(sys.executable, [sys.executable, *argv[1:]], env)
     except OSError:  # no interpreter path to re-run: carry on with the default pages
         return
+
+
+#: ``CNNBENCH_CPU_DEVICES``: how many devices the command makes of the CPU when no accelerator is
+#: used. ``auto`` (the default): one per core this process may run on, rounded down to a power of
+#: two, at most :data:`MAX_CPU_DEVICES`; a number: that many; ``1``: JAX's single CPU device.
+CPU_DEVICES_ENV, MAX_CPU_DEVICES = "CNNBENCH_CPU_DEVICES", 8
+#: What :func:`use_cpu_devices` writes beside ``JAX_NUM_CPU_DEVICES``, so that this process and the
+#: commands it starts can tell cnnbench's split from one the user asked for.
+_SPLIT_MARK = "CNNBENCH_SPLIT_CPU_DEVICES"
+
+
+def cpu_device_count(environ=os.environ, cores: int | None = None) -> int | None:
+    """How many CPU devices to ask JAX for, or None to leave its choice alone: a device count the
+    user set (``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``, ``JAX_NUM_CPU_DEVICES``)
+    stands, and ``CNNBENCH_CPU_DEVICES=1`` keeps the one device. Raises ValueError on a value that is
+    neither ``auto`` nor a whole number of at least 1.
+
+    Why: XLA:CPU runs one program's operations one after another, each spread over the cores; in
+    the many small operations of an inference step (the Winograd and patch loops' chunks) a core
+    waits. With a device per core, the batch is split and both halves run at once: on two cores
+    googlenet-bn inference 1.30-1.35x, resnet18 1.19-1.28x, resnet50 1.14x, vgg11 1.05x,
+    alexnet-owt 0.96-1.10x. Training steps did not gain (alexnet-owt 0.78-0.82x: each device
+    updates all 61M parameters), so training uses one of them (:func:`cnnbench.parallel.mesh.default_devices`);
+    a single-device step on that backend measured level with one on a one-device backend
+    (BENCHMARKS.md, issue 26). Only two-core machines were measured; above 8 cores the split is
+    untried and stays at 8."""
+    if "--xla_force_host_platform_device_count" in _names(environ.get("XLA_FLAGS", "")):
+        return None
+    if "JAX_NUM_CPU_DEVICES" in environ and environ.get(_SPLIT_MARK) != environ["JAX_NUM_CPU_DEVICES"]:
+        return None
+    value = environ.get(CPU_DEVICES_ENV, "auto").strip().lower() or "auto"
+    if value == "auto":
+        cores = len(os.sched_getaffinity(0)) if cores is None else cores
+        n = 1
+        while n * 2 <= min(cores, MAX_CPU_DEVICES):
+            n *= 2
+    elif value.isdigit() and int(value) >= 1:
+        n = int(value)
+    else:
+        raise ValueError(f"{CPU_DEVICES_ENV}={value!r}: use auto or a number of devices (1 for one)")
+    return n if n > 1 else None
+
+
+def use_cpu_devices(environ=os.environ) -> int:
+    """Ask JAX (``JAX_NUM_CPU_DEVICES``, read when it starts) for :func:`cpu_device_count` CPU
+    devices; returns how many, 0 where it leaves JAX's choice. The `cnnbench` command calls it
+    before JAX starts; importing the package does not. Accelerators are not affected: where JAX
+    uses a GPU or TPU its CPU devices run nothing."""
+    n = cpu_device_count(environ)
+    if n is None:
+        environ.pop(_SPLIT_MARK, None)
+        return 0
+    environ["JAX_NUM_CPU_DEVICES"] = environ[_SPLIT_MARK] = str(n)
+    return n
+
+
+def split_cpu_devices(environ=os.environ) -> int:
+    """How many CPU devices :func:`use_cpu_devices` made for this process (0: none, JAX's or the
+    user's choice stands)."""
+    mark = environ.get(_SPLIT_MARK, "")
+    return int(mark) if mark.isdigit() and mark == environ.get("JAX_NUM_CPU_DEVICES") else 0

@@ -4,6 +4,11 @@
 neighbours: each group holds one copy of the network, split over its M devices (axis ``model``),
 and the batch is sharded over the groups (axis ``data``). M = 1 is plain data parallelism: every
 device holds every parameter.
+
+Without ``--devices``, inference uses every device and training too, but on the CPU devices the
+`cnnbench` command makes one per core (:func:`cnnbench.kernels.flags.use_cpu_devices`): there a
+training step uses one model group, since splitting it over the cores measured slower
+(:func:`default_devices`).
 """
 
 from __future__ import annotations
@@ -26,11 +31,35 @@ def check_model_parallel(model_parallel: int, devices: int) -> None:
                          f"use a divisor of {devices} (or {setting('devices')})")
 
 
-def make_mesh(devices: int | None = None, model_parallel: int = 1) -> Mesh:
-    """The mesh over the first ``devices`` devices (all by default), shaped
-    (devices / model_parallel, model_parallel); each model group is ``model_parallel`` consecutive
-    devices (on a multi-GPU host, the neighbours with the fastest link)."""
+def default_devices(model_parallel: int = 1, *, training: bool = False, batch_size: int | None = None) -> int | None:
+    """How many devices a mesh takes when none are named: all (None), except on the CPU devices the
+    command split the processor into (:func:`cnnbench.kernels.flags.use_cpu_devices`). There
+    training takes one model group (``model_parallel`` devices): a training step split over the
+    cores ran 0.78-0.82x as fast for alexnet-owt, level for resnet18 and googlenet-bn
+    (BENCHMARKS.md, issue 26). Inference takes them all, or, for a ``batch_size`` they do not
+    divide, the most model groups that divide it."""
+    from cnnbench.kernels import flags
+
+    split = flags.split_cpu_devices()
+    if (not split or model_parallel > split or jax.process_count() > 1 or jax.default_backend() != "cpu"
+            or jax.device_count() != split):
+        return None
+    if training:
+        return model_parallel
+    if batch_size is None:
+        return None
+    groups = max(g for g in range(1, split // model_parallel + 1) if batch_size % g == 0)
+    return groups * model_parallel
+
+
+def make_mesh(devices: int | None = None, model_parallel: int = 1, *, training: bool = False,
+              batch_size: int | None = None) -> Mesh:
+    """The mesh over the first ``devices`` devices (by default all, or what :func:`default_devices`
+    says for ``training`` or a ``batch_size``), shaped (devices / model_parallel, model_parallel); each model group is
+    ``model_parallel`` consecutive devices (on a multi-GPU host, the neighbours with the fastest link)."""
     available = jax.devices()
+    if devices is None:
+        devices = default_devices(model_parallel, training=training, batch_size=batch_size)
     if devices is not None and not 1 <= devices <= len(available):
         raise UsageError(f"{setting('devices')} {devices}: JAX sees {len(available)} device(s)")
     chosen = available[:devices] if devices else available

@@ -284,18 +284,25 @@ def run(archs: list[str], *, modes: tuple[str, ...] = ("train",), batch_size: in
     from cnnbench.parallel import make_mesh
     from cnnbench.parallel.mesh import data_size
 
-    mesh = make_mesh(devices, model_parallel)
-    n_dev = data_size(mesh)  # the batch is split over the model groups
-    if batch_size % n_dev:
-        raise UsageError(f"batch size {batch_size} does not divide over {n_dev} "
-                         f"{'devices' if model_parallel == 1 else 'model groups'}; "
-                         f"use a multiple of {n_dev} (or {setting('devices')})")
-    progress.start(f"matmul peak ({precision})", 1)
-    peak = matmul_peak(mesh, precision)
-    progress.advance()
+    meshes = {mode: make_mesh(devices, model_parallel, training=mode == "train", batch_size=batch_size)
+              for mode in modes}
+    for mesh in meshes.values():
+        n_dev = data_size(mesh)  # the batch is split over the model groups
+        if batch_size % n_dev:
+            raise UsageError(f"batch size {batch_size} does not divide over {n_dev} "
+                             f"{'devices' if model_parallel == 1 else 'model groups'}; "
+                             f"use a multiple of {n_dev} (or {setting('devices')})")
+    peaks = {}  # the matmul peak of each mesh's devices, measured once
+    for mesh in meshes.values():
+        if mesh.devices.size not in peaks:
+            progress.start(f"matmul peak ({precision}, {mesh.devices.size} device(s))", 1)
+            peaks[mesh.devices.size] = matmul_peak(mesh, precision)
+            progress.advance()
     rows = []
     for arch in archs:
         for mode in modes:
+            mesh, peak = meshes[mode], peaks[meshes[mode].devices.size]
+            n_dev = data_size(mesh)
             batch = batch_size
             while True:
                 try:

@@ -100,7 +100,7 @@ def _write_failure(e: OSError, run_dir: Path) -> str:
 
 
 def _train(cfg: TrainConfig, run_dir: Path, progress: Progress, started: float, main: bool) -> dict:
-    mesh = parallel.make_mesh(cfg.devices, cfg.model_parallel)
+    mesh = parallel.make_mesh(cfg.devices, cfg.model_parallel, training=True)
     groups = parallel.data_size(mesh)
     if cfg.batch_size % (groups * cfg.accumulate):
         where = f"{groups} devices" if cfg.model_parallel == 1 else \
