@@ -1,5 +1,6 @@
-"""The inference model (batch norm folded into its convolution) computes what the trained model
-computes in eval mode, for every family; evaluation, prediction, features and bench use it."""
+"""The inference model (batch norm folded into its convolution, dense kernels stored [out, in] on a
+CPU) computes what the trained model computes in eval mode, for every family; evaluation,
+prediction, features and bench use it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from flax import nnx
 
 from cnnbench.archs import create_model
-from cnnbench.archs.inference import Identity, fold_batch_norm
-from cnnbench.archs.layers import BatchNorm
+from cnnbench.archs.inference import Identity, fold_batch_norm, inference_model
+from cnnbench.archs.layers import BatchNorm, Dense
 
 #: one network of every family and block shape, at a small input it accepts, with the number of
 #: batch norms that follow a convolution (all of them: every one is folded)
@@ -47,8 +48,10 @@ def eval_mode(model):
 def test_folded_model_computes_the_trained_model_in_eval_mode(arch, size, expected):
     model = trained_statistics(create_model(arch, input_size=size, seed=0))
     before = jax.tree.map(np.asarray, nnx.state(model, (nnx.Param, nnx.BatchStat)))
-    folded, report = fold_batch_norm(model)
+    folded, report = inference_model(model)  # (on a CPU: the dense kernels re-laid out too)
     assert len(report) == expected
+    dense = [m for _, m in nnx.iter_modules(folded) if isinstance(m, Dense)]
+    assert all(m.transposed and m.kernel.shape == (m.out_features, m.in_features) for m in dense)
     bns = sum(isinstance(m, BatchNorm) for _, m in nnx.iter_modules(model))
     left = sum(isinstance(m, BatchNorm) for _, m in nnx.iter_modules(folded))
     assert left == bns - expected and sum(isinstance(m, Identity) for _, m in nnx.iter_modules(folded)) == expected
@@ -212,3 +215,61 @@ def test_bf16_inference_rounds_dense_kernels_once_with_bit_identical_outputs():
     unchanged = nnx.clone(model)
     precision_plan("fp32", "cpu").prepare_inference(unchanged)
     assert all(v[...].dtype == np.float32 for _, v in nnx.to_flat_state(nnx.state(unchanged, nnx.Param)))
+
+
+def test_transposed_dense_kernels_compute_the_same_outputs():
+    """The inference model stores dense kernels [out, in]: same parameters, same trace, the same
+    outputs within float32 rounding (the product sums in another order), a second call changes
+    nothing, and a model split over devices refuses it (its kernels are cut along the last axis)."""
+    from cnnbench.archs.inference import transpose_dense
+    from cnnbench.archs.trace import count_params, trace_model
+    from cnnbench.parallel import plan
+
+    model = create_model("alexnet-owt", num_classes=10, input_size=67, seed=0)
+    moved = nnx.clone(model)
+    assert transpose_dense(moved) == 3 and transpose_dense(moved) == 0
+    assert moved.head.fc6.kernel[...].shape == (4096, 9216) and model.head.fc6.kernel[...].shape == (9216, 4096)
+    np.testing.assert_array_equal(moved.head.fc8.kernel[...], np.asarray(model.head.fc8.kernel[...]).T)
+    assert count_params(moved) == count_params(model)
+    shape = (67, 67, 3)
+    assert [(r.name, r.output_shape, r.macs) for r in trace_model(moved, shape)] == \
+        [(r.name, r.output_shape, r.macs) for r in trace_model(model, shape)]
+    x = jax.random.normal(jax.random.key(6), (3, *shape))
+    want, got = (np.asarray(jax.jit(lambda x, m=m: m(x, train=False))(x)) for m in (model, moved))
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    with pytest.raises(ValueError, match="cannot split"):
+        plan(moved, 2)
+
+
+def test_dense_kernels_keep_their_layout_on_an_accelerator_or_split_over_devices():
+    model = create_model("alexnet-owt", num_classes=10, input_size=67, seed=0)
+    for kwargs in ({"platform": "gpu"}, {"platform": "tpu"}, {"platform": "cpu", "ways": 2}):
+        copy, _ = inference_model(model, **kwargs)
+        assert not copy.head.fc6.transposed and copy.head.fc6.kernel.shape == (9216, 4096), kwargs
+    copy, _ = inference_model(model)
+    assert copy.head.fc6.transposed and copy.head.fc6.kernel.shape == (4096, 9216)
+    np.testing.assert_array_equal(copy.head.fc6.kernel_in_out(), model.head.fc6.kernel[...])
+    assert not model.head.fc6.transposed  # the trained model is left as it is
+
+
+def test_bf16_products_of_transposed_dense_kernels_match_the_trained_layout():
+    """With bf16 products (--precision bf16 on a CPU) the [out, in] product rounds the same operands:
+    outputs equal the [in, out] layer's within float32 summation order."""
+    from cnnbench.kernels import fastops
+    from cnnbench.train.step import precision_plan
+
+    model = create_model("mlp2", num_classes=10, input_size=32, seed=0)
+    x = jax.random.normal(jax.random.key(3), (5, 32, 32, 3))
+    outs = []
+    for moved in (False, True):
+        copy = nnx.clone(model)
+        if moved:
+            copy, _ = inference_model(copy)
+        plan = precision_plan("bf16", "cpu", bf16_units=True)
+        plan.prepare_inference(copy)
+        graphdef, state = nnx.split(copy)
+        outs.append(np.asarray(jax.jit(plan.step(lambda s, x: nnx.merge(graphdef, s)(x, train=False)))(state, x)))
+    want, got = outs
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    full = np.asarray(jax.jit(fastops.within(lambda x: model(x, train=False), products=None))(x))
+    assert np.abs(want - full).max() > 1e-5 * np.abs(full).max()  # (bf16 operands did change the outputs)

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from flax import nnx
 
 from cnnbench.archs import create_model
+from cnnbench.archs.layers import Dense
 from cnnbench.cli import cli
 from cnnbench.errors import UsageError
 from cnnbench.pipeline.ops import NORMALIZATION
@@ -116,6 +117,14 @@ def test_cam_averaged_over_space_is_the_logit_minus_the_bias(arch):
     np.testing.assert_allclose(logits, _forward(model, x), rtol=1e-5, atol=1e-5)
 
 
+def test_fcn_heatmap_of_the_inference_model_with_dense_kernels_stored_out_in():
+    _, subject = _subject()  # lenet5
+    moved = subject.reading()  # on a CPU: dense kernels [out, in]
+    assert moved.taps.module("head.f6").transposed
+    x = _x((1, 48, 40, 1))
+    np.testing.assert_allclose(maps.fcn(moved.taps, x), maps.fcn(subject.taps, x), rtol=1e-4, atol=1e-5)
+
+
 def test_cam_needs_global_average_pooling():
     _, taps = _taps("lenet5")
     with pytest.raises(UsageError, match="gradcam"):
@@ -216,8 +225,19 @@ def test_figures_compute_on_the_inference_model():
     full = maps.occlusion(subject, image, shift, patch=8, stride=8, chunk=16, incremental=False)
     np.testing.assert_allclose(fast.probs, full.probs, atol=2e-5)
     np.testing.assert_allclose(fast.clean, full.clean, atol=2e-5)
+    # lenet5: nothing to fold, but on a CPU its dense kernels are stored [out, in]: the same outputs
     _, plain = _subject()
-    assert plain.reading() is plain  # lenet5: nothing to fold
+    moved = plain.reading()
+    dense = [m for _, m in nnx.iter_modules(folded_pairs(moved)[0]) if isinstance(m, Dense)]
+    assert folded_pairs(moved)[1] == 0 and len(dense) == 2 and all(m.transposed for m in dense)
+    image = np.random.default_rng(3).integers(0, 256, (32, 32, 1)).astype(np.uint8)
+    names = ["head.f6", "head.output"]
+    want = feat.activations(plain, image[None], np.zeros((1, 1), np.float32), names)
+    got = feat.activations(moved, image[None], np.zeros((1, 1), np.float32), names)
+    for name in names:
+        np.testing.assert_allclose(got[name], want[name], atol=2e-5 * float(np.abs(want[name]).max()))
+    _, nin = _subject("nin-cifar", 32)
+    assert nin.reading() is nin  # no batch norm, no dense layer: nothing to change
 
 
 def _softmax(z):

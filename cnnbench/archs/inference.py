@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from cnnbench.archs import trace
-from cnnbench.archs.layers import BatchNorm, Conv
+from cnnbench.archs.layers import BatchNorm, Conv, Dense
 from cnnbench.archs.net import module_at, set_module
 
 
@@ -82,3 +82,37 @@ def _fold(conv: Conv, bn: BatchNorm) -> None:
     else:
         conv.bias = nnx.Param(np.asarray(b, kernel.dtype))
         conv.use_bias = True
+
+
+def transpose_dense(model: nnx.Module) -> int:
+    """Store every dense layer's kernel ``[out, in]`` (as PyTorch keeps it) instead of ``[in, out]``,
+    in place; the layers then compute ``kernel @ x.T`` (:func:`cnnbench.kernels.products.dense_out_in`).
+    Returns how many. Only for a model used whole on each device: split over a ``model`` axis
+    (:func:`cnnbench.parallel.plan`), a layer's kernel is cut along its output axis, the last."""
+    count = 0
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, Dense) and not module.transposed:
+            if getattr(module.partition, "ways", 1) > 1:
+                raise ValueError("transpose dense kernels of a model used whole on each device, not one split over devices")
+            module.kernel.set_value(np.ascontiguousarray(np.asarray(module.kernel[...]).T))
+            module.transposed = True
+            count += 1
+    return count
+
+
+def inference_model(model: nnx.Module, input_shape: tuple[int, ...] | None = None, *, keep: tuple[str, ...] = (),
+                    platform: str = "cpu", ways: int = 1) -> tuple[nnx.Module, list[tuple[str, str]]]:
+    """The program every inference command runs: a copy of ``model`` with batch norm folded
+    (:func:`fold_batch_norm`, which says what ``input_shape`` and ``keep`` are) and, on a CPU, its
+    dense kernels stored ``[out, in]`` (:func:`transpose_dense`), unless the copy will be split
+    over ``ways`` > 1 devices. Returns the copy and the folded pairs.
+
+    Why the dense layout: XLA:CPU multiplies a small batch by a large kernel 2-3x faster as
+    ``kernel @ x.T``. Whole inference steps at batch 32 (2-core Intel Xeon with AMX, one process,
+    interleaved): alexnet-owt 1.28-1.38x (float32), 1.37x (bf16 products), vgg11 1.10-1.11x; the
+    ResNets and GoogLeNet (one small classifier) level (BENCHMARKS.md, issue 26). Accelerators keep
+    the layout they were trained in."""
+    model, pairs = fold_batch_norm(model, input_shape, keep=keep)
+    if platform == "cpu" and ways == 1:
+        transpose_dense(model)
+    return model, pairs

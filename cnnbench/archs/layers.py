@@ -90,19 +90,32 @@ class Dense(nnx.Linear):
         super().__init__(in_features, out_features, use_bias=bias, kernel_init=kernel_init,
                          bias_init=bias_init, rngs=rngs, dot_general=products.dot_general)
         self.partition = None  # as Conv's
+        #: the kernel stored [out, in] (the inference model's layout: :func:`cnnbench.archs.inference.transpose_dense`)
+        self.transposed = False
 
     def __call__(self, x, train: bool = False):
         if self.partition is None:
-            y = super().__call__(x)
+            y = self._product(x, self.kernel[...], None if self.bias is None else self.bias[...])
         else:
-            y = self.partition.run(self._product, super().__call__, x, self.kernel, self.bias)
+            y = self.partition.run(self._product, self._whole, x, self.kernel, self.bias)
         trace.record(self, x, y, kind="dense", macs=self.in_features * self.out_features)
         return y
+
+    def kernel_in_out(self):
+        """The kernel as ``[in, out]``, however it is stored."""
+        kernel = self.kernel[...]
+        return kernel.T if self.transposed else kernel
+
+    def _whole(self, x):
+        return self._product(x, self.kernel[...], None if self.bias is None else self.bias[...])
 
     def _product(self, x, kernel, bias):
         """``x @ kernel + bias`` on the arrays one device holds."""
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
-        y = self.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+        if self.transposed:
+            y = products.dense_out_in(x, kernel)
+        else:
+            y = self.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
         return y if bias is None else y + bias
 
 

@@ -80,13 +80,15 @@ def probabilities_fn(model: nnx.Module, finish, mesh: Mesh | None = None) -> Cal
     """A jitted ``(images, shift) -> (B, classes)`` softmax, averaged over any crop axes; with a
     ``mesh`` the model is split over its ``model`` axis (:func:`cnnbench.parallel.plan`) and its
     weights placed so (batches come sharded over ``data``). The program is the inference model's
-    (:func:`cnnbench.archs.inference.fold_batch_norm`: batch norm folded into its convolution);
+    (:func:`cnnbench.archs.inference.inference_model`: batch norm folded into its convolution);
     ``model`` itself is left as it is."""
-    from cnnbench.archs.inference import fold_batch_norm
+    from cnnbench.archs.inference import inference_model
 
-    model, _ = fold_batch_norm(model)
+    ways = 1 if mesh is None else parallel.model_size(mesh)
+    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+    model, _ = inference_model(model, platform=platform, ways=ways)
     if mesh is not None:
-        parallel.plan(model, parallel.model_size(mesh), mesh)
+        parallel.plan(model, ways, mesh)
     graphdef, state = nnx.split(model)
     if mesh is not None:
         state = parallel.place(state, mesh)

@@ -126,6 +126,8 @@ def plan(model, ways: int, mesh: Mesh | None = None):
                 if module.bias is not None:
                     _split_last(module.bias)
         elif isinstance(module, nnx.Linear) and hasattr(module, "partition"):
+            if ways > 1 and getattr(module, "transposed", False):
+                raise ValueError(f"{name}: a dense kernel stored [out, in] (inference.transpose_dense) cannot split")
             if ways > 1 and module.out_features == num_classes and module.in_features % ways == 0:
                 module.partition = Partition("row", ways, mesh)
                 module.kernel.set_metadata(out_sharding=("model", None))

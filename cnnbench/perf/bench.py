@@ -135,9 +135,9 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     facts.update(products=plan.products, precision_note=plan.note)
     dtype = plan.compute
     if mode == "infer":  # what evaluation runs: the inference model (batch norm folded)
-        from cnnbench.archs.inference import fold_batch_norm
+        from cnnbench.archs.inference import inference_model
 
-        model, _ = fold_batch_norm(model, shape)
+        model, _ = inference_model(model, shape, platform=mesh.devices.flat[0].platform, ways=model_size(mesh))
         plan.prepare_inference(model)
     plan.apply(model)
     parallel.plan(model, model_size(mesh), mesh)

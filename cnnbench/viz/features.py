@@ -46,7 +46,7 @@ def filters(taps: Taps, layer: str) -> Filters:
         return Filters(layer, np.asarray(module.kernel[...]))
     if isinstance(module, Dense):
         h, w, c = taps.input_shape
-        kernel = np.asarray(module.kernel[...])
+        kernel = np.asarray(module.kernel_in_out())
         if kernel.shape[0] != h * w * c:
             raise UsageError(f"{layer} is a dense layer on {kernel.shape[0]} features, not on the "
                              f"{h}x{w}x{c} image: only convolutions and a first dense layer have "

@@ -87,12 +87,16 @@ def from_run(run: LoadedRun, *, reading: tuple[str, ...] | None = None) -> Subje
 
 
 def _inference_taps(model, shape, arch: str, keep: Sequence[str]) -> Taps | None:
-    """:class:`Taps` of ``model`` with batch norm folded (``keep``: layers left as they are, their
-    outputs read), or None where no pair folds."""
-    from cnnbench.archs.inference import fold_batch_norm
+    """:class:`Taps` of the inference model of ``model`` (batch norm folded, ``keep``: layers left as
+    they are, their outputs read; dense kernels re-laid out on a CPU), or None where nothing changes."""
+    import jax
+    from flax import nnx
 
-    folded, pairs = fold_batch_norm(model, shape, keep=tuple(keep))
-    return Taps(folded, shape, arch) if pairs else None
+    from cnnbench.archs.inference import inference_model
+
+    folded, pairs = inference_model(model, shape, keep=tuple(keep), platform=jax.default_backend())
+    moved = any(getattr(m, "transposed", False) for _, m in nnx.iter_modules(folded))
+    return Taps(folded, shape, arch) if pairs or moved else None
 
 
 def load_image(subject: Subject, path: str, spec: str | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -254,7 +254,7 @@ def fcn(taps: Taps, x) -> np.ndarray:
             if op == "avg":
                 y = lax.reduce_window(y, 0.0, lax.add, (1, *args, 1), (1, 1, 1, 1), "VALID") / (args[0] * args[1])
             elif op == "dense":
-                kernel = layer.kernel[...].reshape(*args, -1)
+                kernel = layer.kernel_in_out().reshape(*args, -1)
                 y = lax.conv_general_dilated(y, kernel, (1, 1), "VALID",
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
                 if layer.bias is not None:
