@@ -280,3 +280,29 @@ def test_training_takes_one_model_group_of_the_split_cpu_devices(monkeypatch, tm
     with pytest.raises(UsageError, match="does not divide over 8 devices"):
         train(load(None, "mlp2", {"dataset": "synthetic:12x12x3:4:96", "input_size": 12, "batch_size": 12,
                                   "epochs": 1}), run_dir=tmp_path / "run2")
+
+
+def test_over_batch_splits_each_batch_over_the_devices_and_cuts_padding_back():
+    """What feature extraction runs: a batch split over every device (padded where they do not
+    divide it), the state replicated once, the outputs back on the host at the batch's size, equal
+    to the function on one device."""
+    mesh = parallel.make_mesh()
+    assert parallel.data_size(mesh) == 8
+    seen = []
+
+    def fn(state, x, y):
+        seen.append(x.shape)  # (traced once per batch shape: the global shape)
+        return {"out": jnp.tanh(x @ state["w"]) + y[:, None], "norm": jnp.sqrt((x * x).sum(axis=1))}
+
+    state = {"w": np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)}
+    run = parallel.over_batch(fn, state, mesh)
+    for n in (8, 3, 13):
+        x = np.random.default_rng(n).normal(size=(n, 6)).astype(np.float32)
+        y = np.arange(n, dtype=np.float32)
+        got = run(x, y)
+        want = jax.jit(fn)(state, x, y)
+        assert got["out"].shape == (n, 4) and got["norm"].shape == (n,)
+        assert isinstance(got["out"], np.ndarray)
+        np.testing.assert_allclose(got["out"], want["out"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got["norm"], want["norm"], rtol=1e-6)
+    assert (8, 6) in seen and (16, 6) in seen  # 3 rows padded to 8, 13 to 16

@@ -9,9 +9,9 @@ traced) and what crosses devices; :mod:`cnnbench.parallel.collectives` reads the
 compiled program. This package imports JAX and Flax only, never an architecture.
 """
 
-from cnnbench.parallel.mesh import (batch_sharding, check_model_parallel, data_size, make_mesh, model_size, place,
-                                    replicated)
+from cnnbench.parallel.mesh import (batch_sharding, check_model_parallel, data_size, make_mesh, model_size,
+                                    over_batch, place, replicated)
 from cnnbench.parallel.partition import Partition, plan
 
-__all__ = ["Partition", "batch_sharding", "check_model_parallel", "data_size", "make_mesh", "model_size", "place",
-           "plan", "replicated"]
+__all__ = ["Partition", "batch_sharding", "check_model_parallel", "data_size", "make_mesh", "model_size",
+           "over_batch", "place", "plan", "replicated"]

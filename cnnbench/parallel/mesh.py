@@ -67,6 +67,29 @@ def make_mesh(devices: int | None = None, model_parallel: int = 1, *, training: 
     return Mesh(np.array(chosen).reshape(len(chosen) // model_parallel, model_parallel), AXES)
 
 
+def over_batch(fn, state, mesh: Mesh | None = None):
+    """``fn(state, *batch)`` jitted, as a function of ``*batch`` (arrays with one leading size) that
+    splits each batch over ``mesh``'s ``data`` axis (default: every device; on a CPU the command's
+    one per core) with ``state`` replicated on it once, and returns the outputs (arrays with the
+    batch's leading axis) on the host. A batch the split does not divide is padded with copies of
+    its last row, and the outputs are cut back: what feature extraction and the dataset-wide
+    figures run, batch after batch."""
+    mesh = make_mesh() if mesh is None else mesh
+    ways, sharding = data_size(mesh), batch_sharding(mesh)
+    state = jax.device_put(state, replicated(mesh))
+    jitted = jax.jit(fn)
+
+    def run(*batch):
+        arrays = [np.asarray(a) for a in batch]
+        n = len(arrays[0])
+        if n % ways:
+            arrays = [np.concatenate([a, np.repeat(a[-1:], ways - n % ways, axis=0)]) for a in arrays]
+        out = jitted(state, *(jax.device_put(a, sharding) for a in arrays))
+        return jax.tree.map(lambda o: np.asarray(o)[:n], out)
+
+    return run
+
+
 def data_size(mesh: Mesh) -> int:
     """How many ways a batch is split: the ``data`` axis (every device when the mesh has no ``model``)."""
     return int(mesh.shape.get("data", mesh.devices.size))

@@ -12,9 +12,7 @@ from cnnbench.errors import UsageError
 
 def extract(run_dir: Path, batch: np.ndarray, layer: str, *, batch_size: int = 64) -> tuple[np.ndarray, str]:
     """(activations, full layer name) of ``layer`` for the float32 NHWC ``batch``."""
-    import jax
-    import jax.numpy as jnp
-
+    from cnnbench.parallel import over_batch
     from cnnbench.runs.loaded import load_run
     from cnnbench.viz.inputs import from_run
 
@@ -25,14 +23,13 @@ def extract(run_dir: Path, batch: np.ndarray, layer: str, *, batch_size: int = 6
     name = "logits" if layer == "logits" else from_run(run).taps.resolve(layer)
     taps = from_run(run, reading=(name,)).taps  # the inference model up to the layer read
 
-    @jax.jit
     def run_batch(state, x):
         logits, store = taps.apply(state, x, [] if name == "logits" else [name])
         return logits if name == "logits" else store[name]
 
+    forward = over_batch(run_batch, taps.state)  # each batch split over every device
     try:
-        outs = [np.asarray(run_batch(taps.state, jnp.asarray(batch[i:i + batch_size], jnp.float32)))
-                for i in range(0, len(batch), batch_size)]
+        outs = [forward(np.asarray(batch[i:i + batch_size], np.float32)) for i in range(0, len(batch), batch_size)]
     except TypeError as e:  # a dense layer fed a map of another size
         raise UsageError(f"{run.cfg.arch} cannot take {batch.shape[1]}x{batch.shape[2]} inputs up to {name} "
                          f"(trained at {run.input_size}x{run.input_size}): {str(e).splitlines()[0]}") from None

@@ -133,7 +133,6 @@ def top_patches(subject: Subject, batches: Iterable[Batch], layer: str, channels
     spatial = len(shape) == 3
     picked = jnp.asarray(channels)
 
-    @jax.jit
     def strongest(state, images, shift):
         a = taps.apply(state, subject.model_input(images, shift), [layer])[1][layer][..., picked]
         if not spatial:
@@ -141,11 +140,13 @@ def top_patches(subject: Subject, batches: Iterable[Batch], layer: str, channels
         flat = a.reshape(a.shape[0], -1, a.shape[-1])                 # (N, h*w, channels)
         return flat.max(axis=1), flat.argmax(axis=1).astype(jnp.int32)
 
+    from cnnbench.parallel import over_batch
+
     best: list[list[Patch]] = [[] for _ in channels]
     seen = 0
+    run = over_batch(strongest, taps.state)  # each batch split over every device
     for batch in batches:
-        values, where = (np.asarray(v) for v in strongest(taps.state, jnp.asarray(batch.images),
-                                                          jnp.asarray(batch.shift)))
+        values, where = run(batch.images, batch.shift)
         for n in np.flatnonzero(batch.valid):
             for k in range(len(channels)):
                 if len(best[k]) == top and values[n, k] <= best[k][-1].value:
@@ -181,15 +182,16 @@ def default_feature_layer(taps: Taps) -> str:
 
 
 def feature_fn(subject: Subject, layer: str):
-    """A jitted ``(images, shift) -> (N, D)``: ``layer``'s output for display images, flattened."""
+    """A compiled ``(images, shift) -> (N, D)``: ``layer``'s output for display images, flattened."""
+    from cnnbench.parallel import over_batch
+
     taps = subject.taps
 
-    @jax.jit
     def run(state, images, shift):
         a = taps.apply(state, subject.model_input(images, shift), [layer])[1][layer]
         return a.reshape(a.shape[0], -1)
 
-    return lambda images, shift: np.asarray(run(taps.state, jnp.asarray(images), jnp.asarray(shift)))
+    return over_batch(run, taps.state)  # each batch split over every device
 
 
 def collect(subject: Subject, batches: Iterable[Batch], layer: str, advance=lambda n: None):
