@@ -272,6 +272,9 @@ def test_training_takes_one_model_group_of_the_split_cpu_devices(monkeypatch, tm
     assert parallel.make_mesh(training=True).devices.size == 1
     assert parallel.make_mesh(model_parallel=2, training=True).devices.shape == (1, 2)
     assert parallel.make_mesh(4, training=True).devices.size == 4
+    from cnnbench.perf.bench import Prepared  # (what `compare` measures throughput with)
+
+    assert [Prepared("lenet5", mode, 12).mesh.devices.size for mode in ("train", "infer")] == [1, 6]
     summary = train(load(None, "mlp2", {"dataset": "synthetic:12x12x3:4:96", "input_size": 12, "batch_size": 12,
                                         "epochs": 1}), run_dir=tmp_path / "run")  # 12 does not divide over 8
     assert summary["final"]["top1"] is not None

@@ -93,7 +93,8 @@ def transpose_dense(model: nnx.Module) -> int:
     for _, module in nnx.iter_modules(model):
         if isinstance(module, Dense) and not module.transposed:
             if getattr(module.partition, "ways", 1) > 1:
-                raise ValueError("transpose dense kernels of a model used whole on each device, not one split over devices")
+                raise ValueError("transpose dense kernels of a model used whole on each device, "
+                                 "not one split over devices")
             module.kernel.set_value(np.ascontiguousarray(np.asarray(module.kernel[...]).T))
             module.transposed = True
             count += 1

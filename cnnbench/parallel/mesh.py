@@ -5,8 +5,8 @@ neighbours: each group holds one copy of the network, split over its M devices (
 and the batch is sharded over the groups (axis ``data``). M = 1 is plain data parallelism: every
 device holds every parameter.
 
-Without ``--devices``, inference uses every device and training too, but on the CPU devices the
-`cnnbench` command makes one per core (:func:`cnnbench.kernels.flags.use_cpu_devices`): there a
+Without ``--devices`` every command uses every device, but for one case: on the CPU devices the
+`cnnbench` command makes, one per core (:func:`cnnbench.kernels.flags.use_cpu_devices`), a
 training step uses one model group, since splitting it over the cores measured slower
 (:func:`default_devices`).
 """
@@ -55,8 +55,9 @@ def default_devices(model_parallel: int = 1, *, training: bool = False, batch_si
 def make_mesh(devices: int | None = None, model_parallel: int = 1, *, training: bool = False,
               batch_size: int | None = None) -> Mesh:
     """The mesh over the first ``devices`` devices (by default all, or what :func:`default_devices`
-    says for ``training`` or a ``batch_size``), shaped (devices / model_parallel, model_parallel); each model group is
-    ``model_parallel`` consecutive devices (on a multi-GPU host, the neighbours with the fastest link)."""
+    says for ``training`` or a ``batch_size``), shaped (devices / model_parallel, model_parallel);
+    each model group is ``model_parallel`` consecutive devices (on a multi-GPU host, the neighbours
+    with the fastest link)."""
     available = jax.devices()
     if devices is None:
         devices = default_devices(model_parallel, training=training, batch_size=batch_size)

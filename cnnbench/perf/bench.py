@@ -176,7 +176,8 @@ class Prepared:
                  precision: str = "fp32", mesh=None, compiler_options: dict | None = None):
         from cnnbench.parallel import make_mesh
 
-        self.mesh = mesh if mesh is not None else make_mesh()
+        # (by default the devices the command would use: on a CPU's per-core devices, one for training)
+        self.mesh = mesh if mesh is not None else make_mesh(training=mode == "train", batch_size=batch_size)
         self.arch, self.mode, self.batch_size, self.precision = arch, mode, batch_size, precision
         self.label = f"{arch} {mode} batch {batch_size}"
         with self._oom_as_error():
