@@ -210,3 +210,9 @@ def test_probe_features_and_compare(digits_0_4, data_dir, tmp_path):
     result = CliRunner().invoke(cli, ["features", str(pretrained), "--input", str(tmp_path / "batch.npy"),
                                       "--layer", "fc9", "--out", str(tmp_path / "x.npy")])
     assert result.exit_code == 2 and "no layer 'fc9'" in result.output and len(result.output.strip().splitlines()) == 1
+    # a batch of another size cannot reach the dense layers (here split over 8 devices): one line
+    np.save(tmp_path / "big.npy", np.zeros((3, 48, 48, 1), np.float32))
+    result = CliRunner().invoke(cli, ["features", str(pretrained), "--input", str(tmp_path / "big.npy"),
+                                      "--layer", "logits", "--out", str(tmp_path / "x.npy")])
+    assert result.exit_code == 2 and "cannot take 48x48 inputs up to logits (trained at 32x32)" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -95,7 +95,7 @@ class Dense(nnx.Linear):
 
     def __call__(self, x, train: bool = False):
         if self.partition is None:
-            y = self._product(x, self.kernel[...], None if self.bias is None else self.bias[...])
+            y = self._whole(x)
         else:
             y = self.partition.run(self._product, self._whole, x, self.kernel, self.bias)
         trace.record(self, x, y, kind="dense", macs=self.in_features * self.out_features)
@@ -107,6 +107,7 @@ class Dense(nnx.Linear):
         return kernel.T if self.transposed else kernel
 
     def _whole(self, x):
+        """The layer as on one device, its whole kernel (what a split layer computes without a mesh)."""
         return self._product(x, self.kernel[...], None if self.bias is None else self.bias[...])
 
     def _product(self, x, kernel, bias):
