@@ -1,0 +1,156 @@
+"""Stride-1 convolutions on Intel AMX (bf16 operands, float32 sums) through a native kernel.
+
+XLA:CPU in jaxlib 0.10 hands bf16 matrix products to the AMX units (1543 GFLOP/s on a 2-core Xeon)
+but not convolutions: its bf16 convolution, YNNPACK's included, ran at 110-270 GFLOP/s, and the
+formulations of :mod:`cnnbench.kernels.fastops` spend most of their time building Winograd tiles
+and patches, not in the products (BENCHMARKS.md, issue 26). ``native/amx_conv.cc`` is a direct
+convolution on the tile registers: no patches, its 16-pixel input tiles read in place from the
+padded activation. Per layer, one thread, batch 32: 28x28x128 -> 128 3x3 in 7.1 ms (PyTorch's
+oneDNN with autocast: 4.7), AlexNet's 27x27x64 -> 192 5x5 in 10.6 (9.3).
+
+The kernel is C++ against XLA's FFI headers (shipped in jaxlib), compiled with the system's ``g++``
+the first time a process asks for it and kept in cnnbench's cache folder under a name that hashes
+the source, the compiler and jaxlib's version. :func:`available` is false (and the fast
+formulations carry on as before) where the CPU has no ``amx_bf16``, the kernel does not build, or
+Linux refuses the tile registers; ``CNNBENCH_AMX=0`` turns it off. :func:`conv` is the forward
+convolution; the input gradient of a stride-1 layer is the same convolution of the output gradient
+with the kernel turned round (:mod:`cnnbench.kernels.fastops`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = Path(__file__).with_name("native") / "amx_conv.cc"
+TARGET = "cnnbench_amx_conv"
+#: why the kernel is not in use, once :func:`available` has looked (None: it is)
+reason: str | None = None
+
+
+def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    try:
+        with open(cpuinfo) as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def _library_path(compiler: str) -> Path:
+    from importlib.metadata import version as installed
+
+    from cnnbench.cache import cache_dir
+
+    compiler_version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    stamp = SOURCE.read_bytes() + compiler_version.encode() + installed("jaxlib").encode()
+    key = hashlib.sha256(stamp).hexdigest()[:16]
+    return cache_dir() / "native" / f"amx_conv-{key}.so"
+
+
+def build(compiler: str = "g++") -> Path:
+    """The compiled kernel's path, building it first if the cache has none (raises OSError or
+    CalledProcessError when it cannot be built)."""
+    if shutil.which(compiler) is None:
+        raise OSError(f"no {compiler} on PATH")
+    path = _library_path(compiler)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        out = Path(tmp) / path.name
+        subprocess.run([compiler, "-O3", "-std=c++17", "-mamx-tile", "-mamx-bf16", "-mavx512f", "-shared",
+                        "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)],
+                       check=True, capture_output=True, text=True)
+        os.replace(out, path)  # atomic: a concurrent process sees the whole library or none
+    return path
+
+
+@functools.cache
+def available() -> bool:
+    """Whether :func:`conv` can run here: a CPU with AMX bf16, the kernel built and registered with
+    XLA, the tile registers granted (each checked once per process; :data:`reason` says which
+    failed)."""
+    global reason
+    if os.environ.get("CNNBENCH_AMX", "1").strip() == "0":
+        reason = "CNNBENCH_AMX=0"
+        return False
+    if "amx_bf16" not in _cpu_flags():
+        reason = "this CPU has no amx_bf16"
+        return False
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        reason = f"the AMX kernel did not build: {detail.strip().splitlines()[-1] if detail.strip() else exc}"
+        return False
+    if lib.cnnbench_amx_request() != 0:
+        reason = "Linux refused this process the AMX tile registers"
+        return False
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConv), platform="cpu")
+    reason = None
+    return True
+
+
+def supported(k: int, s: int) -> bool:
+    """The layers the kernel computes: stride 1, an odd or even square kernel of up to 7x7."""
+    return s == 1 and 1 < k <= 7
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def pack(w) -> jax.Array:
+    """An HWIO kernel as the kernel's tiles: bf16 ``[k*k, C/32, O/16, 16, 16, 2]``, channels padded
+    with zeros to multiples of 32."""
+    k, _, c, o = w.shape
+    cp, op = _round_up(c, 32), _round_up(o, 32)
+    w = jnp.pad(w.astype(jnp.bfloat16), ((0, 0), (0, 0), (0, cp - c), (0, op - o)))
+    return w.reshape(k * k, cp // 32, 16, 2, op // 16, 16).transpose(0, 1, 4, 2, 5, 3)
+
+
+def conv(x, w, pads) -> jax.Array:
+    """NHWC x HWIO stride-1 convolution with explicit ``pads`` ((top, bottom), (left, right)):
+    bf16 operands, float32 result. Channels are zero-padded to multiples of 32 where needed.
+
+    One custom call on the whole array it is given: on a mesh, call it on each device's images
+    (the layers do, inside ``shard_map``: :mod:`cnnbench.parallel.partition`); XLA's partitioner
+    would gather a batch-sharded operand onto every device first."""
+    n, h, wd, c = x.shape
+    k, o = w.shape[0], w.shape[-1]
+    (top, bottom), (left, right) = pads
+    wp = wd + left + right
+    h_out, w_out = h + top + bottom - k + 1, wp - k + 1
+    # rows below the image so that the last 32-pixel block's reads (on the padded grid) stay inside
+    needed = _round_up(h_out * wp, 32) + (k - 1) * (wp + 1)
+    extra = max(0, -(-needed // wp) - (h + top + bottom))
+    cp = _round_up(c, 32)
+    xp = jnp.pad(x.astype(jnp.bfloat16), ((0, 0), (top, bottom + extra), (left, right), (0, cp - c)))
+    op = _round_up(o, 32)
+    y = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((n, h_out, w_out, op), jnp.float32))(xp, pack(w))
+    return y[..., :o] if op != o else y
+
+
+def reference(x, w, pads) -> np.ndarray:
+    """The same convolution by XLA in float32 on the bf16-rounded operands (the tests' reference)."""
+    from jax import lax
+
+    xb = jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32)
+    wb = jnp.asarray(w).astype(jnp.bfloat16).astype(jnp.float32)
+    return np.asarray(lax.conv_general_dilated(xb, wb, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                               precision=lax.Precision.HIGHEST))
+
+
+if __name__ == "__main__":  # python -m cnnbench.kernels.amx: build and say whether it runs here
+    print("AMX convolution:", "available" if available() else f"off ({reason})", file=sys.stderr)

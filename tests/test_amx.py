@@ -1,0 +1,132 @@
+"""The AMX convolution kernel (cnnbench.kernels.amx): where it runs, it equals XLA's convolution of
+the same bf16-rounded operands (forward and input gradient, through fastops' plan); everywhere,
+which layers it is chosen for, and that a machine without it says why and keeps the other
+formulations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cnnbench.kernels import amx, fastops
+
+needs_amx = pytest.mark.skipif(not amx.available(), reason=f"no AMX kernel here: {amx.reason}")
+
+
+def _rounded(v):
+    return jnp.asarray(v).astype(jnp.bfloat16).astype(jnp.float32)
+
+
+def _conv(x, w, pads):
+    return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=lax.Precision.HIGHEST)
+
+
+@needs_amx
+@pytest.mark.parametrize("n, hw, cin, cout, k, pads", [
+    (3, 9, 32, 32, 3, ((1, 1), (1, 1))),      # one 32-channel block each way, "same"
+    (2, 14, 64, 96, 3, ((1, 1), (1, 1))),     # several blocks; 14x16 padded grid: a partial last 32-pixel block
+    (2, 7, 48, 40, 3, ((1, 1), (1, 1))),      # channels padded to 64 in, 64 out (cut back to 40)
+    (2, 13, 64, 64, 5, ((2, 2), (2, 2))),     # 5x5 (AlexNet's conv2)
+    (2, 10, 32, 64, 3, ((0, 0), (0, 0))),     # "valid"
+    (2, 11, 32, 32, 3, ((0, 2), (2, 1))),     # lopsided padding up to k - 1
+    (5, 6, 32, 64, 2, ((0, 1), (1, 0))),      # an even kernel; more images than threads
+    (1, 4, 512, 512, 3, ((1, 1), (1, 1))),    # 7x7x512-like: weights in several output groups
+])
+def test_forward_and_input_gradient_equal_xla_on_bf16_operands(n, hw, cin, cout, k, pads):
+    rng = np.random.default_rng(n * hw + cin)
+    x = jnp.asarray(rng.standard_normal((n, hw, hw + 1, cin)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
+    y = jax.jit(lambda x, w: amx.conv(x, w, pads))(x, w)
+    expected = _conv(_rounded(x), _rounded(w), pads)
+    assert y.shape == expected.shape and y.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=0, atol=2e-5 * float(jnp.abs(expected).max()))
+    assert float(jnp.abs(y).max()) > 0.1  # not zeros: real sums
+
+    # through the layer's plan: the input gradient turns the kernel round and runs it again
+    plan = {"forward": "amx", "input_grad": "amx", "weight_grad": "matmul"}
+    dy = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
+    dx = jax.jit(lambda x, w, dy: jax.vjp(lambda x: fastops.conv(x, w, 1, pads, plan), x)[1](dy)[0])(x, w, dy)
+    ref_dx = jax.vjp(lambda x: _conv(x, _rounded(w), pads), x)[1](_rounded(dy))[0]
+    np.testing.assert_allclose(np.asarray(dx), np.asarray(ref_dx), rtol=0,
+                               atol=2e-5 * float(jnp.abs(ref_dx).max()))
+
+
+@needs_amx
+def test_a_bf16_products_model_runs_its_convolutions_on_amx_and_matches_float32():
+    """resnet18-like blocks under ``--precision bf16`` (products): the compiled program calls the
+    kernel, and its outputs and gradients stay within bf16 rounding of the float32 model's."""
+    from flax import nnx
+
+    from cnnbench.archs import create_model
+
+    model = create_model("resnet18", num_classes=10, rngs=nnx.Rngs(0))
+    model.eval()
+    graph, state = nnx.split(model)
+    x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+
+    def logits(state, x):
+        return nnx.merge(graph, state)(x)
+
+    bf16 = jax.jit(fastops.within(logits, products="bfloat16"))
+    assert amx.TARGET in bf16.lower(state, x).as_text()
+    got, want = bf16(state, x), jax.jit(logits)(state, x)
+    assert float(jnp.abs(got - want).max()) <= 0.05 * float(jnp.abs(want).max())
+    assert int(jnp.argmax(got[0])) == int(jnp.argmax(want[0])) or float(jnp.abs(got - want).max()) < 1e-2
+
+
+def test_choose_takes_the_kernel_for_stride_1_layers_with_bf16_products(monkeypatch):
+    """The policy, on any machine (availability pretended): stride-1 layers of 16+ channels with bf16
+    products; never for float32 products, strided or RGB layers, wide padding, or an accelerator."""
+    monkeypatch.setattr(amx, "available", lambda: True)
+    same = ((1, 1), (1, 1))
+    plan = fastops.choose(3, 1, 64, 64, (56, 56), "cpu", same, amx_products=True)
+    assert plan == {"forward": "amx", "input_grad": "amx", "weight_grad": "winograd"}
+    assert fastops.choose(5, 1, 64, 192, (27, 27), "cpu", ((2, 2), (2, 2)), amx_products=True)["forward"] == "amx"
+    assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", same, amx_products=False)["forward"] == "winograd"
+    assert fastops.choose(3, 2, 64, 128, (28, 28), "cpu", same, amx_products=True)["forward"] == "matmul"
+    assert fastops.choose(3, 1, 3, 64, (224, 224), "cpu", same, amx_products=True)["forward"] == "xla"
+    assert fastops.choose(1, 1, 256, 64, (56, 56), "cpu", ((0, 0), (0, 0)), amx_products=True)["forward"] == "matmul"
+    assert fastops.choose(3, 1, 64, 64, (58, 58), "cpu", ((3, 3), (3, 3)), amx_products=True)["forward"] != "amx"
+    assert fastops.choose(3, 1, 64, 64, (56, 56), "gpu", same, amx_products=True)["forward"] == "xla"
+    with fastops.use(products="bfloat16"):  # the default follows the products in force
+        assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", same)["forward"] == "amx"
+    monkeypatch.setattr(amx, "available", lambda: False)
+    assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", same, amx_products=True)["forward"] == "winograd"
+
+
+@pytest.mark.parametrize("env, flags, reason", [
+    ({"CNNBENCH_AMX": "0"}, "fpu avx512f amx_bf16 amx_tile", "CNNBENCH_AMX=0"),
+    ({}, "fpu avx2 avx512f avx512_bf16", "this CPU has no amx_bf16"),
+])
+def test_without_amx_it_says_why_and_stays_off(env, flags, reason, monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    read = amx._cpu_flags
+    monkeypatch.setattr(amx, "_cpu_flags", lambda: read(str(cpuinfo)))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    amx.available.cache_clear()
+    try:
+        assert amx.available() is False and amx.reason == reason
+    finally:
+        monkeypatch.undo()
+        amx.available.cache_clear()
+        amx.available()
+
+
+def test_a_kernel_that_does_not_build_is_reported_not_raised(monkeypatch, tmp_path):
+    """No compiler (or a failed build): the kernel is off, with the cause in one line."""
+    monkeypatch.setattr(amx, "_cpu_flags", lambda: {"amx_bf16"})
+    monkeypatch.setenv("CNNBENCH_CACHE_DIR", str(tmp_path))
+    build = amx.build
+    monkeypatch.setattr(amx, "build", lambda: build("no-such-compiler-cnnbench"))
+    amx.available.cache_clear()
+    try:
+        assert amx.available() is False
+        assert amx.reason.startswith("the AMX kernel did not build: ") and "\n" not in amx.reason
+    finally:
+        monkeypatch.undo()
+        amx.available.cache_clear()
+        amx.available()
