@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from cnnbench.archs import create_model, get_arch, trace
 from cnnbench.errors import UsageError
-from cnnbench.kernels import fastops, flags, winograd
+from cnnbench.kernels import amx, fastops, flags, winograd
 
 PASSES = {"forward": fastops.FORWARD, "input_grad": fastops.INPUT_GRAD, "weight_grad": fastops.WEIGHT_GRAD}
 
@@ -61,7 +61,13 @@ def candidates(k: int, s: int, c: int, pads) -> list[str]:
     names = ["xla", "matmul"]
     if _space_to_depth(k, s, c):
         names.append("space-to-depth")
-    return names + ["winograd"] if winograd.supported(k, s, pads) else names
+    if winograd.supported(k, s, pads):
+        names.append("winograd")
+    # the AMX kernel: bf16 products only (under --products bfloat16), on a CPU that has it
+    if (fastops.low_precision_products() is not None and amx.supported(k, s)
+            and all(0 <= p <= k - 1 for pad in pads for p in pad) and amx.available()):
+        names.append("amx")
+    return names
 
 
 def _pass(name: str, form: str, k: int, s: int, c: int):
@@ -163,7 +169,7 @@ def main(argv=None) -> int:
     print(f"{args.arch}, batch {args.batch_size}, {args.input_size}px, float32, {args.products or 'float32'} "
           f"products; median of {args.rounds} "
           f"interleaved rounds, ms; * = choose()'s pick, ! = fastest where it differs")
-    forms = [f for f in ("xla", "matmul", "winograd", "space-to-depth") if any(f in r["ms"] for r in rows)]
+    forms = [f for f in ("xla", "matmul", "winograd", "space-to-depth", "amx") if any(f in r["ms"] for r in rows)]
     print("| layer | x | pass | " + " | ".join(forms) + " |")
     print("| --- | ---: | --- | " + " | ".join("---:" for _ in forms) + " |")
     for r in rows:

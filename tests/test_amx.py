@@ -18,8 +18,8 @@ def _rounded(v):
     return jnp.asarray(v).astype(jnp.bfloat16).astype(jnp.float32)
 
 
-def _conv(x, w, pads):
-    return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+def _conv(x, w, pads, stride=1):
+    return lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                     precision=lax.Precision.HIGHEST)
 
 
@@ -38,7 +38,7 @@ def test_forward_and_input_gradient_equal_xla_on_bf16_operands(n, hw, cin, cout,
     rng = np.random.default_rng(n * hw + cin)
     x = jnp.asarray(rng.standard_normal((n, hw, hw + 1, cin)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
-    y = jax.jit(lambda x, w: amx.conv(x, w, pads))(x, w)
+    y = jax.jit(lambda x, w: amx.conv(x, w, 1, pads))(x, w)
     expected = _conv(_rounded(x), _rounded(w), pads)
     assert y.shape == expected.shape and y.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=0, atol=2e-5 * float(jnp.abs(expected).max()))
@@ -51,6 +51,24 @@ def test_forward_and_input_gradient_equal_xla_on_bf16_operands(n, hw, cin, cout,
     ref_dx = jax.vjp(lambda x: _conv(x, _rounded(w), pads), x)[1](_rounded(dy))[0]
     np.testing.assert_allclose(np.asarray(dx), np.asarray(ref_dx), rtol=0,
                                atol=2e-5 * float(jnp.abs(ref_dx).max()))
+
+
+@needs_amx
+@pytest.mark.parametrize("n, hw, cin, cout, k, s, pads", [
+    (2, 30, 3, 64, 7, 2, ((3, 3), (3, 3))),    # ResNet's stem: a 21-value run a kernel row, padded to 32
+    (2, 35, 3, 64, 11, 4, ((2, 2), (2, 2))),   # AlexNet's conv1, stride 4
+    (3, 14, 64, 128, 3, 2, ((1, 1), (1, 1))),  # ResNet's strided 3x3: a 7-pixel row in a 32-pixel block
+    (2, 40, 32, 32, 3, 2, ((1, 1), (1, 1))),   # rows of 20 outputs: one block of 32 a row
+    (2, 9, 3, 32, 3, 1, ((1, 1), (1, 1))),     # VGG's conv1: an RGB layer at stride 1
+])
+def test_strided_and_few_channel_layers_equal_xla(n, hw, cin, cout, k, s, pads):
+    rng = np.random.default_rng(hw + k)
+    x = jnp.asarray(rng.standard_normal((n, hw, hw - 1, cin)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
+    y = jax.jit(lambda x, w: amx.conv(x, w, s, pads))(x, w)
+    expected = _conv(_rounded(x), _rounded(w), pads, s)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=0, atol=2e-5 * float(jnp.abs(expected).max()))
 
 
 @needs_amx
@@ -77,16 +95,21 @@ def test_a_bf16_products_model_runs_its_convolutions_on_amx_and_matches_float32(
 
 
 def test_choose_takes_the_kernel_for_stride_1_layers_with_bf16_products(monkeypatch):
-    """The policy, on any machine (availability pretended): stride-1 layers of 16+ channels with bf16
-    products; never for float32 products, strided or RGB layers, wide padding, or an accelerator."""
+    """The policy, on any machine (availability pretended): with bf16 products every layer of 2x2 to
+    11x11 runs forward on the kernel, and a stride-1 layer of 16+ channels its input gradient too;
+    never for float32 products, 1x1 layers (matrix products), wide padding, or an accelerator."""
     monkeypatch.setattr(amx, "available", lambda: True)
     same = ((1, 1), (1, 1))
     plan = fastops.choose(3, 1, 64, 64, (56, 56), "cpu", same, amx_products=True)
     assert plan == {"forward": "amx", "input_grad": "amx", "weight_grad": "winograd"}
     assert fastops.choose(5, 1, 64, 192, (27, 27), "cpu", ((2, 2), (2, 2)), amx_products=True)["forward"] == "amx"
     assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", same, amx_products=False)["forward"] == "winograd"
-    assert fastops.choose(3, 2, 64, 128, (28, 28), "cpu", same, amx_products=True)["forward"] == "matmul"
-    assert fastops.choose(3, 1, 3, 64, (224, 224), "cpu", same, amx_products=True)["forward"] == "xla"
+    # strided and RGB layers: the forward pass only (the input gradient as before)
+    assert fastops.choose(3, 2, 64, 128, (28, 28), "cpu", same, amx_products=True) == {
+        "forward": "amx", "input_grad": "matmul", "weight_grad": "matmul"}
+    assert fastops.choose(7, 2, 3, 64, (112, 112), "cpu", ((3, 3), (3, 3)), amx_products=True)["forward"] == "amx"
+    assert fastops.choose(3, 1, 3, 64, (224, 224), "cpu", same, amx_products=True) == {
+        "forward": "amx", "input_grad": "matmul", "weight_grad": "matmul"}
     assert fastops.choose(1, 1, 256, 64, (56, 56), "cpu", ((0, 0), (0, 0)), amx_products=True)["forward"] == "matmul"
     assert fastops.choose(3, 1, 64, 64, (58, 58), "cpu", ((3, 3), (3, 3)), amx_products=True)["forward"] != "amx"
     assert fastops.choose(3, 1, 64, 64, (56, 56), "gpu", same, amx_products=True)["forward"] == "xla"

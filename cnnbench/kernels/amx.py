@@ -1,20 +1,23 @@
-"""Stride-1 convolutions on Intel AMX (bf16 operands, float32 sums) through a native kernel.
+"""Convolutions on Intel AMX (bf16 operands, float32 sums) through a native kernel.
 
 XLA:CPU in jaxlib 0.10 hands bf16 matrix products to the AMX units (1543 GFLOP/s on a 2-core Xeon)
 but not convolutions: its bf16 convolution, YNNPACK's included, ran at 110-270 GFLOP/s, and the
 formulations of :mod:`cnnbench.kernels.fastops` spend most of their time building Winograd tiles
 and patches, not in the products (BENCHMARKS.md, issue 26). ``native/amx_conv.cc`` is a direct
 convolution on the tile registers: no patches, its 16-pixel input tiles read in place from the
-padded activation. Per layer, one thread, batch 32: 28x28x128 -> 128 3x3 in 7.1 ms (PyTorch's
-oneDNN with autocast: 4.7), AlexNet's 27x27x64 -> 192 5x5 in 10.6 (9.3).
+padded activation (``native/amx_conv.cc`` says how). Per layer, one thread, batch 32: 28x28x128
+-> 128 3x3 in 7.1 ms (PyTorch's oneDNN with autocast: 4.7), AlexNet's 27x27x64 -> 192 5x5 in 10.6
+(9.3).
 
 The kernel is C++ against XLA's FFI headers (shipped in jaxlib), compiled with the system's ``g++``
 the first time a process asks for it and kept in cnnbench's cache folder under a name that hashes
 the source, the compiler and jaxlib's version. :func:`available` is false (and the fast
 formulations carry on as before) where the CPU has no ``amx_bf16``, the kernel does not build, or
 Linux refuses the tile registers; ``CNNBENCH_AMX=0`` turns it off. :func:`conv` is the forward
-convolution; the input gradient of a stride-1 layer is the same convolution of the output gradient
-with the kernel turned round (:mod:`cnnbench.kernels.fastops`).
+convolution, any stride; the input gradient of a stride-1 layer is the same convolution of the
+output gradient with the kernel turned round (:mod:`cnnbench.kernels.fastops`). Values the tiles
+read past a window meet zero weights, so a NaN or infinity in the input spreads to neighbouring
+outputs (as it does to the whole network at the next layer anyway).
 """
 
 from __future__ import annotations
@@ -103,8 +106,8 @@ def available() -> bool:
 
 
 def supported(k: int, s: int) -> bool:
-    """The layers the kernel computes: stride 1, an odd or even square kernel of up to 7x7."""
-    return s == 1 and 1 < k <= 7
+    """The layers the kernel computes: square kernels of 2x2 to 11x11, strides 1 to 4."""
+    return 1 < k <= 11 and 1 <= s <= 4
 
 
 def _round_up(v: int, m: int) -> int:
@@ -112,17 +115,19 @@ def _round_up(v: int, m: int) -> int:
 
 
 def pack(w) -> jax.Array:
-    """An HWIO kernel as the kernel's tiles: bf16 ``[k*k, C/32, O/16, 16, 16, 2]``, channels padded
-    with zeros to multiples of 32."""
+    """An HWIO kernel as the kernel's tiles: bf16 ``[k, KC, O/16, 16, 16, 2]``. Per kernel row the
+    ``k * C`` values one output pixel meets (kernel columns, then channels: NHWC's order) are
+    zero-padded to ``KC * 32``; output channels to a multiple of 32."""
     k, _, c, o = w.shape
-    cp, op = _round_up(c, 32), _round_up(o, 32)
-    w = jnp.pad(w.astype(jnp.bfloat16), ((0, 0), (0, 0), (0, cp - c), (0, op - o)))
-    return w.reshape(k * k, cp // 32, 16, 2, op // 16, 16).transpose(0, 1, 4, 2, 5, 3)
+    run, op = k * c, _round_up(o, 32)
+    kc = -(-run // 32)
+    rows = jnp.pad(w.astype(jnp.bfloat16).reshape(k, run, o), ((0, 0), (0, kc * 32 - run), (0, op - o)))
+    return rows.reshape(k, kc, 16, 2, op // 16, 16).transpose(0, 1, 4, 2, 5, 3)
 
 
-def conv(x, w, pads) -> jax.Array:
-    """NHWC x HWIO stride-1 convolution with explicit ``pads`` ((top, bottom), (left, right)):
-    bf16 operands, float32 result. Channels are zero-padded to multiples of 32 where needed.
+def conv(x, w, stride: int, pads) -> jax.Array:
+    """NHWC x HWIO convolution with explicit ``pads`` ((top, bottom), (left, right)): bf16
+    operands, float32 result.
 
     One custom call on the whole array it is given: on a mesh, call it on each device's images
     (the layers do, inside ``shard_map``: :mod:`cnnbench.parallel.partition`); XLA's partitioner
@@ -131,24 +136,27 @@ def conv(x, w, pads) -> jax.Array:
     k, o = w.shape[0], w.shape[-1]
     (top, bottom), (left, right) = pads
     wp = wd + left + right
-    h_out, w_out = h + top + bottom - k + 1, wp - k + 1
-    # rows below the image so that the last 32-pixel block's reads (on the padded grid) stay inside
-    needed = _round_up(h_out * wp, 32) + (k - 1) * (wp + 1)
-    extra = max(0, -(-needed // wp) - (h + top + bottom))
-    cp = _round_up(c, 32)
-    xp = jnp.pad(x.astype(jnp.bfloat16), ((0, 0), (top, bottom + extra), (left, right), (0, cp - c)))
-    op = _round_up(o, 32)
-    y = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((n, h_out, w_out, op), jnp.float32))(xp, pack(w))
+    h_out, w_out = (h + top + bottom - k) // stride + 1, (wp - k) // stride + 1
+    packed = pack(w)
+    kc, op = packed.shape[1], packed.shape[2] * 16
+    # the pixel grid the kernel's 32-pixel blocks cover (amx_conv.cc's grid()): stride 1 one row of
+    # every pixel of the padded grid, else the output rows; the furthest value a tile reads (its
+    # extent()), then input rows enough to hold it
+    rows, cols = (1, _round_up(h_out * wp, 32)) if stride == 1 else (h_out, _round_up(w_out, 32))
+    reach = ((rows - 1) * stride * wp + (cols - 1) * stride + (k - 1) * wp) * c + kc * 32
+    height = max(h + top + bottom, -(-reach // (wp * c)))
+    xp = jnp.pad(x.astype(jnp.bfloat16), ((0, 0), (top, height - h - top), (left, right), (0, 0)))
+    y = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((n, h_out, w_out, op), jnp.float32))(
+        xp, packed, stride=np.int64(stride))
     return y[..., :o] if op != o else y
 
-
-def reference(x, w, pads) -> np.ndarray:
+def reference(x, w, stride: int, pads) -> np.ndarray:
     """The same convolution by XLA in float32 on the bf16-rounded operands (the tests' reference)."""
     from jax import lax
 
     xb = jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32)
     wb = jnp.asarray(w).astype(jnp.bfloat16).astype(jnp.float32)
-    return np.asarray(lax.conv_general_dilated(xb, wb, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    return np.asarray(lax.conv_general_dilated(xb, wb, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                                precision=lax.Precision.HIGHEST))
 
 

@@ -326,7 +326,7 @@ def _xla_weight_grad(x, w, dy, s, pads):
 
 
 def _amx_forward(x, w, s, pads):
-    return amx.conv(x, w, pads).astype(x.dtype)
+    return amx.conv(x, w, s, pads).astype(x.dtype)
 
 
 def _amx_input_grad(x, w, dy, s, pads):
@@ -335,12 +335,12 @@ def _amx_input_grad(x, w, dy, s, pads):
     k = w.shape[0]
     turned = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
     back = tuple((k - 1 - lo, k - 1 - hi) for lo, hi in pads)
-    return amx.conv(dy, turned, back).astype(x.dtype)
+    return amx.conv(dy, turned, 1, back).astype(x.dtype)
 
 
 #: Each pass of a convolution, by formulation: "xla" (XLA's convolution), "matmul" (patches and a
 #: matrix multiplication), "winograd" (F(2x2, 3x3) / F(3x3, 5x5), stride 1 only: :mod:`.winograd`)
-#: or "amx" (the native AMX kernel, stride 1, bf16 operands: :mod:`.amx`).
+#: or "amx" (the native AMX kernel, bf16 operands; its input gradient stride 1 only: :mod:`.amx`).
 FORWARD = {"xla": _lax_conv, "matmul": _matmul_forward,
            "winograd": lambda x, w, s, pads: winograd.conv(x, w, pads), "amx": _amx_forward}
 INPUT_GRAD = {"xla": _xla_input_grad,
@@ -356,24 +356,26 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
     """Which formulation each pass uses, from per-layer timings (BENCHMARKS.md). Accelerators keep
     XLA's convolution throughout. Where the products are bf16 (``--precision bf16``;
     ``amx_products``, by default :func:`cnnbench.kernels.choice.low_precision_products`) and the
-    CPU has AMX (:func:`cnnbench.kernels.amx.available`), a stride-1 layer's forward pass and input
-    gradient run on the AMX kernel: per layer (batch 32, 2 cores) 2-4x faster than Winograd with
-    bf16 products, and its weight gradient as below."""
+    CPU has AMX (:func:`cnnbench.kernels.amx.available`), a layer's forward pass (and a stride-1
+    layer's input gradient) runs on the AMX kernel: per layer (batch 16, 2 cores) 2.5-4x faster
+    than Winograd with bf16 products, the ResNet stem and strided 3x3 layers faster than XLA's
+    convolution and the patches; the weight gradient as below."""
     plan = _plan(k, s, cin, cout, out_hw, platform, pads, dtype)
     if amx_products is None:
         amx_products = low_precision_products() == jnp.bfloat16
-    if amx_products and _amx_applies(k, s, cin, cout, out_hw, platform, pads, dtype):
-        return {**plan, "forward": "amx", "input_grad": "amx"}
+    if amx_products and _amx_applies(k, s, out_hw, platform, pads, dtype):
+        # the input gradient as the same kernel's convolution: stride 1 only, and on 16+ channels
+        # each way (the gradient's output channels are the layer's inputs, padded to 32)
+        both = s == 1 and min(cin, cout) >= 16
+        return {**plan, "forward": "amx", **({"input_grad": "amx"} if both else {})}
     return plan
 
 
-def _amx_applies(k, s, cin, cout, out_hw, platform, pads, dtype) -> bool:
-    """A stride-1 layer the AMX kernel computes both ways: on 16+ channels each side (fewer would
-    be mostly the zeros it pads them with; an RGB layer keeps XLA's convolution), padding no wider
-    than the kernel (the input gradient is then the same kernel's convolution), on a CPU with AMX."""
-    return (platform == "cpu" and amx.supported(k, s) and min(cin, cout) >= 16 and min(out_hw) >= 1
-            and jnp.dtype(dtype) == jnp.float32 and all(0 <= p <= k - 1 for pad in pads for p in pad)
-            and amx.available())
+def _amx_applies(k, s, out_hw, platform, pads, dtype) -> bool:
+    """A layer the AMX kernel computes: a square kernel of 2x2 to 11x11 with stride up to 4 and
+    padding no wider than the kernel, float32 layers with bf16 products, on a CPU with AMX."""
+    return (platform == "cpu" and amx.supported(k, s) and min(out_hw) >= 1 and jnp.dtype(dtype) == jnp.float32
+            and all(0 <= p <= k - 1 for pad in pads for p in pad) and amx.available())
 
 
 def _plan(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platform: str,

@@ -1,19 +1,22 @@
-// A stride-1 2-D convolution on Intel AMX: bf16 operands, float32 sums, NHWC x packed HWIO.
+// A 2-D convolution on Intel AMX: bf16 operands, float32 sums, NHWC input, packed kernel.
 //
 // XLA:CPU (jaxlib 0.10) reaches the AMX units for matrix products but not for convolutions: its
-// bf16 convolution ran at 110-130 GFLOP/s on a 2-core Xeon whose bf16 products ran at 1500
+// bf16 convolution ran at 110-270 GFLOP/s on a 2-core Xeon whose bf16 products ran at 1500
 // (BENCHMARKS.md, issue 26). This kernel is the direct convolution AMX makes simple: a tile's 16
-// rows load with any stride, so the 16 input pixels of an output tile are read in place from the
-// padded NHWC activation, one load per kernel tap and 32 input channels, with no patches.
+// rows load with any stride, so the input rows of an output tile are read in place from the padded
+// NHWC activation, with no patches. For one kernel row kh, the k pixels x C channels an output
+// pixel sees are contiguous in NHWC, so the sum over them is one run of k*C values: a tile row
+// holds 32 of them (the kernel rows are zero-padded to a multiple of 32; the values read past the
+// run meet those zeros), and a tile's 16 rows are 16 output pixels, s*C values apart.
 //
-// Layout. x: bf16 [N, Hx, Wp, C], already padded (Hx includes extra rows at the bottom so that the
-// last tile's reads stay inside the buffer). Output pixels are numbered on the padded grid,
-// q = oh * Wp + ow, so that 16 consecutive q read 16 consecutive input pixels for every tap; the
-// columns ow >= W_out of that grid are computed and dropped. w: bf16 [k*k, C/32, O/16, 16, 16, 2],
-// each [16, 16, 2] block a tile of 32 input channels (in pairs) x 16 output channels. y: float32
-// [N, H_out, W_out, O]. C and O are multiples of 32.
+// Layout. x: bf16 [N, Hx, Wp, C], padded (Hx includes rows at the bottom so that the last tiles'
+// reads stay inside the buffer). w: bf16 [k, KC, O/16, 16, 16, 2]: for kernel row kh, the k*C run
+// zero-padded to KC*32 values, as tiles of 32 values (in pairs) x 16 output channels.
+// y: float32 [N, H_out, W_out, O], O a multiple of 32. Output pixels go in blocks of 32 (grid()
+// below); with stride 1 they are numbered on the padded grid, so the columns ow >= W_out of that
+// grid are computed and dropped, and with any stride the pixels of a last block past the end.
 //
-// Blocking: four accumulator tiles (2 x 16 pixels x 2 x 16 channels) per step; output channels in
+// Blocking: four accumulator tiles (2 x 16 pixels x 2 x 16 channels) at a time; output channels in
 // groups whose weights fit the L2 budget, images and pixel blocks inside a group, so a group's
 // weights and one image's input stay in the caches. Work is split over XLA's intra-op threads by
 // (group, image).
@@ -47,7 +50,7 @@ struct TileConfig {
 constexpr int64_t kWeightBudget = 1024 * 1024;  // bytes of one output-channel group's weights
 
 struct Shape {
-  int64_t n, hx, wp, c, h, w, o, k;
+  int64_t n, hx, wp, c, h, w, o, k, kc, s;
 };
 
 void configure_tiles() {
@@ -61,49 +64,63 @@ void configure_tiles() {
   _tile_loadconfig(&cfg);
 }
 
-// Output channels [ob0, ob1) (in blocks of 16) of image n.
+// The block grid: stride 1, one row of every pixel of the padded grid (q = oh * Wp + ow), so
+// that 32 consecutive q read 32 consecutive input pixels for every kernel row; stride s > 1, the
+// output rows. Blocks of 32 pixels; the pixels a block computes past the output are dropped.
+struct Grid {
+  int64_t rows, cols;
+};
+
+Grid grid(const Shape& s) {
+  if (s.s == 1) return {1, (s.h * s.wp + 31) / 32 * 32};
+  return {s.h, (s.w + 31) / 32 * 32};
+}
+
+// Output channels [ob0, ob1) (in blocks of 16) of image n: 32 pixels at a time, four accumulator
+// tiles (2 x 16 pixels x 2 x 16 channels) summed over the kernel rows and the 32-value pieces of
+// each row's run, then copied out pixel by pixel (the output is exact: no grid to cut back).
 void conv_block(const uint16_t* x, const uint16_t* w, float* y, const Shape& s, int64_t n,
                 int64_t ob0, int64_t ob1) {
-  const int64_t cb_count = s.c / 32, ob_count = s.o / 16;
-  const int64_t q_count = s.h * s.wp;
+  const int64_t ob_count = s.o / 16, step = s.s * s.c;
+  const Grid g = grid(s);
   const uint16_t* xn = x + n * s.hx * s.wp * s.c;
   float* yn = y + n * s.h * s.w * s.o;
   alignas(64) float scratch[4][16][16];
-  for (int64_t q0 = 0; q0 < q_count; q0 += 32) {
-    for (int64_t ob = ob0; ob < ob1; ob += 2) {
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      for (int64_t kh = 0; kh < s.k; ++kh) {
-        for (int64_t kw = 0; kw < s.k; ++kw) {
-          const uint16_t* a = xn + (q0 + kh * s.wp + kw) * s.c;
-          const uint16_t* b = w + (kh * s.k + kw) * cb_count * ob_count * 512;
-          for (int64_t cb = 0; cb < cb_count; ++cb) {
-            _tile_loadd(4, a + cb * 32, s.c * 2);
-            _tile_loadd(5, a + 16 * s.c + cb * 32, s.c * 2);
-            _tile_loadd(6, b + (cb * ob_count + ob) * 512, 64);
-            _tile_loadd(7, b + (cb * ob_count + ob + 1) * 512, 64);
+  for (int64_t row = 0; row < g.rows; ++row) {
+    for (int64_t col0 = 0; col0 < g.cols; col0 += 32) {
+      const uint16_t* a0 = xn + (row * s.s * s.wp + col0 * s.s) * s.c;
+      const uint16_t* a1 = a0 + 16 * step;
+      for (int64_t ob = ob0; ob < ob1; ob += 2) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t kh = 0; kh < s.k; ++kh) {
+          const int64_t shift = kh * s.wp * s.c;
+          const uint16_t* b = w + kh * s.kc * ob_count * 512;
+          for (int64_t kc = 0; kc < s.kc; ++kc) {
+            _tile_loadd(4, a0 + shift + kc * 32, step * 2);
+            _tile_loadd(5, a1 + shift + kc * 32, step * 2);
+            _tile_loadd(6, b + (kc * ob_count + ob) * 512, 64);
+            _tile_loadd(7, b + (kc * ob_count + ob + 1) * 512, 64);
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(1, 4, 7);
             _tile_dpbf16ps(2, 5, 6);
             _tile_dpbf16ps(3, 5, 7);
           }
         }
-      }
-      _tile_stored(0, scratch[0], 64);
-      _tile_stored(1, scratch[1], 64);
-      _tile_stored(2, scratch[2], 64);
-      _tile_stored(3, scratch[3], 64);
-      for (int half = 0; half < 2; ++half) {
-        for (int r = 0; r < 16; ++r) {
-          const int64_t q = q0 + half * 16 + r;
-          if (q >= q_count) break;
-          const int64_t oh = q / s.wp, ow = q % s.wp;
+        _tile_stored(0, scratch[0], 64);
+        _tile_stored(1, scratch[1], 64);
+        _tile_stored(2, scratch[2], 64);
+        _tile_stored(3, scratch[3], 64);
+        for (int r = 0; r < 32; ++r) {
+          int64_t oh = row, ow = col0 + r;
+          if (s.s == 1) oh = ow / s.wp, ow = ow % s.wp;
+          if (oh >= s.h) break;
           if (ow >= s.w) continue;
           float* dst = yn + (oh * s.w + ow) * s.o + ob * 16;
-          std::memcpy(dst, scratch[half * 2][r], 64);
-          std::memcpy(dst + 16, scratch[half * 2 + 1][r], 64);
+          std::memcpy(dst, scratch[(r >> 4) * 2][r & 15], 64);
+          std::memcpy(dst + 16, scratch[(r >> 4) * 2 + 1][r & 15], 64);
         }
       }
     }
@@ -118,26 +135,29 @@ struct Shared {
   bool closed = false;
 };
 
+// The furthest value (in elements, from the start of an image) a tile of `s` reads, plus one.
+int64_t extent(const Shape& s) {
+  const Grid g = grid(s);
+  return ((g.rows - 1) * s.s * s.wp + (g.cols - 1) * s.s + (s.k - 1) * s.wp) * s.c + s.kc * 32;
+}
+
 ffi::Error AmxConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
-                       ffi::ResultBuffer<ffi::F32> y) {
+                       ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
   const auto xd = x.dimensions();
   const auto yd = y->dimensions();
   const auto wd = w.dimensions();
   if (xd.size() != 4 || yd.size() != 4 || wd.size() != 6)
     return ffi::Error::InvalidArgument("amx_conv: x, w, y must be rank 4, 6, 4");
-  Shape s{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], 0};
-  int64_t taps = wd[0];
-  while (s.k * s.k < taps) ++s.k;
-  if (s.k * s.k != taps || s.c % 32 || s.o % 32 || wd[1] != s.c / 32 || wd[2] != s.o / 16 ||
-      yd[0] != s.n || s.w + s.k - 1 > s.wp ||
-      (((s.h * s.wp + 31) / 32) * 32 + (s.k - 1) * (s.wp + 1)) > s.hx * s.wp)
+  Shape s{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1], stride};
+  if (s.s < 1 || s.o % 32 || wd[2] != s.o / 16 || s.kc * 32 < s.k * s.c || yd[0] != s.n ||
+      (s.w - 1) * s.s + s.k > s.wp || extent(s) > s.hx * s.wp * s.c)
     return ffi::Error::InvalidArgument("amx_conv: inconsistent shapes");
 
   const auto* xp = reinterpret_cast<const uint16_t*>(x.typed_data());
   const auto* wp = reinterpret_cast<const uint16_t*>(w.typed_data());
   float* yp = y->typed_data();
   const int64_t ob_count = s.o / 16;
-  const int64_t pair_bytes = taps * (s.c / 32) * 2048;
+  const int64_t pair_bytes = s.k * s.kc * 2048;
   const int64_t group = std::max<int64_t>(1, kWeightBudget / pair_bytes) * 2;
   const int64_t groups = (ob_count + group - 1) / group;
   const int64_t items = groups * s.n;
@@ -181,7 +201,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConv, AmxConvImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));
 
 // The process may use the AMX tile registers (Linux asks for it once per process): 0 when granted.
 extern "C" int cnnbench_amx_request(void) {
