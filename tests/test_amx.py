@@ -1,5 +1,5 @@
-"""The AMX convolution kernel (cnnbench.kernels.amx): where it runs, it equals XLA's convolution of
-the same bf16-rounded operands (forward and input gradient, through fastops' plan); everywhere,
+"""The AMX convolution kernels (cnnbench.kernels.amx): where they run, they equal XLA's convolution of
+the same bf16-rounded operands (forward, input and weight gradients, through fastops' plan); everywhere,
 which layers it is chosen for, and that a machine without it says why and keeps the other
 formulations."""
 
@@ -32,7 +32,9 @@ def _conv(x, w, pads, stride=1):
     (2, 10, 32, 64, 3, ((0, 0), (0, 0))),     # "valid"
     (2, 11, 32, 32, 3, ((0, 2), (2, 1))),     # lopsided padding up to k - 1
     (5, 6, 32, 64, 2, ((0, 1), (1, 0))),      # an even kernel; more images than threads
-    (1, 4, 512, 512, 3, ((1, 1), (1, 1))),    # 7x7x512-like: weights in several output groups
+    (1, 4, 512, 512, 3, ((1, 1), (1, 1))),    # 7x7x512-like: weights in several output groups; one image
+    (3, 40, 64, 32, 3, ((1, 1), (1, 1))),     # weight gradient: an image in several chunks of pixels
+    (9, 5, 32, 32, 3, ((1, 1), (1, 1))),      # weight gradient: several images a chunk, split by images
 ])
 def test_forward_and_input_gradient_equal_xla_on_bf16_operands(n, hw, cin, cout, k, pads):
     rng = np.random.default_rng(n * hw + cin)
@@ -44,13 +46,15 @@ def test_forward_and_input_gradient_equal_xla_on_bf16_operands(n, hw, cin, cout,
     np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=0, atol=2e-5 * float(jnp.abs(expected).max()))
     assert float(jnp.abs(y).max()) > 0.1  # not zeros: real sums
 
-    # through the layer's plan: the input gradient turns the kernel round and runs it again
-    plan = {"forward": "amx", "input_grad": "amx", "weight_grad": "matmul"}
+    # through the layer's plan: the input gradient turns the kernel round and runs it again; the
+    # weight gradient packs the input and the output gradient its own way
+    plan = {"forward": "amx", "input_grad": "amx", "weight_grad": "amx"}
     dy = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
-    dx = jax.jit(lambda x, w, dy: jax.vjp(lambda x: fastops.conv(x, w, 1, pads, plan), x)[1](dy)[0])(x, w, dy)
-    ref_dx = jax.vjp(lambda x: _conv(x, _rounded(w), pads), x)[1](_rounded(dy))[0]
-    np.testing.assert_allclose(np.asarray(dx), np.asarray(ref_dx), rtol=0,
-                               atol=2e-5 * float(jnp.abs(ref_dx).max()))
+    dx, dw = jax.jit(lambda x, w, dy: jax.vjp(lambda x, w: fastops.conv(x, w, 1, pads, plan), x, w)[1](dy))(x, w, dy)
+    ref_dx, ref_dw = jax.vjp(lambda x, w: _conv(x, w, pads), _rounded(x), _rounded(w))[1](_rounded(dy))
+    for got, ref in ((dx, ref_dx), (dw, ref_dw)):
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=2e-5 * float(jnp.abs(ref).max()))
 
 
 @needs_amx
@@ -96,12 +100,12 @@ def test_a_bf16_products_model_runs_its_convolutions_on_amx_and_matches_float32(
 
 def test_choose_takes_the_kernel_for_stride_1_layers_with_bf16_products(monkeypatch):
     """The policy, on any machine (availability pretended): with bf16 products every layer of 2x2 to
-    11x11 runs forward on the kernel, and a stride-1 layer of 16+ channels its input gradient too;
+    11x11 runs forward on the kernel, and a stride-1 layer of 16+ channels its gradients too;
     never for float32 products, 1x1 layers (matrix products), wide padding, or an accelerator."""
     monkeypatch.setattr(amx, "available", lambda: True)
     same = ((1, 1), (1, 1))
     plan = fastops.choose(3, 1, 64, 64, (56, 56), "cpu", same, amx_products=True)
-    assert plan == {"forward": "amx", "input_grad": "amx", "weight_grad": "winograd"}
+    assert plan == {"forward": "amx", "input_grad": "amx", "weight_grad": "amx"}
     assert fastops.choose(5, 1, 64, 192, (27, 27), "cpu", ((2, 2), (2, 2)), amx_products=True)["forward"] == "amx"
     assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", same, amx_products=False)["forward"] == "winograd"
     # strided and RGB layers: the forward pass only (the input gradient as before)

@@ -38,6 +38,7 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("native") / "amx_conv.cc"
 TARGET = "cnnbench_amx_conv"
+WEIGHT_GRAD_TARGET = "cnnbench_amx_conv_weight_grad"
 #: why the kernel is not in use, once :func:`available` has looked (None: it is)
 reason: str | None = None
 
@@ -72,7 +73,8 @@ def build(compiler: str = "g++") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         out = Path(tmp) / path.name
-        subprocess.run([compiler, "-O3", "-std=c++17", "-mamx-tile", "-mamx-bf16", "-mavx512f", "-shared",
+        subprocess.run([compiler, "-O3", "-std=c++17", "-mamx-tile", "-mamx-bf16", "-mavx512f", "-mavx512bw",
+                        "-mavx512bf16", "-shared",
                         "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)],
                        check=True, capture_output=True, text=True)
         os.replace(out, path)  # atomic: a concurrent process sees the whole library or none
@@ -101,6 +103,7 @@ def available() -> bool:
         reason = "Linux refused this process the AMX tile registers"
         return False
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConv), platform="cpu")
+    jax.ffi.register_ffi_target(WEIGHT_GRAD_TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConvWeightGrad), platform="cpu")
     reason = None
     return True
 
@@ -149,6 +152,24 @@ def conv(x, w, stride: int, pads) -> jax.Array:
     y = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((n, h_out, w_out, op), jnp.float32))(
         xp, packed, stride=np.int64(stride))
     return y[..., :o] if op != o else y
+
+
+def weight_grad(x, dy, k: int, pads) -> jax.Array:
+    """A stride-1 layer's weight gradient (HWIO, float32) from its float32 input ``x`` and output
+    gradient ``dy``: bf16 operands, float32 sums (the kernel pads, rounds and packs them itself:
+    ``amx_conv.cc``). Channels are zero-padded to multiples of 32 where needed."""
+    c, o = x.shape[-1], dy.shape[-1]
+    (top, _), (left, right) = pads
+    cp, op = _round_up(c, 32), _round_up(o, 32)
+    x = x.astype(jnp.float32)
+    dy = dy.astype(jnp.float32)
+    if cp != c:
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, cp - c)))
+    if op != o:
+        dy = jnp.pad(dy, ((0, 0), (0, 0), (0, 0), (0, op - o)))
+    dwt = jax.ffi.ffi_call(WEIGHT_GRAD_TARGET, jax.ShapeDtypeStruct((k, k, op, cp), jnp.float32))(
+        x, dy, top=np.int64(top), left=np.int64(left), wp=np.int64(x.shape[2] + left + right))
+    return dwt.transpose(0, 1, 3, 2)[:, :, :c, :o]
 
 def reference(x, w, stride: int, pads) -> np.ndarray:
     """The same convolution by XLA in float32 on the bf16-rounded operands (the tests' reference)."""

@@ -340,7 +340,7 @@ def _amx_input_grad(x, w, dy, s, pads):
 
 #: Each pass of a convolution, by formulation: "xla" (XLA's convolution), "matmul" (patches and a
 #: matrix multiplication), "winograd" (F(2x2, 3x3) / F(3x3, 5x5), stride 1 only: :mod:`.winograd`)
-#: or "amx" (the native AMX kernel, bf16 operands; its input gradient stride 1 only: :mod:`.amx`).
+#: or "amx" (the native AMX kernels, bf16 operands; the gradients stride 1 only: :mod:`.amx`).
 FORWARD = {"xla": _lax_conv, "matmul": _matmul_forward,
            "winograd": lambda x, w, s, pads: winograd.conv(x, w, pads), "amx": _amx_forward}
 INPUT_GRAD = {"xla": _xla_input_grad,
@@ -348,7 +348,8 @@ INPUT_GRAD = {"xla": _xla_input_grad,
               "winograd": lambda x, w, dy, s, pads: winograd.input_grad(dy, w, pads), "amx": _amx_input_grad}
 WEIGHT_GRAD = {"xla": _xla_weight_grad,
                "matmul": lambda x, w, dy, s, pads: _matmul_weight_grad(x, dy, w.shape[0], s, pads),
-               "winograd": lambda x, w, dy, s, pads: winograd.weight_grad(x, dy, pads, w.shape[0])}
+               "winograd": lambda x, w, dy, s, pads: winograd.weight_grad(x, dy, pads, w.shape[0]),
+               "amx": lambda x, w, dy, s, pads: amx.weight_grad(x, dy, w.shape[0], pads).astype(w.dtype)}
 
 
 def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platform: str,
@@ -357,17 +358,17 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
     XLA's convolution throughout. Where the products are bf16 (``--precision bf16``;
     ``amx_products``, by default :func:`cnnbench.kernels.choice.low_precision_products`) and the
     CPU has AMX (:func:`cnnbench.kernels.amx.available`), a layer's forward pass (and a stride-1
-    layer's input gradient) runs on the AMX kernel: per layer (batch 16, 2 cores) 2.5-4x faster
-    than Winograd with bf16 products, the ResNet stem and strided 3x3 layers faster than XLA's
-    convolution and the patches; the weight gradient as below."""
+    layer's gradients) runs on the AMX kernels: per layer (batch 16, 2 cores) 2.5-4x faster than
+    Winograd with bf16 products, the ResNet stem and strided 3x3 layers faster than XLA's
+    convolution and the patches."""
     plan = _plan(k, s, cin, cout, out_hw, platform, pads, dtype)
     if amx_products is None:
         amx_products = low_precision_products() == jnp.bfloat16
     if amx_products and _amx_applies(k, s, out_hw, platform, pads, dtype):
-        # the input gradient as the same kernel's convolution: stride 1 only, and on 16+ channels
-        # each way (the gradient's output channels are the layer's inputs, padded to 32)
-        both = s == 1 and min(cin, cout) >= 16
-        return {**plan, "forward": "amx", **({"input_grad": "amx"} if both else {})}
+        # the gradients: stride 1 only, and on 16+ channels each way (the input gradient's output
+        # channels are the layer's inputs, padded to 32; the weight gradient's both)
+        every = s == 1 and min(cin, cout) >= 16
+        return dict.fromkeys(plan, "amx") if every else {**plan, "forward": "amx"}
     return plan
 
 

@@ -32,6 +32,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -135,6 +136,36 @@ struct Shared {
   bool closed = false;
 };
 
+// Runs work(i) for i in [0, parts) on the calling thread and XLA's intra-op threads, returning
+// when all are done. A task the pool starts after the caller has taken every part touches nothing
+// (the pool may be busy with another device's call that waits in the same way).
+template <typename Work>
+void run_parts(ffi::ThreadPool& pool, int64_t parts, const Work& work) {
+  auto shared = std::make_shared<Shared>();
+  auto take = [shared, parts, work]() {
+    for (int64_t i; (i = shared->next.fetch_add(1)) < parts;) work(i);
+  };
+  for (int64_t t = 0; t + 1 < parts && t < pool.num_threads(); ++t) {
+    pool.Schedule([shared, take]() {
+      {
+        std::lock_guard<std::mutex> lock(shared->mutex);
+        if (shared->closed) return;
+        ++shared->active;
+      }
+      take();
+      {
+        std::lock_guard<std::mutex> lock(shared->mutex);
+        --shared->active;
+      }
+      shared->done.notify_all();
+    });
+  }
+  take();
+  std::unique_lock<std::mutex> lock(shared->mutex);
+  shared->closed = true;
+  shared->done.wait(lock, [&] { return shared->active == 0; });
+}
+
 // The furthest value (in elements, from the start of an image) a tile of `s` reads, plus one.
 int64_t extent(const Shape& s) {
   const Grid g = grid(s);
@@ -162,39 +193,225 @@ ffi::Error AmxConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buff
   const int64_t groups = (ob_count + group - 1) / group;
   const int64_t items = groups * s.n;
 
-  auto shared = std::make_shared<Shared>();
-  auto work = [shared, xp, wp, yp, s, group, ob_count, items]() {
+  auto work = [=](int64_t i) {
+    const int64_t g = i / s.n, n = i % s.n;
     configure_tiles();
-    for (int64_t i; (i = shared->next.fetch_add(1)) < items;) {
-      const int64_t g = i / s.n, n = i % s.n;
-      conv_block(xp, wp, yp, s, n, g * group, std::min(ob_count, (g + 1) * group));
+    conv_block(xp, wp, yp, s, n, g * group, std::min(ob_count, (g + 1) * group));
+    _tile_release();
+  };
+  run_parts(pool, items, work);
+  return ffi::Error::Success();
+}
+
+
+// ----------------------------------------------------------------------------- weight gradient
+//
+// A stride-1 layer's weight gradient, dW[kh, kw, c, o] = sum over images and output pixels of
+// x[pixel + (kh, kw), c] * dy[pixel, o], as products whose shared axis is the pixels. AMX wants
+// that axis contiguous in both operands (in pairs for the second), so the kernel packs its
+// operands (rounding them to bf16 as it goes), a chunk of pixels at a time, the chunk's packed
+// operands sized for the L2 cache:
+// - dyT [O, pixels]: the output gradient transposed, its pixels numbered on the padded grid
+//   (q = oh * Wp + ow, zeros at the columns ow >= W_out and past the image's last pixel);
+// - xe, xo [pairs, C, 2]: the padded input as pairs of neighbouring pixels starting at even (xe)
+//   and at odd (xo) pixels, so that the 32 pixels a kernel tap (kh, kw) meets from an even q are
+//   16 rows of one of them.
+// A chunk holds whole 32-pixel pieces of one or more images. x: float32 [N, H, W, C] (unpadded:
+// the packing pads); dy: float32 [N, H_out, W_out, O]; dWT: float32 [k, k, O, C] (the caller
+// transposes it). C and O multiples of 32. Threads split the (tap, 32 x 32 channel) blocks where
+// dW is large against the activations, else the images, each then summing into its own copy.
+
+struct GradShape {
+  int64_t n, h, w, c, ho, wo, o, k, top, left, wp, qp, reach, chunk;
+};
+
+// bf16 of float32, rounded to nearest even (as XLA's convert), 32 values at a time, interleaved:
+// out = [a0, b0, a1, b1, ..., a15, b15, ...] for a, b 32 values each (64 values out).
+inline void interleave32(const float* a, const float* b, uint16_t* out) {
+  const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                      39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  const __m512i va = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(a + 16), _mm512_loadu_ps(a));
+  const __m512i vb = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(b + 16), _mm512_loadu_ps(b));
+  _mm512_storeu_si512(out, _mm512_permutex2var_epi16(va, lo, vb));
+  _mm512_storeu_si512(out + 32, _mm512_permutex2var_epi16(va, hi, vb));
+}
+
+// The padded input's pixel p (on the padded grid) of image xn, or null for padding.
+inline const float* input_pixel(const float* xn, const GradShape& g, int64_t p) {
+  const int64_t r = p / g.wp - g.top, col = p % g.wp - g.left;
+  return (r >= 0 && r < g.h && col >= 0 && col < g.w) ? xn + (r * g.w + col) * g.c : nullptr;
+}
+
+// Pixels [p_start, p_end) of image n: their dy columns into dyt (row stride `cols`, from column
+// `col0`), the input pairs they reach into xe / xo (from pair 0).
+void pack_piece(const float* x, const float* dy, const GradShape& g, int64_t n, int64_t p_start,
+                int64_t p_end, uint16_t* dyt, int64_t cols, int64_t col0, uint16_t* xe,
+                uint16_t* xo, const float* zeros) {
+  const float* xn = x + n * g.h * g.w * g.c;
+  const float* dyn = dy + n * g.ho * g.wo * g.o;
+  alignas(64) uint16_t pair[2 * 512];
+  for (int64_t j = 0; j < p_end - p_start; j += 2) {
+    const float* rows[2];
+    for (int t = 0; t < 2; ++t) {
+      const int64_t q = p_start + j + t, oh = q / g.wp, ow = q % g.wp;
+      rows[t] = (oh < g.ho && ow < g.wo) ? dyn + (oh * g.wo + ow) * g.o : zeros;
+    }
+    for (int64_t o0 = 0; o0 < g.o; o0 += 512) {
+      const int64_t span = std::min<int64_t>(512, g.o - o0);
+      for (int64_t o = 0; o < span; o += 32) interleave32(rows[0] + o0 + o, rows[1] + o0 + o, pair + 2 * o);
+      const auto* words = reinterpret_cast<const uint32_t*>(pair);
+      for (int64_t o = 0; o < span; ++o)
+        *reinterpret_cast<uint32_t*>(dyt + (o0 + o) * cols + col0 + j) = words[o];
+    }
+  }
+  const int64_t pairs = (p_end - p_start + g.reach) / 2;
+  const float* prev = nullptr;
+  for (int64_t i = 0; i <= pairs; ++i) {  // pixel p_start + 2i and its two right neighbours
+    const float* p0 = input_pixel(xn, g, p_start + 2 * i);
+    const float* p1 = input_pixel(xn, g, p_start + 2 * i + 1);
+    p0 = p0 ? p0 : zeros;
+    p1 = p1 ? p1 : zeros;
+    for (int64_t c = 0; c < g.c; c += 32) {
+      if (i < pairs) interleave32(p0 + c, p1 + c, xe + (i * g.c + c) * 2);
+      if (i > 0) interleave32(prev + c, p0 + c, xo + ((i - 1) * g.c + c) * 2);
+    }
+    prev = p1;
+  }
+}
+
+// One chunk: pieces (image, first pixel, pixels) laid side by side in dyt's columns, each piece's
+// input pairs at its own offset in xe / xo; blocks [first, last) of dWT summed over them.
+struct Piece {
+  int64_t n, p_start, width, col0, pair0;
+};
+
+void grad_chunk(const std::vector<Piece>& pieces, const uint16_t* dyt, int64_t cols,
+                const uint16_t* xe, const uint16_t* xo, float* dwt, const GradShape& g,
+                int64_t first, int64_t last, bool zero) {
+  const int64_t cb2 = g.c / 32, ob2 = g.o / 32;
+  for (int64_t blk = first; blk < last; ++blk) {
+    const int64_t cb = blk % cb2, ob = blk / cb2 % ob2, tap = blk / (cb2 * ob2);
+    const int64_t shift = (tap / g.k) * g.wp + tap % g.k, parity = shift & 1;
+    const uint16_t* xs = (parity ? xo : xe) + ((shift - parity) / 2) * g.c * 2 + cb * 64;
+    const uint16_t* dy0 = dyt + ob * 32 * cols;
+    float* out = dwt + (tap * g.o + ob * 32) * g.c + cb * 32;
+    if (zero) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+    } else {
+      _tile_loadd(0, out, g.c * 4);
+      _tile_loadd(1, out + 16, g.c * 4);
+      _tile_loadd(2, out + 16 * g.c, g.c * 4);
+      _tile_loadd(3, out + 16 * g.c + 16, g.c * 4);
+    }
+    for (const Piece& piece : pieces) {
+      for (int64_t p0 = 0; p0 < piece.width; p0 += 32) {
+        const uint16_t* b0 = xs + (piece.pair0 + p0 / 2) * g.c * 2;
+        _tile_loadd(4, dy0 + piece.col0 + p0, cols * 2);
+        _tile_loadd(5, dy0 + 16 * cols + piece.col0 + p0, cols * 2);
+        _tile_loadd(6, b0, g.c * 4);
+        _tile_loadd(7, b0 + 32, g.c * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+    }
+    _tile_stored(0, out, g.c * 4);
+    _tile_stored(1, out + 16, g.c * 4);
+    _tile_stored(2, out + 16 * g.c, g.c * 4);
+    _tile_stored(3, out + 16 * g.c + 16, g.c * 4);
+  }
+}
+
+// Images [n0, n1) through blocks [first, last) of dWT, a chunk at a time.
+void grad_range(const float* x, const float* dy, float* dwt, const GradShape& g, int64_t n0,
+                int64_t n1, int64_t first, int64_t last) {
+  const int64_t cols = g.chunk, pair_rows = (g.chunk + g.reach * (g.chunk / 32 + 1)) / 2 + 1;
+  std::vector<uint16_t> dyt(g.o * cols), xe(pair_rows * g.c * 2), xo(pair_rows * g.c * 2);
+  std::vector<float> zeros(std::max(g.c, g.o), 0.0f);
+  std::vector<Piece> pieces;
+  bool zero = true;
+  int64_t n = n0, p = 0;
+  while (n < n1) {
+    pieces.clear();
+    int64_t col = 0, pair = 0;
+    while (n < n1 && col < cols) {  // fill the chunk with pieces of whole 32-pixel blocks
+      const int64_t width = std::min(g.qp - p, cols - col);
+      const int64_t pairs = (width + g.reach) / 2;
+      if (pair + pairs + 1 > pair_rows) break;
+      pieces.push_back({n, p, width, col, pair});
+      pack_piece(x, dy, g, n, p, p + width, dyt.data(), cols, col, xe.data() + pair * g.c * 2,
+                 xo.data() + pair * g.c * 2, zeros.data());
+      col += width;
+      pair += pairs + 1;
+      p += width;
+      if (p == g.qp) ++n, p = 0;
+    }
+    grad_chunk(pieces, dyt.data(), cols, xe.data(), xo.data(), dwt, g, first, last, zero);
+    zero = false;
+  }
+}
+
+ffi::Error AmxConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                 ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dwt,
+                                 int64_t top, int64_t left, int64_t wp) {
+  const auto xd = x.dimensions(), dd = dy.dimensions(), wd = dwt->dimensions();
+  if (xd.size() != 4 || dd.size() != 4 || wd.size() != 4)
+    return ffi::Error::InvalidArgument("amx_conv_weight_grad: ranks must be 4, 4, 4");
+  GradShape g{xd[0], xd[1], xd[2], xd[3], dd[1], dd[2], dd[3], wd[0], top, left, wp, 0, 0, 0};
+  g.qp = (g.ho * g.wp + 31) / 32 * 32;
+  g.reach = ((g.k - 1) * (g.wp + 1) + 3) / 2 * 2;  // input pixels past a piece its taps meet, even
+  if (dd[0] != g.n || wd[1] != g.k || wd[2] != g.o || wd[3] != g.c || g.c % 32 || g.o % 32 ||
+      g.wo + g.k - 1 > g.wp || g.left + g.w > g.wp || g.top < 0 || g.left < 0)
+    return ffi::Error::InvalidArgument("amx_conv_weight_grad: inconsistent shapes");
+  // pixels a chunk (a multiple of 32): its packed output gradient and input pairs in about 1 MiB
+  g.chunk = std::max<int64_t>(32, (1 << 20) / ((g.o + 2 * g.c) * 2) / 32 * 32);
+
+  const float* x_p = x.typed_data();
+  const float* dy_p = dy.typed_data();
+  float* dw_p = dwt->typed_data();
+  const int64_t dw_size = g.k * g.k * g.o * g.c, blocks = g.k * g.k * (g.c / 32) * (g.o / 32);
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());  // the caller and the pool share the cores
+  // dW larger than a thread's share of the activations: split the blocks (every thread packs
+  // every image); else split the images (each thread its own dW, summed at the end)
+  const bool by_blocks = dw_size * threads > g.n * (g.h * g.w * g.c + g.ho * g.wo * g.o) || g.n < threads;
+  const int64_t parts = std::max<int64_t>(1, std::min(threads, by_blocks ? blocks : g.n));
+  std::vector<std::vector<float>> partial(by_blocks ? 0 : parts - 1);
+  auto work = [&](int64_t part) {
+    configure_tiles();
+    if (by_blocks) {
+      grad_range(x_p, dy_p, dw_p, g, 0, g.n, blocks * part / parts, blocks * (part + 1) / parts);
+    } else {
+      float* dst = dw_p;
+      if (part > 0) {
+        partial[part - 1].resize(dw_size);
+        dst = partial[part - 1].data();
+      }
+      grad_range(x_p, dy_p, dst, g, g.n * part / parts, g.n * (part + 1) / parts, 0, blocks);
     }
     _tile_release();
   };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), items - 1);
-  for (int64_t t = 0; t < helpers; ++t) {
-    pool.Schedule([shared, work]() {
-      {
-        std::lock_guard<std::mutex> lock(shared->mutex);
-        if (shared->closed) return;  // the caller finished everything: touch nothing
-        ++shared->active;
-      }
-      work();
-      {
-        std::lock_guard<std::mutex> lock(shared->mutex);
-        --shared->active;
-      }
-      shared->done.notify_all();
-    });
-  }
-  work();
-  std::unique_lock<std::mutex> lock(shared->mutex);
-  shared->closed = true;
-  shared->done.wait(lock, [&] { return shared->active == 0; });
+  run_parts(pool, parts, work);
+  for (const auto& part : partial)
+    for (int64_t i = 0; i < dw_size; ++i) dw_p[i] += part[i];
   return ffi::Error::Success();
 }
 
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvWeightGrad, AmxConvWeightGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("top")
+                                  .Attr<int64_t>("left")
+                                  .Attr<int64_t>("wp"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConv, AmxConvImpl,
                               ffi::Ffi::Bind()
