@@ -130,8 +130,8 @@ def test_choose_takes_the_kernel_for_stride_1_layers_with_bf16_products(monkeypa
 def test_without_amx_it_says_why_and_stays_off(env, flags, reason, monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    read = amx._cpu_flags
-    monkeypatch.setattr(amx, "_cpu_flags", lambda: read(str(cpuinfo)))
+    read = amx.cpu_flags
+    monkeypatch.setattr(amx, "cpu_flags", lambda: read(str(cpuinfo)))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     amx.available.cache_clear()
@@ -145,7 +145,7 @@ def test_without_amx_it_says_why_and_stays_off(env, flags, reason, monkeypatch, 
 
 def test_a_kernel_that_does_not_build_is_reported_not_raised(monkeypatch, tmp_path):
     """No compiler (or a failed build): the kernel is off, with the cause in one line."""
-    monkeypatch.setattr(amx, "_cpu_flags", lambda: {"amx_bf16"})
+    monkeypatch.setattr(amx, "cpu_flags", lambda: {"amx_bf16"})
     monkeypatch.setenv("CNNBENCH_CACHE_DIR", str(tmp_path))
     build = amx.build
     monkeypatch.setattr(amx, "build", lambda: build("no-such-compiler-cnnbench"))
@@ -153,6 +153,10 @@ def test_a_kernel_that_does_not_build_is_reported_not_raised(monkeypatch, tmp_pa
     try:
         assert amx.available() is False
         assert amx.reason.startswith("the AMX kernel did not build: ") and "\n" not in amx.reason
+        # --precision bf16 says so in one line (the forms it falls back to still run)
+        from cnnbench.train.step import precision_plan
+        plan = precision_plan("bf16", "cpu", bf16_units=True)
+        assert plan.products == "bfloat16" and "AMX convolution is off (the AMX kernel did not build" in plan.note
     finally:
         monkeypatch.undo()
         amx.available.cache_clear()

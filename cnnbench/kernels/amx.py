@@ -36,19 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnbench.kernels.products import cpu_flags
+
 SOURCE = Path(__file__).with_name("native") / "amx_conv.cc"
 TARGET = "cnnbench_amx_conv"
 WEIGHT_GRAD_TARGET = "cnnbench_amx_conv_weight_grad"
 #: why the kernel is not in use, once :func:`available` has looked (None: it is)
 reason: str | None = None
-
-
-def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    try:
-        with open(cpuinfo) as f:
-            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
-    except OSError:
-        return set()
 
 
 def _library_path(compiler: str) -> Path:
@@ -90,7 +84,7 @@ def available() -> bool:
     if os.environ.get("CNNBENCH_AMX", "1").strip() == "0":
         reason = "CNNBENCH_AMX=0"
         return False
-    if "amx_bf16" not in _cpu_flags():
+    if "amx_bf16" not in cpu_flags():
         reason = "this CPU has no amx_bf16"
         return False
     try:
@@ -179,6 +173,15 @@ def reference(x, w, stride: int, pads) -> np.ndarray:
     wb = jnp.asarray(w).astype(jnp.bfloat16).astype(jnp.float32)
     return np.asarray(lax.conv_general_dilated(xb, wb, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                                precision=lax.Precision.HIGHEST))
+
+
+def off_note() -> str | None:
+    """One line for a user of ``--precision bf16`` on a CPU with AMX where the kernel is off for a
+    reason they did not choose (it did not build, Linux refused the tiles); else None."""
+    if "amx_bf16" not in cpu_flags() or available() or reason == "CNNBENCH_AMX=0":
+        return None
+    return (f"--precision bf16: this CPU has AMX but cnnbench's AMX convolution is off ({reason}); "
+            "convolutions take the slower XLA and Winograd forms with bf16 products (CNNBENCH_AMX=0 hides this)")
 
 
 if __name__ == "__main__":  # python -m cnnbench.kernels.amx: build and say whether it runs here

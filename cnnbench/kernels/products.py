@@ -60,15 +60,19 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
                            preferred_element_type=preferred_element_type, out_sharding=out_sharding)
 
 
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """This CPU's feature flags as Linux lists them (empty where it cannot be read)."""
+    try:
+        with open(cpuinfo) as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has bf16 dot-product instructions (``avx512_bf16`` or ``amx_bf16`` among
     its flags), where bf16 products with float32 sums outrun float32's."""
-    try:
-        with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags(cpuinfo))
 
 
 def dense_out_in(x, kernel):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from cnnbench.kernels import fastops
+from cnnbench.kernels import amx, fastops
 from cnnbench.kernels.flags import step_options
 from cnnbench.kernels.products import cpu_has_bf16
 from cnnbench.parallel.mesh import place, replicated, shardings
@@ -73,8 +73,9 @@ def precision_plan(precision: str, platform: str, bf16_units: bool | None = None
     products reach the CPU's bf16 instructions (AVX512-BF16, AMX) only when they sum in float32. So
     the layers stay float32 and only the products of the convolutions and dense layers take bf16
     operands summed in float32 (:mod:`cnnbench.kernels.products`), as PyTorch's CPU autocast does:
-    on a 2-core AMD EPYC (Zen 4) with AVX512-BF16, 1.1-1.3x the float32 step, on a 2-core Intel
-    Xeon with AMX 1.2-1.8x (BENCHMARKS.md, issue 26). A CPU
+    on a 2-core AMD EPYC (Zen 4) with AVX512-BF16, 1.1-1.3x the float32 step. On a CPU with AMX the
+    convolutions run on cnnbench's AMX kernels (:mod:`cnnbench.kernels.amx`; the note says so if
+    they cannot). A CPU
     without bf16 instructions (``bf16_units``; default: read from the CPU's flags) would emulate
     them, slower than float32: there it computes in float32 and says so."""
     if precision == "fp16":
@@ -86,7 +87,7 @@ def precision_plan(precision: str, platform: str, bf16_units: bool | None = None
     if bf16_units is None:
         bf16_units = cpu_has_bf16()
     if bf16_units:
-        return Precision(products="bfloat16")
+        return Precision(products="bfloat16", note=amx.off_note())
     return Precision(note="--precision bf16: this CPU has no bf16 instructions (avx512_bf16, amx_bf16), where "
                           "bf16 products run slower than float32; computing in float32 instead")
 
