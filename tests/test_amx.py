@@ -161,3 +161,32 @@ def test_a_kernel_that_does_not_build_is_reported_not_raised(monkeypatch, tmp_pa
         monkeypatch.undo()
         amx.available.cache_clear()
         amx.available()
+
+
+@needs_amx
+def test_on_a_mesh_each_device_runs_the_kernel_on_its_own_images():
+    """Data parallel over 4 devices: the layers call the kernel inside ``shard_map`` on each
+    device's images (an opaque custom call in XLA's own partitioning would gather the batch), with
+    no collective in the forward pass, and the outputs of one device."""
+    from flax import nnx
+
+    from cnnbench import parallel
+    from cnnbench.archs import create_model
+    from cnnbench.parallel.collectives import collectives
+
+    model = create_model("resnet18", num_classes=10, input_size=64, seed=0)
+    model.eval()
+    images = jax.random.normal(jax.random.key(2), (8, 64, 64, 3))
+    graph, state = nnx.split(model)
+    one = jax.jit(fastops.within(lambda s, x: nnx.merge(graph, s)(x), products="bfloat16"))(state, images)
+
+    mesh = parallel.make_mesh(4, 1)
+    split = parallel.plan(create_model("resnet18", num_classes=10, input_size=64, seed=0), 1, mesh)
+    split.eval()
+    graph, state = nnx.split(split)
+    forward = jax.jit(fastops.within(lambda s, x: nnx.merge(graph, s)(x), products="bfloat16"),
+                      out_shardings=parallel.batch_sharding(mesh))
+    args = (parallel.place(state, mesh), jax.device_put(images, parallel.batch_sharding(mesh)))
+    compiled = forward.lower(*args).compile().as_text()
+    assert amx.TARGET in compiled and collectives(compiled) == []
+    np.testing.assert_allclose(np.asarray(forward(*args)), np.asarray(one), rtol=0, atol=1e-5)
