@@ -76,6 +76,28 @@ def test_strided_and_few_channel_layers_equal_xla(n, hw, cin, cout, k, s, pads):
 
 
 @needs_amx
+@pytest.mark.parametrize("n, hw, cin, cout, k, s, pads", [
+    (2, 30, 3, 64, 7, 2, ((3, 3), (3, 3))),    # ResNet's stem
+    (3, 17, 3, 32, 3, 1, ((1, 1), (1, 1))),    # VGG's conv1
+    (2, 35, 3, 64, 11, 4, ((2, 2), (2, 2))),   # AlexNet's conv1 (121 values a row: 4 tiles)
+    (2, 12, 16, 40, 3, 2, ((1, 0), (1, 1))),   # lopsided padding; output channels cut back
+    (40, 6, 1, 32, 5, 1, ((2, 2), (2, 2))),    # one channel (LeNet); more images than threads
+])
+def test_weight_gradient_by_kernel_rows_equals_xla(n, hw, cin, cout, k, s, pads):
+    """An RGB (few-channel) layer's weight gradient, any stride, through fastops' plan."""
+    rng = np.random.default_rng(hw + k + cin)
+    x = jnp.asarray(rng.standard_normal((n, hw, hw + 1, cin)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, cin, cout)), jnp.float32)
+    y = _conv(x, w, pads, s)
+    dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    plan = {"forward": "xla", "input_grad": "xla", "weight_grad": "amx_run"}
+    dw = jax.jit(lambda x, w, dy: jax.vjp(lambda w: fastops.conv(x, w, s, pads, plan), w)[1](dy)[0])(x, w, dy)
+    ref = jax.vjp(lambda w: _conv(_rounded(x), w, pads, s), w)[1](_rounded(dy))[0]
+    assert dw.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(dw), np.asarray(ref), rtol=0, atol=2e-5 * float(jnp.abs(ref).max()))
+
+
+@needs_amx
 def test_a_bf16_products_model_runs_its_convolutions_on_amx_and_matches_float32():
     """resnet18-like blocks under ``--precision bf16`` (products): the compiled program calls the
     kernel, and its outputs and gradients stay within bf16 rounding of the float32 model's."""
@@ -111,9 +133,11 @@ def test_choose_takes_the_kernel_for_stride_1_layers_with_bf16_products(monkeypa
     # strided and RGB layers: the forward pass only (the input gradient as before)
     assert fastops.choose(3, 2, 64, 128, (28, 28), "cpu", same, amx_products=True) == {
         "forward": "amx", "input_grad": "matmul", "weight_grad": "matmul"}
-    assert fastops.choose(7, 2, 3, 64, (112, 112), "cpu", ((3, 3), (3, 3)), amx_products=True)["forward"] == "amx"
+    # an RGB layer: its weight gradient by kernel rows (7x7x3: 21 values a row), any stride
+    assert fastops.choose(7, 2, 3, 64, (112, 112), "cpu", ((3, 3), (3, 3)), amx_products=True) == {
+        "forward": "amx", "input_grad": "matmul", "weight_grad": "amx_run"}
     assert fastops.choose(3, 1, 3, 64, (224, 224), "cpu", same, amx_products=True) == {
-        "forward": "amx", "input_grad": "matmul", "weight_grad": "matmul"}
+        "forward": "amx", "input_grad": "matmul", "weight_grad": "amx_run"}
     assert fastops.choose(1, 1, 256, 64, (56, 56), "cpu", ((0, 0), (0, 0)), amx_products=True)["forward"] == "matmul"
     assert fastops.choose(3, 1, 64, 64, (58, 58), "cpu", ((3, 3), (3, 3)), amx_products=True)["forward"] != "amx"
     assert fastops.choose(3, 1, 64, 64, (56, 56), "gpu", same, amx_products=True)["forward"] == "xla"

@@ -41,6 +41,7 @@ from cnnbench.kernels.products import cpu_flags
 SOURCE = Path(__file__).with_name("native") / "amx_conv.cc"
 TARGET = "cnnbench_amx_conv"
 WEIGHT_GRAD_TARGET = "cnnbench_amx_conv_weight_grad"
+RUN_WEIGHT_GRAD_TARGET = "cnnbench_amx_conv_weight_grad_run"
 #: why the kernel is not in use, once :func:`available` has looked (None: it is)
 reason: str | None = None
 
@@ -98,6 +99,8 @@ def available() -> bool:
         return False
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConv), platform="cpu")
     jax.ffi.register_ffi_target(WEIGHT_GRAD_TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConvWeightGrad), platform="cpu")
+    jax.ffi.register_ffi_target(RUN_WEIGHT_GRAD_TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConvWeightGradRun),
+                                platform="cpu")
     reason = None
     return True
 
@@ -164,6 +167,22 @@ def weight_grad(x, dy, k: int, pads) -> jax.Array:
     dwt = jax.ffi.ffi_call(WEIGHT_GRAD_TARGET, jax.ShapeDtypeStruct((k, k, op, cp), jnp.float32))(
         x, dy, top=np.int64(top), left=np.int64(left), wp=np.int64(x.shape[2] + left + right))
     return dwt.transpose(0, 1, 3, 2)[:, :, :c, :o]
+
+
+def run_weight_grad(x, dy, k: int, stride: int, pads) -> jax.Array:
+    """The weight gradient (HWIO, float32) of a layer on few input channels (an RGB stem), any
+    stride: per kernel row, the k*C values each output pixel meets, transposed, times the output
+    gradient (``amx_conv.cc``); bf16 operands, float32 sums."""
+    c, o = x.shape[-1], dy.shape[-1]
+    op = _round_up(o, 32)
+    xp = jnp.pad(x.astype(jnp.float32), ((0, 0), *pads, (0, 0)))
+    dy = dy.astype(jnp.float32)
+    if op != o:
+        dy = jnp.pad(dy, ((0, 0), (0, 0), (0, 0), (0, op - o)))
+    rows = _round_up(k * c, 32)
+    dwr = jax.ffi.ffi_call(RUN_WEIGHT_GRAD_TARGET, jax.ShapeDtypeStruct((k, rows, op), jnp.float32))(
+        xp, dy, stride=np.int64(stride))
+    return dwr[:, :k * c, :o].reshape(k, k, c, o)
 
 def reference(x, w, stride: int, pads) -> np.ndarray:
     """The same convolution by XLA in float32 on the bf16-rounded operands (the tests' reference)."""

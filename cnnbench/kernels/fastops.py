@@ -340,7 +340,8 @@ def _amx_input_grad(x, w, dy, s, pads):
 
 #: Each pass of a convolution, by formulation: "xla" (XLA's convolution), "matmul" (patches and a
 #: matrix multiplication), "winograd" (F(2x2, 3x3) / F(3x3, 5x5), stride 1 only: :mod:`.winograd`)
-#: or "amx" (the native AMX kernels, bf16 operands; the gradients stride 1 only: :mod:`.amx`).
+#: or "amx" (the native AMX kernels, bf16 operands; the gradients stride 1 only: :mod:`.amx`), and
+#: for the weight gradient of a layer on few channels, any stride, "amx_run" (by kernel rows).
 FORWARD = {"xla": _lax_conv, "matmul": _matmul_forward,
            "winograd": lambda x, w, s, pads: winograd.conv(x, w, pads), "amx": _amx_forward}
 INPUT_GRAD = {"xla": _xla_input_grad,
@@ -349,7 +350,8 @@ INPUT_GRAD = {"xla": _xla_input_grad,
 WEIGHT_GRAD = {"xla": _xla_weight_grad,
                "matmul": lambda x, w, dy, s, pads: _matmul_weight_grad(x, dy, w.shape[0], s, pads),
                "winograd": lambda x, w, dy, s, pads: winograd.weight_grad(x, dy, pads, w.shape[0]),
-               "amx": lambda x, w, dy, s, pads: amx.weight_grad(x, dy, w.shape[0], pads).astype(w.dtype)}
+               "amx": lambda x, w, dy, s, pads: amx.weight_grad(x, dy, w.shape[0], pads).astype(w.dtype),
+               "amx_run": lambda x, w, dy, s, pads: amx.run_weight_grad(x, dy, w.shape[0], s, pads).astype(w.dtype)}
 
 
 def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platform: str,
@@ -358,17 +360,19 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
     XLA's convolution throughout. Where the products are bf16 (``--precision bf16``;
     ``amx_products``, by default :func:`cnnbench.kernels.choice.low_precision_products`) and the
     CPU has AMX (:func:`cnnbench.kernels.amx.available`), a layer's forward pass (and a stride-1
-    layer's gradients) runs on the AMX kernels: per layer (batch 16, 2 cores) 2.5-4x faster than
-    Winograd with bf16 products, the ResNet stem and strided 3x3 layers faster than XLA's
-    convolution and the patches."""
+    layer's gradients, and an RGB stem's weight gradient) runs on the AMX kernels: per layer
+    (batch 32, 2 cores) 2.5-6x faster than Winograd with bf16 products, the ResNet stem and strided
+    3x3 layers faster than XLA's convolution and the patches (BENCHMARKS.md, issue 26)."""
     plan = _plan(k, s, cin, cout, out_hw, platform, pads, dtype)
     if amx_products is None:
         amx_products = low_precision_products() == jnp.bfloat16
     if amx_products and _amx_applies(k, s, out_hw, platform, pads, dtype):
         # the gradients: stride 1 only, and on 16+ channels each way (the input gradient's output
-        # channels are the layer's inputs, padded to 32; the weight gradient's both)
-        every = s == 1 and min(cin, cout) >= 16
-        return dict.fromkeys(plan, "amx") if every else {**plan, "forward": "amx"}
+        # channels are the layer's inputs, padded to 32; the weight gradient's both); a layer on few
+        # channels (an RGB stem, any stride: k*C <= 64) takes the weight gradient by kernel rows
+        if s == 1 and min(cin, cout) >= 16:
+            return dict.fromkeys(plan, "amx")
+        return {**plan, "forward": "amx", **({"weight_grad": "amx_run"} if k * cin <= 64 else {})}
     return plan
 
 

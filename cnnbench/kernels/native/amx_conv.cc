@@ -401,6 +401,127 @@ ffi::Error AmxConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// ------------------------------------------------- weight gradient of a layer on few channels
+//
+// An RGB stem (ResNet's 7x7/2 on 3 channels): padding its 3 channels to 32 for the kernel above
+// would multiply mostly zeros. Here the products run the other way round: for kernel row kh,
+// dW[kh][j, o] = sum over output pixels p of run[p][j] * dy[p][o], where run[p] are the k*C values
+// (k pixels x C channels, contiguous in NHWC) kernel row kh meets for output pixel p. The runs are
+// packed transposed ([j, pixels], j padded to a multiple of 32), the output gradient as pairs of
+// pixels ([pixel pairs, O, 2]): 7x7x3 is 21 values a row, padded to 32, not 7 x 32. Any stride.
+// x: float32 [N, Hp, Wp, C] padded; dy: float32 [N, H_out, W_out, O]; dWr: float32 [k, R, O], R
+// the run k*C padded to a multiple of 32 (the caller cuts and reshapes it). O a multiple of 32.
+
+struct RunShape {
+  int64_t n, hp, wp, c, ho, wo, o, k, s, run, rows, pixels, chunk;
+};
+
+void run_range(const float* x, const float* dy, float* dw, const RunShape& g, int64_t n0, int64_t n1) {
+  std::vector<uint16_t> a(g.rows * g.chunk, 0), b(g.chunk * g.o);  // a's rows past the run stay 0
+  std::vector<float> zeros(g.o, 0.0f);
+  const int64_t jb2 = g.rows / 32, ob2 = g.o / 32;
+  bool zero = true;
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* xn = x + n * g.hp * g.wp * g.c;
+    const float* dyn = dy + n * g.ho * g.wo * g.o;
+    for (int64_t p_start = 0; p_start < g.pixels; p_start += g.chunk) {
+      const int64_t width = std::min(g.chunk, g.pixels - p_start);  // a multiple of 32
+      for (int64_t j = 0; j < width; j += 2) {  // the output gradient as pixel pairs
+        const int64_t p = p_start + j;
+        const float* r0 = p < g.ho * g.wo ? dyn + p * g.o : zeros.data();
+        const float* r1 = p + 1 < g.ho * g.wo ? dyn + (p + 1) * g.o : zeros.data();
+        for (int64_t o = 0; o < g.o; o += 32) interleave32(r0 + o, r1 + o, b.data() + (j / 2) * g.o * 2 + o * 2);
+      }
+      for (int64_t kh = 0; kh < g.k; ++kh) {
+        for (int64_t j = 0; j < width; ++j) {
+          const int64_t p = p_start + j;
+          if (p >= g.ho * g.wo) {  // past the last pixel: zeros (its dy is zero too, but not NaN-proof)
+            for (int64_t r = 0; r < g.run; ++r) a[r * g.chunk + j] = 0;
+            continue;
+          }
+          const int64_t oh = p / g.wo, ow = p % g.wo;
+          const float* run = xn + ((oh * g.s + kh) * g.wp + ow * g.s) * g.c;
+          for (int64_t r = 0; r < g.run; ++r) {
+            const float v = run[r];  // bf16, rounded to nearest even
+            uint32_t bits;
+            std::memcpy(&bits, &v, 4);
+            bits += 0x7fff + ((bits >> 16) & 1);
+            a[r * g.chunk + j] = static_cast<uint16_t>(bits >> 16);
+          }
+        }
+        for (int64_t jb = 0; jb < jb2; ++jb) {
+          for (int64_t ob = 0; ob < ob2; ++ob) {
+            float* out = dw + (kh * g.rows + jb * 32) * g.o + ob * 32;
+            if (zero) {
+              _tile_zero(0);
+              _tile_zero(1);
+              _tile_zero(2);
+              _tile_zero(3);
+            } else {
+              _tile_loadd(0, out, g.o * 4);
+              _tile_loadd(1, out + 16, g.o * 4);
+              _tile_loadd(2, out + 16 * g.o, g.o * 4);
+              _tile_loadd(3, out + 16 * g.o + 16, g.o * 4);
+            }
+            const uint16_t* a0 = a.data() + jb * 32 * g.chunk;
+            for (int64_t p0 = 0; p0 < width; p0 += 32) {
+              const uint16_t* b0 = b.data() + (p0 / 2) * g.o * 2 + ob * 64;
+              _tile_loadd(4, a0 + p0, g.chunk * 2);
+              _tile_loadd(5, a0 + 16 * g.chunk + p0, g.chunk * 2);
+              _tile_loadd(6, b0, g.o * 4);
+              _tile_loadd(7, b0 + 32, g.o * 4);
+              _tile_dpbf16ps(0, 4, 6);
+              _tile_dpbf16ps(1, 4, 7);
+              _tile_dpbf16ps(2, 5, 6);
+              _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, out, g.o * 4);
+            _tile_stored(1, out + 16, g.o * 4);
+            _tile_stored(2, out + 16 * g.o, g.o * 4);
+            _tile_stored(3, out + 16 * g.o + 16, g.o * 4);
+          }
+        }
+      }
+      zero = false;
+    }
+  }
+}
+
+ffi::Error AmxConvWeightGradRunImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                    ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dwr,
+                                    int64_t stride) {
+  const auto xd = x.dimensions(), dd = dy.dimensions(), wd = dwr->dimensions();
+  if (xd.size() != 4 || dd.size() != 4 || wd.size() != 3)
+    return ffi::Error::InvalidArgument("amx_conv_weight_grad_run: ranks must be 4, 4, 3");
+  RunShape g{xd[0], xd[1], xd[2], xd[3], dd[1], dd[2], dd[3], wd[0], stride, 0, wd[1], 0, 0};
+  g.run = g.k * g.c;
+  g.pixels = (g.ho * g.wo + 31) / 32 * 32;
+  if (dd[0] != g.n || wd[2] != g.o || g.o % 32 || g.rows % 32 || g.rows < g.run || g.s < 1 ||
+      (g.ho - 1) * g.s + g.k > g.hp || (g.wo - 1) * g.s + g.k > g.wp)
+    return ffi::Error::InvalidArgument("amx_conv_weight_grad_run: inconsistent shapes");
+  g.chunk = std::min(g.pixels, std::max<int64_t>(32, (1 << 20) / ((g.rows + g.o) * 2) / 32 * 32));
+  const float* x_p = x.typed_data();
+  const float* dy_p = dy.typed_data();
+  float* dw_p = dwr->typed_data();
+  const int64_t dw_size = g.k * g.rows * g.o;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), g.n));
+  std::vector<std::vector<float>> partial(parts - 1);
+  auto work = [&](int64_t part) {
+    float* dst = dw_p;
+    if (part > 0) {
+      partial[part - 1].resize(dw_size);
+      dst = partial[part - 1].data();
+    }
+    configure_tiles();
+    run_range(x_p, dy_p, dst, g, g.n * part / parts, g.n * (part + 1) / parts);
+    _tile_release();
+  };
+  run_parts(pool, parts, work);
+  for (const auto& part : partial)
+    for (int64_t i = 0; i < dw_size; ++i) dw_p[i] += part[i];
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvWeightGrad, AmxConvWeightGradImpl,
@@ -412,6 +533,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvWeightGrad, AmxConvWeightGradImpl,
                                   .Attr<int64_t>("top")
                                   .Attr<int64_t>("left")
                                   .Attr<int64_t>("wp"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvWeightGradRun, AmxConvWeightGradRunImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConv, AmxConvImpl,
                               ffi::Ffi::Bind()
