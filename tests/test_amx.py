@@ -45,6 +45,10 @@ def test_forward_and_input_gradient_equal_xla_on_bf16_operands(n, hw, cin, cout,
     assert y.shape == expected.shape and y.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=0, atol=2e-5 * float(jnp.abs(expected).max()))
     assert float(jnp.abs(y).max()) > 0.1  # not zeros: real sums
+    # the bf16 output (what the layers take): the same sums, each rounded once
+    low = jax.jit(lambda x, w: amx.conv(x, w, 1, pads, jnp.bfloat16))(x, w)
+    assert low.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(low), np.asarray(y.astype(jnp.bfloat16)))
 
     # through the layer's plan: the input gradient turns the kernel round and runs it again; the
     # weight gradient packs the input and the output gradient its own way

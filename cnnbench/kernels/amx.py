@@ -14,8 +14,10 @@ the first time a process asks for it and kept in cnnbench's cache folder under a
 the source, the compiler and jaxlib's version. :func:`available` is false (and the fast
 formulations carry on as before) where the CPU has no ``amx_bf16``, the kernel does not build, or
 Linux refuses the tile registers; ``CNNBENCH_AMX=0`` turns it off. :func:`conv` is the forward
-convolution, any stride; the input gradient of a stride-1 layer is the same convolution of the
-output gradient with the kernel turned round (:mod:`cnnbench.kernels.fastops`). Values the tiles
+convolution, any stride (the layers take its output rounded once to bf16); the input gradient of
+a stride-1 layer is the same convolution of the output gradient with the kernel turned round
+(:mod:`cnnbench.kernels.fastops`); :func:`weight_grad` and :func:`run_weight_grad` the weight
+gradients of stride-1 layers and of few-channel layers. Values the tiles
 read past a window meet zero weights, so a NaN or infinity in the input spreads to neighbouring
 outputs (as it does to the whole network at the next layer anyway).
 """
@@ -40,6 +42,7 @@ from cnnbench.kernels.products import cpu_flags
 
 SOURCE = Path(__file__).with_name("native") / "amx_conv.cc"
 TARGET = "cnnbench_amx_conv"
+BF16_TARGET = "cnnbench_amx_conv_bf16"
 WEIGHT_GRAD_TARGET = "cnnbench_amx_conv_weight_grad"
 RUN_WEIGHT_GRAD_TARGET = "cnnbench_amx_conv_weight_grad_run"
 #: why the kernel is not in use, once :func:`available` has looked (None: it is)
@@ -98,6 +101,7 @@ def available() -> bool:
         reason = "Linux refused this process the AMX tile registers"
         return False
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConv), platform="cpu")
+    jax.ffi.register_ffi_target(BF16_TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConvBf16), platform="cpu")
     jax.ffi.register_ffi_target(WEIGHT_GRAD_TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConvWeightGrad), platform="cpu")
     jax.ffi.register_ffi_target(RUN_WEIGHT_GRAD_TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConvWeightGradRun),
                                 platform="cpu")
@@ -125,9 +129,9 @@ def pack(w) -> jax.Array:
     return rows.reshape(k, kc, 16, 2, op // 16, 16).transpose(0, 1, 4, 2, 5, 3)
 
 
-def conv(x, w, stride: int, pads) -> jax.Array:
+def conv(x, w, stride: int, pads, out=jnp.float32) -> jax.Array:
     """NHWC x HWIO convolution with explicit ``pads`` ((top, bottom), (left, right)): bf16
-    operands, float32 result.
+    operands, float32 sums, the result in ``out`` (float32, or bf16: the sums rounded once).
 
     One custom call on the whole array it is given: on a mesh, call it on each device's images
     (the layers do, inside ``shard_map``: :mod:`cnnbench.parallel.partition`); XLA's partitioner
@@ -146,7 +150,8 @@ def conv(x, w, stride: int, pads) -> jax.Array:
     reach = ((rows - 1) * stride * wp + (cols - 1) * stride + (k - 1) * wp) * c + kc * 32
     height = max(h + top + bottom, -(-reach // (wp * c)))
     xp = jnp.pad(x.astype(jnp.bfloat16), ((0, 0), (top, height - h - top), (left, right), (0, 0)))
-    y = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((n, h_out, w_out, op), jnp.float32))(
+    target = BF16_TARGET if jnp.dtype(out) == jnp.bfloat16 else TARGET
+    y = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((n, h_out, w_out, op), out))(
         xp, packed, stride=np.int64(stride))
     return y[..., :o] if op != o else y
 

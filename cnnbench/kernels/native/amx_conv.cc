@@ -32,6 +32,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -65,6 +66,17 @@ void configure_tiles() {
   _tile_loadconfig(&cfg);
 }
 
+// 32 output channels of one pixel (two tile rows of 16) into the output: float32 as they are, or
+// bf16 rounded to nearest even (the output XLA's consumer converts back where it needs float32).
+inline void store32(float* dst, const float* lo, const float* hi) {
+  std::memcpy(dst, lo, 64);
+  std::memcpy(dst + 16, hi, 64);
+}
+
+inline void store32(uint16_t* dst, const float* lo, const float* hi) {
+  _mm512_storeu_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi), _mm512_loadu_ps(lo)));
+}
+
 // The block grid: stride 1, one row of every pixel of the padded grid (q = oh * Wp + ow), so
 // that 32 consecutive q read 32 consecutive input pixels for every kernel row; stride s > 1, the
 // output rows. Blocks of 32 pixels; the pixels a block computes past the output are dropped.
@@ -80,12 +92,13 @@ Grid grid(const Shape& s) {
 // Output channels [ob0, ob1) (in blocks of 16) of image n: 32 pixels at a time, four accumulator
 // tiles (2 x 16 pixels x 2 x 16 channels) summed over the kernel rows and the 32-value pieces of
 // each row's run, then copied out pixel by pixel (the output is exact: no grid to cut back).
-void conv_block(const uint16_t* x, const uint16_t* w, float* y, const Shape& s, int64_t n,
+template <typename Out>
+void conv_block(const uint16_t* x, const uint16_t* w, Out* y, const Shape& s, int64_t n,
                 int64_t ob0, int64_t ob1) {
   const int64_t ob_count = s.o / 16, step = s.s * s.c;
   const Grid g = grid(s);
   const uint16_t* xn = x + n * s.hx * s.wp * s.c;
-  float* yn = y + n * s.h * s.w * s.o;
+  Out* yn = y + n * s.h * s.w * s.o;
   alignas(64) float scratch[4][16][16];
   for (int64_t row = 0; row < g.rows; ++row) {
     for (int64_t col0 = 0; col0 < g.cols; col0 += 32) {
@@ -119,9 +132,8 @@ void conv_block(const uint16_t* x, const uint16_t* w, float* y, const Shape& s, 
           if (s.s == 1) oh = ow / s.wp, ow = ow % s.wp;
           if (oh >= s.h) break;
           if (ow >= s.w) continue;
-          float* dst = yn + (oh * s.w + ow) * s.o + ob * 16;
-          std::memcpy(dst, scratch[(r >> 4) * 2][r & 15], 64);
-          std::memcpy(dst + 16, scratch[(r >> 4) * 2 + 1][r & 15], 64);
+          store32(yn + (oh * s.w + ow) * s.o + ob * 16, scratch[(r >> 4) * 2][r & 15],
+                  scratch[(r >> 4) * 2 + 1][r & 15]);
         }
       }
     }
@@ -172,8 +184,10 @@ int64_t extent(const Shape& s) {
   return ((g.rows - 1) * s.s * s.wp + (g.cols - 1) * s.s + (s.k - 1) * s.wp) * s.c + s.kc * 32;
 }
 
+template <ffi::DataType T>
 ffi::Error AmxConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
-                       ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
+                       ffi::ResultBuffer<T> y, int64_t stride) {
+  using Out = std::conditional_t<T == ffi::F32, float, uint16_t>;
   const auto xd = x.dimensions();
   const auto yd = y->dimensions();
   const auto wd = w.dimensions();
@@ -186,7 +200,7 @@ ffi::Error AmxConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buff
 
   const auto* xp = reinterpret_cast<const uint16_t*>(x.typed_data());
   const auto* wp = reinterpret_cast<const uint16_t*>(w.typed_data());
-  float* yp = y->typed_data();
+  Out* yp = reinterpret_cast<Out*>(y->typed_data());
   const int64_t ob_count = s.o / 16;
   const int64_t pair_bytes = s.k * s.kc * 2048;
   const int64_t group = std::max<int64_t>(1, kWeightBudget / pair_bytes) * 2;
@@ -542,12 +556,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvWeightGradRun, AmxConvWeightGradRun
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConv, AmxConvImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConv, AmxConvImpl<ffi::F32>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvBf16, AmxConvImpl<ffi::BF16>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>()
                                   .Attr<int64_t>("stride"));
 
 // The process may use the AMX tile registers (Linux asks for it once per process): 0 when granted.
