@@ -118,7 +118,7 @@ def test_a_bf16_products_model_runs_its_convolutions_on_amx_and_matches_float32(
         return nnx.merge(graph, state)(x)
 
     bf16 = jax.jit(fastops.within(logits, products="bfloat16"))
-    assert amx.TARGET in bf16.lower(state, x).as_text()
+    assert amx.BF16_TARGET in bf16.lower(state, x).as_text()
     got, want = bf16(state, x), jax.jit(logits)(state, x)
     assert float(jnp.abs(got - want).max()) <= 0.05 * float(jnp.abs(want).max())
     assert int(jnp.argmax(got[0])) == int(jnp.argmax(want[0])) or float(jnp.abs(got - want).max()) < 1e-2
@@ -216,5 +216,5 @@ def test_on_a_mesh_each_device_runs_the_kernel_on_its_own_images():
                       out_shardings=parallel.batch_sharding(mesh))
     args = (parallel.place(state, mesh), jax.device_put(images, parallel.batch_sharding(mesh)))
     compiled = forward.lower(*args).compile().as_text()
-    assert amx.TARGET in compiled and collectives(compiled) == []
+    assert amx.BF16_TARGET in compiled and collectives(compiled) == []
     np.testing.assert_allclose(np.asarray(forward(*args)), np.asarray(one), rtol=0, atol=1e-5)

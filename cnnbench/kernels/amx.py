@@ -5,9 +5,9 @@ but not convolutions: its bf16 convolution, YNNPACK's included, ran at 110-270 G
 formulations of :mod:`cnnbench.kernels.fastops` spend most of their time building Winograd tiles
 and patches, not in the products (BENCHMARKS.md, issue 26). ``native/amx_conv.cc`` is a direct
 convolution on the tile registers: no patches, its 16-pixel input tiles read in place from the
-padded activation (``native/amx_conv.cc`` says how). Per layer, one thread, batch 32: 28x28x128
--> 128 3x3 in 7.1 ms (PyTorch's oneDNN with autocast: 4.7), AlexNet's 27x27x64 -> 192 5x5 in 10.6
-(9.3).
+padded activation (``native/amx_conv.cc`` says how). Per layer, batch 32, two cores: 28x28x128
+-> 128 3x3 in 4.4 ms (PyTorch's oneDNN with autocast: 2.8; the bf16 Winograd form: 25.5),
+AlexNet's 27x27x64 -> 192 5x5 in 6.8 (5.5; 40.3).
 
 The kernel is C++ against XLA's FFI headers (shipped in jaxlib), compiled with the system's ``g++``
 the first time a process asks for it and kept in cnnbench's cache folder under a name that hashes
@@ -72,8 +72,8 @@ def build(compiler: str = "g++") -> Path:
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         out = Path(tmp) / path.name
         subprocess.run([compiler, "-O3", "-std=c++17", "-mamx-tile", "-mamx-bf16", "-mavx512f", "-mavx512bw",
-                        "-mavx512bf16", "-shared",
-                        "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)],
+                        "-mavx512bf16", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", str(SOURCE),
+                        "-o", str(out)],
                        check=True, capture_output=True, text=True)
         os.replace(out, path)  # atomic: a concurrent process sees the whole library or none
     return path
@@ -100,11 +100,10 @@ def available() -> bool:
     if lib.cnnbench_amx_request() != 0:
         reason = "Linux refused this process the AMX tile registers"
         return False
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConv), platform="cpu")
-    jax.ffi.register_ffi_target(BF16_TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConvBf16), platform="cpu")
-    jax.ffi.register_ffi_target(WEIGHT_GRAD_TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConvWeightGrad), platform="cpu")
-    jax.ffi.register_ffi_target(RUN_WEIGHT_GRAD_TARGET, jax.ffi.pycapsule(lib.CnnbenchAmxConvWeightGradRun),
-                                platform="cpu")
+    for target, symbol in ((TARGET, lib.CnnbenchAmxConv), (BF16_TARGET, lib.CnnbenchAmxConvBf16),
+                           (WEIGHT_GRAD_TARGET, lib.CnnbenchAmxConvWeightGrad),
+                           (RUN_WEIGHT_GRAD_TARGET, lib.CnnbenchAmxConvWeightGradRun)):
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
     reason = None
     return True
 
