@@ -188,16 +188,6 @@ def run_weight_grad(x, dy, k: int, stride: int, pads) -> jax.Array:
         xp, dy, stride=np.int64(stride))
     return dwr[:, :k * c, :o].reshape(k, k, c, o)
 
-def reference(x, w, stride: int, pads) -> np.ndarray:
-    """The same convolution by XLA in float32 on the bf16-rounded operands (the tests' reference)."""
-    from jax import lax
-
-    xb = jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32)
-    wb = jnp.asarray(w).astype(jnp.bfloat16).astype(jnp.float32)
-    return np.asarray(lax.conv_general_dilated(xb, wb, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                               precision=lax.Precision.HIGHEST))
-
-
 def off_note() -> str | None:
     """One line for a user of ``--precision bf16`` on a CPU with AMX where the kernel is off for a
     reason they did not choose (it did not build, Linux refused the tiles); else None."""

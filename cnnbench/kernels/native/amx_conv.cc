@@ -66,15 +66,49 @@ void configure_tiles() {
   _tile_loadconfig(&cfg);
 }
 
-// 32 output channels of one pixel (two tile rows of 16) into the output: float32 as they are, or
-// bf16 rounded to nearest even (the output XLA's consumer converts back where it needs float32).
-inline void store32(float* dst, const float* lo, const float* hi) {
-  std::memcpy(dst, lo, 64);
-  std::memcpy(dst + 16, hi, 64);
+// Every kernel below accumulates a 32 x 32 block of float32 sums in tiles 0-3 (tile 0 the top
+// left 16 x 16, 1 top right, 2 bottom left, 3 bottom right), rows `stride` bytes apart in memory.
+inline void start_block(const float* block, int64_t stride, bool zero) {
+  if (zero) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    return;
+  }
+  _tile_loadd(0, block, stride);
+  _tile_loadd(1, block + 16, stride);
+  _tile_loadd(2, block + stride / 4 * 16, stride);
+  _tile_loadd(3, block + stride / 4 * 16 + 16, stride);
 }
 
-inline void store32(uint16_t* dst, const float* lo, const float* hi) {
-  _mm512_storeu_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi), _mm512_loadu_ps(lo)));
+inline void store_block(float* block, int64_t stride) {
+  _tile_stored(0, block, stride);
+  _tile_stored(1, block + 16, stride);
+  _tile_stored(2, block + stride / 4 * 16, stride);
+  _tile_stored(3, block + stride / 4 * 16 + 16, stride);
+}
+
+// One step of a block's sum: rows 0-15 and 16-31 (a0, a1: 16 rows of 32 bf16, `a_stride` bytes
+// apart) times columns 0-15 and 16-31 (b0, b1: 16 rows of 16 bf16 pairs, `b_stride` bytes apart).
+inline void block_step(const uint16_t* a0, const uint16_t* a1, int64_t a_stride, const uint16_t* b0,
+                       const uint16_t* b1, int64_t b_stride) {
+  _tile_loadd(4, a0, a_stride);
+  _tile_loadd(5, a1, a_stride);
+  _tile_loadd(6, b0, b_stride);
+  _tile_loadd(7, b1, b_stride);
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_dpbf16ps(1, 4, 7);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_dpbf16ps(3, 5, 7);
+}
+
+// 32 output channels of one pixel into the output: float32 as they are, or bf16 rounded to
+// nearest even (the output XLA's consumer converts back where it needs float32).
+inline void store32(float* dst, const float* src) { std::memcpy(dst, src, 128); }
+
+inline void store32(uint16_t* dst, const float* src) {
+  _mm512_storeu_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src)));
 }
 
 // The block grid: stride 1, one row of every pixel of the padded grid (q = oh * Wp + ow), so
@@ -99,41 +133,27 @@ void conv_block(const uint16_t* x, const uint16_t* w, Out* y, const Shape& s, in
   const Grid g = grid(s);
   const uint16_t* xn = x + n * s.hx * s.wp * s.c;
   Out* yn = y + n * s.h * s.w * s.o;
-  alignas(64) float scratch[4][16][16];
+  alignas(64) float scratch[32][32];  // the block's 32 pixels x 32 output channels
   for (int64_t row = 0; row < g.rows; ++row) {
     for (int64_t col0 = 0; col0 < g.cols; col0 += 32) {
       const uint16_t* a0 = xn + (row * s.s * s.wp + col0 * s.s) * s.c;
       const uint16_t* a1 = a0 + 16 * step;
       for (int64_t ob = ob0; ob < ob1; ob += 2) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
+        start_block(nullptr, 0, true);
         for (int64_t kh = 0; kh < s.k; ++kh) {
           const int64_t shift = kh * s.wp * s.c;
-          const uint16_t* b = w + kh * s.kc * ob_count * 512;
-          for (int64_t kc = 0; kc < s.kc; ++kc) {
-            _tile_loadd(4, a0 + shift + kc * 32, step * 2);
-            _tile_loadd(5, a1 + shift + kc * 32, step * 2);
-            _tile_loadd(6, b + (kc * ob_count + ob) * 512, 64);
-            _tile_loadd(7, b + (kc * ob_count + ob + 1) * 512, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-          }
+          const uint16_t* b = w + (kh * s.kc * ob_count + ob) * 512;
+          for (int64_t kc = 0; kc < s.kc; ++kc)
+            block_step(a0 + shift + kc * 32, a1 + shift + kc * 32, step * 2, b + kc * ob_count * 512,
+                       b + (kc * ob_count + 1) * 512, 64);
         }
-        _tile_stored(0, scratch[0], 64);
-        _tile_stored(1, scratch[1], 64);
-        _tile_stored(2, scratch[2], 64);
-        _tile_stored(3, scratch[3], 64);
+        store_block(&scratch[0][0], 128);
         for (int r = 0; r < 32; ++r) {
           int64_t oh = row, ow = col0 + r;
           if (s.s == 1) oh = ow / s.wp, ow = ow % s.wp;
           if (oh >= s.h) break;
           if (ow >= s.w) continue;
-          store32(yn + (oh * s.w + ow) * s.o + ob * 16, scratch[(r >> 4) * 2][r & 15],
-                  scratch[(r >> 4) * 2 + 1][r & 15]);
+          store32(yn + (oh * s.w + ow) * s.o + ob * 16, scratch[r]);
         }
       }
     }
@@ -148,14 +168,16 @@ struct Shared {
   bool closed = false;
 };
 
-// Runs work(i) for i in [0, parts) on the calling thread and XLA's intra-op threads, returning
-// when all are done. A task the pool starts after the caller has taken every part touches nothing
+// Runs work(i) for i in [0, parts) on the calling thread and XLA's intra-op threads, each thread
+// with its tiles configured, returning when all are done. A task the pool starts after the caller has taken every part touches nothing
 // (the pool may be busy with another device's call that waits in the same way).
 template <typename Work>
 void run_parts(ffi::ThreadPool& pool, int64_t parts, const Work& work) {
   auto shared = std::make_shared<Shared>();
   auto take = [shared, parts, work]() {
+    configure_tiles();
     for (int64_t i; (i = shared->next.fetch_add(1)) < parts;) work(i);
+    _tile_release();
   };
   for (int64_t t = 0; t + 1 < parts && t < pool.num_threads(); ++t) {
     pool.Schedule([shared, take]() {
@@ -176,6 +198,24 @@ void run_parts(ffi::ThreadPool& pool, int64_t parts, const Work& work) {
   std::unique_lock<std::mutex> lock(shared->mutex);
   shared->closed = true;
   shared->done.wait(lock, [&] { return shared->active == 0; });
+}
+
+// Images [0, n) split over `parts` threads, work(n0, n1, dst) summing images [n0, n1) into dst:
+// the first part into dw itself, the others into copies of their own, added to dw at the end.
+template <typename Work>
+void sum_over_images(ffi::ThreadPool& pool, int64_t parts, int64_t n, float* dw, int64_t size,
+                     const Work& work) {
+  std::vector<std::vector<float>> partial(parts - 1);
+  run_parts(pool, parts, [&](int64_t part) {
+    float* dst = dw;
+    if (part > 0) {
+      partial[part - 1].resize(size);
+      dst = partial[part - 1].data();
+    }
+    work(n * part / parts, n * (part + 1) / parts, dst);
+  });
+  for (const auto& copy : partial)
+    for (int64_t i = 0; i < size; ++i) dw[i] += copy[i];
 }
 
 // The furthest value (in elements, from the start of an image) a tile of `s` reads, plus one.
@@ -207,13 +247,10 @@ ffi::Error AmxConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buff
   const int64_t groups = (ob_count + group - 1) / group;
   const int64_t items = groups * s.n;
 
-  auto work = [=](int64_t i) {
+  run_parts(pool, items, [=](int64_t i) {
     const int64_t g = i / s.n, n = i % s.n;
-    configure_tiles();
     conv_block(xp, wp, yp, s, n, g * group, std::min(ob_count, (g + 1) * group));
-    _tile_release();
-  };
-  run_parts(pool, items, work);
+  });
   return ffi::Error::Success();
 }
 
@@ -310,34 +347,15 @@ void grad_chunk(const std::vector<Piece>& pieces, const uint16_t* dyt, int64_t c
     const uint16_t* xs = (parity ? xo : xe) + ((shift - parity) / 2) * g.c * 2 + cb * 64;
     const uint16_t* dy0 = dyt + ob * 32 * cols;
     float* out = dwt + (tap * g.o + ob * 32) * g.c + cb * 32;
-    if (zero) {
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-    } else {
-      _tile_loadd(0, out, g.c * 4);
-      _tile_loadd(1, out + 16, g.c * 4);
-      _tile_loadd(2, out + 16 * g.c, g.c * 4);
-      _tile_loadd(3, out + 16 * g.c + 16, g.c * 4);
-    }
+    start_block(out, g.c * 4, zero);
     for (const Piece& piece : pieces) {
       for (int64_t p0 = 0; p0 < piece.width; p0 += 32) {
         const uint16_t* b0 = xs + (piece.pair0 + p0 / 2) * g.c * 2;
-        _tile_loadd(4, dy0 + piece.col0 + p0, cols * 2);
-        _tile_loadd(5, dy0 + 16 * cols + piece.col0 + p0, cols * 2);
-        _tile_loadd(6, b0, g.c * 4);
-        _tile_loadd(7, b0 + 32, g.c * 4);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+        const uint16_t* a0 = dy0 + piece.col0 + p0;
+        block_step(a0, a0 + 16 * cols, cols * 2, b0, b0 + 32, g.c * 4);
       }
     }
-    _tile_stored(0, out, g.c * 4);
-    _tile_stored(1, out + 16, g.c * 4);
-    _tile_stored(2, out + 16 * g.c, g.c * 4);
-    _tile_stored(3, out + 16 * g.c + 16, g.c * 4);
+    store_block(out, g.c * 4);
   }
 }
 
@@ -394,24 +412,15 @@ ffi::Error AmxConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   // every image); else split the images (each thread its own dW, summed at the end)
   const bool by_blocks = dw_size * threads > g.n * (g.h * g.w * g.c + g.ho * g.wo * g.o) || g.n < threads;
   const int64_t parts = std::max<int64_t>(1, std::min(threads, by_blocks ? blocks : g.n));
-  std::vector<std::vector<float>> partial(by_blocks ? 0 : parts - 1);
-  auto work = [&](int64_t part) {
-    configure_tiles();
-    if (by_blocks) {
+  if (by_blocks) {
+    run_parts(pool, parts, [&](int64_t part) {
       grad_range(x_p, dy_p, dw_p, g, 0, g.n, blocks * part / parts, blocks * (part + 1) / parts);
-    } else {
-      float* dst = dw_p;
-      if (part > 0) {
-        partial[part - 1].resize(dw_size);
-        dst = partial[part - 1].data();
-      }
-      grad_range(x_p, dy_p, dst, g, g.n * part / parts, g.n * (part + 1) / parts, 0, blocks);
-    }
-    _tile_release();
-  };
-  run_parts(pool, parts, work);
-  for (const auto& part : partial)
-    for (int64_t i = 0; i < dw_size; ++i) dw_p[i] += part[i];
+    });
+  } else {
+    sum_over_images(pool, parts, g.n, dw_p, dw_size, [&](int64_t n0, int64_t n1, float* dst) {
+      grad_range(x_p, dy_p, dst, g, n0, n1, 0, blocks);
+    });
+  }
   return ffi::Error::Success();
 }
 
@@ -466,33 +475,13 @@ void run_range(const float* x, const float* dy, float* dw, const RunShape& g, in
         for (int64_t jb = 0; jb < jb2; ++jb) {
           for (int64_t ob = 0; ob < ob2; ++ob) {
             float* out = dw + (kh * g.rows + jb * 32) * g.o + ob * 32;
-            if (zero) {
-              _tile_zero(0);
-              _tile_zero(1);
-              _tile_zero(2);
-              _tile_zero(3);
-            } else {
-              _tile_loadd(0, out, g.o * 4);
-              _tile_loadd(1, out + 16, g.o * 4);
-              _tile_loadd(2, out + 16 * g.o, g.o * 4);
-              _tile_loadd(3, out + 16 * g.o + 16, g.o * 4);
-            }
+            start_block(out, g.o * 4, zero);
             const uint16_t* a0 = a.data() + jb * 32 * g.chunk;
             for (int64_t p0 = 0; p0 < width; p0 += 32) {
               const uint16_t* b0 = b.data() + (p0 / 2) * g.o * 2 + ob * 64;
-              _tile_loadd(4, a0 + p0, g.chunk * 2);
-              _tile_loadd(5, a0 + 16 * g.chunk + p0, g.chunk * 2);
-              _tile_loadd(6, b0, g.o * 4);
-              _tile_loadd(7, b0 + 32, g.o * 4);
-              _tile_dpbf16ps(0, 4, 6);
-              _tile_dpbf16ps(1, 4, 7);
-              _tile_dpbf16ps(2, 5, 6);
-              _tile_dpbf16ps(3, 5, 7);
+              block_step(a0 + p0, a0 + 16 * g.chunk + p0, g.chunk * 2, b0, b0 + 32, g.o * 4);
             }
-            _tile_stored(0, out, g.o * 4);
-            _tile_stored(1, out + 16, g.o * 4);
-            _tile_stored(2, out + 16 * g.o, g.o * 4);
-            _tile_stored(3, out + 16 * g.o + 16, g.o * 4);
+            store_block(out, g.o * 4);
           }
         }
       }
@@ -519,20 +508,9 @@ ffi::Error AmxConvWeightGradRunImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> 
   float* dw_p = dwr->typed_data();
   const int64_t dw_size = g.k * g.rows * g.o;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), g.n));
-  std::vector<std::vector<float>> partial(parts - 1);
-  auto work = [&](int64_t part) {
-    float* dst = dw_p;
-    if (part > 0) {
-      partial[part - 1].resize(dw_size);
-      dst = partial[part - 1].data();
-    }
-    configure_tiles();
-    run_range(x_p, dy_p, dst, g, g.n * part / parts, g.n * (part + 1) / parts);
-    _tile_release();
-  };
-  run_parts(pool, parts, work);
-  for (const auto& part : partial)
-    for (int64_t i = 0; i < dw_size; ++i) dw_p[i] += part[i];
+  sum_over_images(pool, parts, g.n, dw_p, dw_size, [&](int64_t n0, int64_t n1, float* dst) {
+    run_range(x_p, dy_p, dst, g, n0, n1);
+  });
   return ffi::Error::Success();
 }
 
