@@ -218,3 +218,56 @@ def test_on_a_mesh_each_device_runs_the_kernel_on_its_own_images():
     compiled = forward.lower(*args).compile().as_text()
     assert amx.BF16_TARGET in compiled and collectives(compiled) == []
     np.testing.assert_allclose(np.asarray(forward(*args)), np.asarray(one), rtol=0, atol=1e-5)
+
+
+@needs_amx
+def test_the_inference_program_packs_its_kernels_once_with_the_same_outputs():
+    """``Precision.prepare_inference`` with bf16 products packs the kernel of every layer whose forward
+    pass runs on AMX (resnet18: the 7x7 stem and the 16 3x3 layers, not the 1x1 projections) once,
+    so the compiled program no longer re-packs them: its outputs are the unpacked program's, bit for
+    bit, on one device and on a mesh; traced without bf16 products the layers take their float32
+    kernels as before."""
+    from flax import nnx
+
+    from cnnbench import parallel
+    from cnnbench.archs import create_model
+    from cnnbench.archs.inference import inference_model
+    from cnnbench.archs.layers import Conv
+    from cnnbench.train.step import precision_plan
+
+    base, _ = inference_model(create_model("resnet18", num_classes=10, input_size=64, seed=0), (64, 64, 3))
+    plan = precision_plan("bf16", "cpu", bf16_units=True)
+    plain = nnx.clone(base)
+    plan.prepare_inference(plain)  # the dense kernels rounded, as the packed one's
+    for conv in (m for _, m in nnx.iter_modules(plain) if isinstance(m, Conv)):
+        conv.packed = None
+    packed = nnx.clone(base)
+    plan.prepare_inference(packed)
+    kernels = {m.k for _, m in nnx.iter_modules(packed) if isinstance(m, Conv) and m.packed is not None}
+    assert sum(isinstance(m, Conv) and m.packed is not None for _, m in nnx.iter_modules(packed)) == 17
+    assert kernels == {7, 3}
+    images = jax.random.normal(jax.random.key(3), (4, 64, 64, 3))
+
+    def program(model, products="bfloat16"):
+        graph, state = nnx.split(model)
+        return jax.jit(fastops.within(lambda s, x: nnx.merge(graph, s)(x), products=products)), state
+
+    repack = "dims = [0, 1, 4, 2, 5, 3]"  # amx.pack's transpose
+    (fwd_plain, s_plain), (fwd_packed, s_packed) = program(plain), program(packed)
+    assert repack in fwd_plain.lower(s_plain, images).as_text()
+    assert repack not in fwd_packed.lower(s_packed, images).as_text()
+    want = np.asarray(fwd_plain(s_plain, images))
+    np.testing.assert_array_equal(np.asarray(fwd_packed(s_packed, images)), want)
+
+    mesh = parallel.make_mesh(2, 1)
+    split = parallel.plan(nnx.clone(packed), 1, mesh)
+    graph, state = nnx.split(split)
+    forward = jax.jit(fastops.within(lambda s, x: nnx.merge(graph, s)(x), products="bfloat16"),
+                      out_shardings=parallel.batch_sharding(mesh))
+    args = (parallel.place(state, mesh), jax.device_put(images, parallel.batch_sharding(mesh)))
+    assert repack not in forward.lower(*args).as_text()
+    np.testing.assert_array_equal(np.asarray(forward(*args)), want)
+
+    f32_packed, f32_plain = program(packed, None), program(plain, None)
+    np.testing.assert_array_equal(np.asarray(f32_packed[0](f32_packed[1], images)),
+                                  np.asarray(f32_plain[0](f32_plain[1], images)))

@@ -63,9 +63,18 @@ class Conv(nnx.Conv):
         self.k, self.s, self.p, self.groups = kernel, stride, padding, groups
         #: its split over a mesh's ``model`` axis (:func:`cnnbench.parallel.plan`); None: whole
         self.partition = None
+        #: the kernel packed once for the AMX forward pass (:class:`Packed`; the inference program
+        #: with bf16 products: :meth:`cnnbench.train.step.Precision.prepare_inference`); None: not
+        self.packed = nnx.data(None)
 
     def __call__(self, x, train: bool = False):
-        if self.partition is None:
+        if self._runs_packed(x):
+            def whole(x):
+                return self._packed(x, self.packed[...], None if self.bias is None else self.bias[...])
+
+            y = whole(x) if self.partition is None else self.partition.run(self._packed, whole, x, self.packed,
+                                                                            self.bias)
+        elif self.partition is None:
             y = super().__call__(x)
         else:
             y = self.partition.run(self._on_device, super().__call__, x, self.kernel, self.bias)
@@ -82,6 +91,23 @@ class Conv(nnx.Conv):
         y = self.conv_general_dilated(x, kernel, (self.s, self.s), ((self.p, self.p), (self.p, self.p)),
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
         return y if bias is None else y + bias
+
+    def _runs_packed(self, x) -> bool:
+        """Whether this call takes :attr:`packed`: the layer whole on each device, float32, and the
+        forward pass one the AMX kernel computes from the kernel as it is, under the choice in
+        force (else the kernel, as always)."""
+        return (self.packed is not None and self.groups == 1 and self.dtype is None and x.dtype == jnp.float32
+                and (self.partition is None or self.partition.kind == "whole")
+                and fastops.packs(self.k, self.s, self.in_features, self.out_features, self.padding))
+
+    def _packed(self, x, packed, bias):
+        """:meth:`_on_device` with the kernel packed."""
+        y = fastops.packed_conv(x, packed, self.s, self.padding, self.out_features)
+        return y if bias is None else y + bias
+
+
+class Packed(nnx.Variable):
+    """A weight stored as a kernel reads it (not trained, not saved): an inference program's own."""
 
 
 class Dense(nnx.Linear):

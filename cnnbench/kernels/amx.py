@@ -135,12 +135,17 @@ def conv(x, w, stride: int, pads, out=jnp.float32) -> jax.Array:
     One custom call on the whole array it is given: on a mesh, call it on each device's images
     (the layers do, inside ``shard_map``: :mod:`cnnbench.parallel.partition`); XLA's partitioner
     would gather a batch-sharded operand onto every device first."""
+    return conv_packed(x, pack(w), stride, pads, w.shape[-1], out)
+
+
+def conv_packed(x, packed, stride: int, pads, channels: int, out=jnp.float32) -> jax.Array:
+    """:func:`conv` with its kernel already packed (:func:`pack`; ``channels``: its output
+    channels before padding): what the inference program runs, its kernels packed once."""
     n, h, wd, c = x.shape
-    k, o = w.shape[0], w.shape[-1]
+    k = packed.shape[0]
     (top, bottom), (left, right) = pads
     wp = wd + left + right
     h_out, w_out = (h + top + bottom - k) // stride + 1, (wp - k) // stride + 1
-    packed = pack(w)
     kc, op = packed.shape[1], packed.shape[2] * 16
     # the pixel grid the kernel's 32-pixel blocks cover (amx_conv.cc's grid()): stride 1 one row of
     # every pixel of the padded grid, else the output rows; the furthest value a tile reads (its
@@ -152,7 +157,7 @@ def conv(x, w, stride: int, pads, out=jnp.float32) -> jax.Array:
     target = BF16_TARGET if jnp.dtype(out) == jnp.bfloat16 else TARGET
     y = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((n, h_out, w_out, op), out))(
         xp, packed, stride=np.int64(stride))
-    return y[..., :o] if op != o else y
+    return y[..., :channels] if op != channels else y
 
 
 def weight_grad(x, dy, k: int, pads) -> jax.Array:

@@ -330,7 +330,7 @@ def _amx_forward(x, w, s, pads):
     back to the layer's dtype in whatever XLA fuses the conversion into: half the bytes written and
     read between layers. Whole bf16 inference steps (2-core Xeon, batch 32, fastest steps): vgg11
     384 -> 341 ms, resnet18 128 -> 120, resnet50 436 -> 406; training level (BENCHMARKS.md)."""
-    return amx.conv(x, w, s, pads, jnp.bfloat16).astype(x.dtype)
+    return packed_conv(x, amx.pack(w), s, pads, w.shape[-1])
 
 
 def _amx_input_grad(x, w, dy, s, pads):
@@ -493,6 +493,24 @@ def conv(x, w, stride: int, pads, plan: dict | None = None) -> jax.Array:
     if set(plan.values()) == {"xla"}:
         return _lax_conv(x, w, stride, pads)
     return _conv(x, w, stride, pads, tuple(sorted(plan.items())))
+
+
+def packs(k: int, stride: int, cin: int, cout: int, pads, dtype=jnp.float32) -> bool:
+    """Whether :func:`conv`, under the choice in force (:mod:`.choice`: platform, products), runs
+    this layer's forward pass as one AMX call on its kernel as it is: then a kernel packed once
+    (:func:`cnnbench.kernels.amx.pack`) can stand in for it (:func:`packed_conv`)."""
+    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    if not enabled("conv") or _space_to_depth_blocks(k, stride, cin, platform(), dtype):
+        return False
+    return choose(k, stride, cin, cout, (1, 1), platform(), pads, dtype)["forward"] == "amx"
+
+
+def packed_conv(x, packed, stride: int, pads, channels: int) -> jax.Array:
+    """The forward pass :func:`conv` computes where :func:`packs` holds, from the kernel packed
+    once (``channels``: the layer's output channels): the same values, without re-packing the
+    kernel on every call. Inference only (no gradient)."""
+    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    return amx.conv_packed(x, packed, stride, pads, channels, jnp.bfloat16).astype(x.dtype)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,

@@ -56,13 +56,27 @@ class Precision:
         is 151 MB in float32, read and rounded on every batch otherwise: bf16 inference at batch 32
         on an Intel Xeon with AMX, in one process, alexnet-owt 142 -> 118 ms per batch, vgg11 778 ->
         750 (fastest steps), the ResNets and googlenet-bn level (BENCHMARKS.md, issue 26).
-        Convolution kernels stay float32: Winograd's transform of a rounded kernel would round twice."""
+        Convolution kernels stay float32 (Winograd's transform of a rounded kernel would round
+        twice), but where a layer's forward pass runs on the AMX kernel
+        (:func:`cnnbench.kernels.fastops.packs`) its kernel is also packed as the AMX kernel reads
+        it (:class:`cnnbench.archs.layers.Packed`), the same values: re-packing every kernel took
+        17 of the 140 ms of resnet18's bf16 inference at batch 32 on one device (profile;
+        BENCHMARKS.md, issue 26). Call it before :func:`cnnbench.parallel.plan` splits the model:
+        a layer split over devices keeps its kernel."""
         if self.products is None:
             return
+        from cnnbench.archs.layers import Conv, Packed
+        from cnnbench.kernels import choice
+
         low = jnp.dtype(self.products)
         for _, module in nnx.iter_modules(model):
             if isinstance(module, nnx.Linear) and module.dtype is None and module.kernel[...].dtype == jnp.float32:
                 module.kernel.set_value(module.kernel[...].astype(low))
+            elif isinstance(module, Conv) and module.groups == 1 and module.dtype is None and module.partition is None:
+                with choice.use(None, products=self.products):
+                    packs = fastops.packs(module.k, module.s, module.in_features, module.out_features, module.padding)
+                if packs:
+                    module.packed = Packed(amx.pack(jnp.asarray(module.kernel[...])))
 
 
 def precision_plan(precision: str, platform: str, bf16_units: bool | None = None) -> Precision:
