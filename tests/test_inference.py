@@ -273,3 +273,42 @@ def test_bf16_products_of_transposed_dense_kernels_match_the_trained_layout():
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     full = np.asarray(jax.jit(fastops.within(lambda x: model(x, train=False), products=None))(x))
     assert np.abs(want - full).max() > 1e-5 * np.abs(full).max()  # (bf16 operands did change the outputs)
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "googlenet-bn", "vgg11-bn"])
+def test_the_cpu_inference_program_takes_each_devices_images_in_pieces_with_the_same_outputs(arch):
+    """On a CPU the inference program's convolutional base takes each device's images CPU_CHUNK at a
+    time (a loop in the compiled program); the outputs are the whole batch's, on one device and on a
+    2-device mesh (each piece split over the devices as the batch is: no collective), and for a batch
+    the pieces do not divide. An accelerator's program takes the batch whole."""
+    from cnnbench import parallel
+    from cnnbench.archs.inference import CPU_CHUNK
+    from cnnbench.parallel.collectives import collectives
+
+    model = trained_statistics(create_model(arch, input_size=32, seed=0))
+    assert inference_model(model, platform="gpu")[0].chunk is None
+    folded, _ = inference_model(model, devices=2)
+    assert folded.chunk == (CPU_CHUNK, 2)
+    whole = nnx.clone(folded)
+    whole.chunk = None
+    x = jax.random.normal(jax.random.key(4), (4 * CPU_CHUNK, 32, 32, 3))
+
+    def program(m):
+        graph, state = nnx.split(m)
+        return jax.jit(lambda s, x: nnx.merge(graph, s)(x)), state
+
+    (pieces, state), (one, whole_state) = program(folded), program(whole)
+    assert "while" in pieces.lower(state, x).as_text() and "while" not in one.lower(whole_state, x).as_text()
+    want = np.asarray(one(whole_state, x))
+    np.testing.assert_allclose(np.asarray(pieces(state, x)), want, rtol=0, atol=1e-6 * np.abs(want).max())
+    odd = x[:2 * CPU_CHUNK + 1]  # does not divide into pieces of 2 devices: taken whole
+    np.testing.assert_array_equal(np.asarray(pieces(state, odd)), np.asarray(one(whole_state, odd)))
+
+    mesh = parallel.make_mesh(2, 1)
+    split = parallel.plan(nnx.clone(folded), 1, mesh)
+    graph, state = nnx.split(split)
+    forward = jax.jit(lambda s, x: nnx.merge(graph, s)(x), out_shardings=parallel.batch_sharding(mesh))
+    args = (parallel.place(state, mesh), jax.device_put(x, parallel.batch_sharding(mesh)))
+    compiled = forward.lower(*args).compile().as_text()
+    assert "while" in compiled and collectives(compiled) == []
+    np.testing.assert_allclose(np.asarray(forward(*args)), want, rtol=0, atol=1e-5 * np.abs(want).max())

@@ -24,7 +24,7 @@ from flax import nnx
 
 from cnnbench.archs import trace
 from cnnbench.archs.layers import BatchNorm, Conv, Dense
-from cnnbench.archs.net import module_at, set_module
+from cnnbench.archs.net import Net, module_at, set_module
 
 
 class Identity(nnx.Module):
@@ -101,12 +101,29 @@ def transpose_dense(model: nnx.Module) -> int:
     return count
 
 
+#: On a CPU, the images of each device's share of a batch that the inference program's
+#: convolutional base takes at a time (:attr:`cnnbench.archs.net.Net.chunk`)
+CPU_CHUNK = 2
+
+
 def inference_model(model: nnx.Module, input_shape: tuple[int, ...] | None = None, *, keep: tuple[str, ...] = (),
-                    platform: str = "cpu", ways: int = 1) -> tuple[nnx.Module, list[tuple[str, str]]]:
+                    platform: str = "cpu", ways: int = 1,
+                    devices: int = 1) -> tuple[nnx.Module, list[tuple[str, str]]]:
     """The program every inference command runs: a copy of ``model`` with batch norm folded
     (:func:`fold_batch_norm`, which says what ``input_shape`` and ``keep`` are) and, on a CPU, its
     dense kernels stored ``[out, in]`` (:func:`transpose_dense`), unless the copy will be split
     over ``ways`` > 1 devices. Returns the copy and the folded pairs.
+
+    On a CPU (and not split over devices) the convolutional base also takes each device's images
+    :data:`CPU_CHUNK` at a time (``devices``: how many devices a batch is split over; the same
+    values): a whole batch's early feature maps (resnet18's 112x112x64 after the stem: 51 MB in
+    bf16 at batch 32) do not stay in the caches, and the element-wise passes between the
+    convolutions run at the speed of memory. Whole inference steps at batch 32 on two per-core
+    devices (2-core Intel Xeon with AMX, in one process), pieces of 2 against the whole batch:
+    bf16 resnet18 104 -> 86 ms, resnet50 403 -> 302, googlenet-bn 166 -> 116, vgg11 288 -> 248,
+    alexnet-owt level; float32 googlenet-bn 364 -> 312, resnet50 1094 -> 1039, alexnet-owt 152 -> 139,
+    resnet18 and vgg11 level (medians; pieces of 4 and 8 were no better; BENCHMARKS.md, issue 26).
+    The visualisations' and feature extraction's taps run their layers as they are.
 
     Why the dense layout: XLA:CPU multiplies a small batch by a large kernel 2-3x faster as
     ``kernel @ x.T``. Whole inference steps at batch 32 (2-core Intel Xeon with AMX, one process,
@@ -116,4 +133,6 @@ def inference_model(model: nnx.Module, input_shape: tuple[int, ...] | None = Non
     model, pairs = fold_batch_norm(model, input_shape, keep=keep)
     if platform == "cpu" and ways == 1:
         transpose_dense(model)
+        if isinstance(model, Net):
+            model.chunk = (CPU_CHUNK, devices)
     return model, pairs

@@ -24,9 +24,29 @@ class Net(nnx.Module):
         self.features = features
         self.head = head
         self.num_classes, self.input_size, self.in_channels = num_classes, input_size, in_channels
+        #: ``(images, devices)``: the convolutional base takes each device's images so many at a
+        #: time (an inference program's, :func:`cnnbench.archs.inference.inference_model`); None:
+        #: the whole batch at once
+        self.chunk = None
 
     def __call__(self, x, train: bool = False):
-        return self.head(self.features(x, train=train), train=train)
+        return self.head(self._base(x, train), train=train)
+
+    def _base(self, x, train: bool):
+        """``features(x)``, in pieces where :attr:`chunk` says so and the batch divides: piece ``j``
+        is the ``j``-th ``images`` of every device's share of the batch (so on a mesh each piece
+        stays split over the devices as the batch is, with no data moved), the pieces one after
+        another. The same values, computed piece by piece."""
+        if self.chunk is None or train:
+            return self.features(x, train=train)
+        images, devices = self.chunk
+        n = x.shape[0]
+        if n <= images * devices or n % (images * devices):
+            return self.features(x, train=train)
+        k = n // (images * devices)
+        pieces = x.reshape(devices, k, images, *x.shape[1:]).swapaxes(0, 1).reshape(k, devices * images, *x.shape[1:])
+        out = jax.lax.map(lambda piece: self.features(piece, train=False), pieces)
+        return out.reshape(k, devices, images, *out.shape[2:]).swapaxes(0, 1).reshape(n, *out.shape[2:])
 
     def forward_with_aux(self, x, train: bool = True) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         """Logits and the logits of any auxiliary classifiers (GoogLeNet's; none here)."""

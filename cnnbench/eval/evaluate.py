@@ -86,7 +86,8 @@ def probabilities_fn(model: nnx.Module, finish, mesh: Mesh | None = None) -> Cal
 
     ways = 1 if mesh is None else parallel.model_size(mesh)
     platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
-    model, _ = inference_model(model, platform=platform, ways=ways)
+    model, _ = inference_model(model, platform=platform, ways=ways,
+                               devices=1 if mesh is None else parallel.data_size(mesh))
     if mesh is not None:
         parallel.plan(model, ways, mesh)
     graphdef, state = nnx.split(model)

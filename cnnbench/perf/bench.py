@@ -120,7 +120,7 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     from cnnbench import parallel
     from cnnbench.archs import create_model, get_arch
     from cnnbench.archs.trace import count_params, trace_model
-    from cnnbench.parallel.mesh import model_size
+    from cnnbench.parallel.mesh import data_size, model_size
     from cnnbench.runs.config import TrainConfig
     from cnnbench.train.optim import optimizer
     from cnnbench.train.step import jit_train_step, make_steps, precision_plan, train_state
@@ -137,7 +137,8 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     if mode == "infer":  # what evaluation runs: the inference model (batch norm folded)
         from cnnbench.archs.inference import inference_model
 
-        model, _ = inference_model(model, shape, platform=mesh.devices.flat[0].platform, ways=model_size(mesh))
+        model, _ = inference_model(model, shape, platform=mesh.devices.flat[0].platform, ways=model_size(mesh),
+                                   devices=data_size(mesh))
         plan.prepare_inference(model)
     plan.apply(model)
     parallel.plan(model, model_size(mesh), mesh)

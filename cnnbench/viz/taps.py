@@ -79,6 +79,8 @@ class Taps:
               on_output=None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """(logits, {name: output}) of a fresh copy of the model on ``x`` in evaluation mode."""
         model = nnx.merge(self.graphdef, state)
+        if getattr(model, "chunk", None) is not None:
+            model.chunk = None  # the outputs kept are the whole batch's, not a loop's pieces
         store: dict[str, jax.Array] = {}
         deltas = deltas or {}
         # Deepest first, so a parent wraps children that are already tapped.
