@@ -53,10 +53,10 @@ def load_run(run_dir: str | Path, *, which: str = "best", raw: bool = False):
 
 
 def evaluate(*runs: str | Path, split: str | None = None, crops: str = "center", batch_size: int = 64,
-             model_parallel: int = 1, which: str = "best", progress=None) -> dict:
+             model_parallel: int = 1, which: str = "best", precision: str = "fp32", progress=None) -> dict:
     """Top-1/top-5 of one run, or of several runs' ensemble (softmax averaged), on ``split`` (default:
     the run's validation split) with ``crops`` "center", "10" (corners and centre, flipped) or "multiscale" (ILSVRC's
-    protocols). Returns the document `cnnbench eval --format json` prints; each run also keeps its
+    protocols), the model computing in ``precision`` ("fp32" or "bf16", as `cnnbench eval --precision`). Returns the document `cnnbench eval --format json` prints; each run also keeps its
     result in ``eval/`` for `cnnbench compare`. ``progress``: a :class:`cnnbench.progress.Progress`."""
     from cnnbench.errors import UsageError
     from cnnbench.eval.evaluate import evaluate_runs
@@ -66,5 +66,6 @@ def evaluate(*runs: str | Path, split: str | None = None, crops: str = "center",
     if not runs:
         raise UsageError("evaluate needs at least one run directory")
     result, _ = evaluate_runs([load(r, which=which) for r in runs], split=split, crops=crops,
-                              batch_size=batch_size, model_parallel=model_parallel, progress=progress or SILENT)
+                              batch_size=batch_size, model_parallel=model_parallel, precision=precision,
+                              progress=progress or SILENT)
     return result

@@ -257,6 +257,44 @@ def test_predict_matches_the_evaluation_of_the_same_image(runs, data_dir, tmp_pa
     assert predictions[0]["name"] == source.class_names[predictions[0]["class"]]
 
 
+def test_bf16_evaluation_and_prediction_agree_with_float32_and_keep_their_own_result(runs, data_dir, tmp_path,
+                                                                                       monkeypatch):
+    """``--precision bf16``: the inference program with bf16 products (on a CPU with bf16 units) gives
+    the float32 evaluation's accuracy within a few images, saved as a result of its own beside the
+    float32 one; predict ranks the same class first; a CPU without bf16 instructions computes in
+    float32 (the same numbers) and says so in one note."""
+    from cnnbench.train import step
+
+    fp32 = _eval_json(runs[0])
+    saved = runs[0] / "eval" / "accuracy-test-center.json"
+    before = saved.read_text()
+    monkeypatch.setattr(step, "cpu_has_bf16", lambda: True)
+    bf16 = _eval_json(runs[0], "--precision", "bf16")
+    assert bf16["precision"] == "bf16" and fp32["precision"] == "fp32" and bf16["num_examples"] == 360
+    assert abs(bf16["top1"] - fp32["top1"]) <= 3 / 360 and bf16["top1"] > 0.8
+    own = json.loads((runs[0] / "eval" / "accuracy-test-center-bf16.json").read_text())
+    assert own["key"] == "test-center-bf16" and own["precision"] == "bf16" and own["metrics"]["top1"] == bf16["top1"]
+    assert saved.read_text() == before  # the float32 result is left as it was
+
+    source = _digits(data_dir)
+    first = next(source.read(source.ranges("test")).as_numpy_iterator())
+    (tmp_path / "digit.png").write_bytes(first["image"])
+    ranked = {}
+    for precision in ("fp32", "bf16"):
+        result = CliRunner().invoke(cli, ["predict", str(tmp_path / "digit.png"), "--run", str(runs[0]),
+                                          "--precision", precision, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        ranked[precision] = json.loads(result.stdout)[0]["predictions"]
+    assert ranked["bf16"][0]["class"] == ranked["fp32"][0]["class"]
+    assert abs(ranked["bf16"][0]["probability"] - ranked["fp32"][0]["probability"]) < 0.05
+
+    monkeypatch.setattr(step, "cpu_has_bf16", lambda: False)
+    emulated = _eval_json(runs[0], "--precision", "bf16")
+    assert "no bf16 instructions" in emulated["precision_note"] and emulated["top1"] == fp32["top1"]
+    shown = CliRunner().invoke(cli, ["eval", str(runs[0]), "--precision", "bf16"])
+    assert shown.exit_code == 0 and "no bf16 instructions" in shown.output
+
+
 # --------------------------------------------------------------------------- bad input
 
 def _error(*args):

@@ -14,6 +14,13 @@ from cnnbench.output import Column, emit, err_console, format_option, integer, p
 
 # --------------------------------------------------------------------------- eval, predict
 
+#: what the inference program can compute in (``--precision`` of eval and predict)
+INFERENCE_PRECISIONS = ("fp32", "bf16")
+PRECISION_HELP = ("What the model computes in: bf16 gives the convolutions and dense layers bf16 operands "
+                  "(on a CPU with AMX, cnnbench's AMX kernels; on an accelerator, bf16 layers), as "
+                  "`cnnbench bench --precision bf16` times it.")
+
+
 def _pct(v) -> str:
     return "" if v is None else f"{100 * v:.2f}"
 
@@ -44,14 +51,16 @@ def _pct(v) -> str:
 @click.option("--data-dir", type=click.Path(file_okay=False), help="TFDS data directory (default: the run's).")
 @click.option("--manual-dir", type=click.Path(file_okay=False), help="Manual download folder (default: the run's).")
 @click.option("--model-parallel", type=int, metavar="M", default=1, show_default=True, help=MODEL_PARALLEL_HELP)
+@click.option("--precision", type=click.Choice(INFERENCE_PRECISIONS), default="fp32", show_default=True,
+              help=PRECISION_HELP)
 @click.option("--evaluator", default="accuracy", show_default=True, metavar="NAME",
               help="A registered evaluator instead of accuracy: probe, or one an installed package adds.")
 @click.option("--set", "evaluator_options", multiple=True, metavar="KEY=VALUE",
               help="An option of --evaluator (e.g. --evaluator probe --set layer=fc6 --set dataset=cifar10).")
 @format_option
 def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, raw_weights, report_file, submission, class_map,
-          ground_truth, predictions, num_classes, data_dir, manual_dir, model_parallel, evaluator, evaluator_options,
-          fmt):
+          ground_truth, predictions, num_classes, data_dir, manual_dir, model_parallel, precision, evaluator,
+          evaluator_options, fmt):
     """Top-1/top-5 of trained RUNS (default: the latest under ./runs); several runs add their ensemble.
 
     \b
@@ -60,6 +69,7 @@ def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, raw_weights,
       cnnbench eval runs/alexnet-* --crops 10 --report alexnet.md
       cnnbench eval runs/vgg16-imagenet2012-* --crops multiscale --scales 256,384,512
       cnnbench eval runs/resnet50-* --submission sub.txt
+      cnnbench eval runs/resnet50-* --precision bf16
       cnnbench eval --ground-truth ILSVRC2012_validation_ground_truth.txt --predictions sub.txt
       cnnbench eval runs/alexnet-* --evaluator probe --set dataset=caltech101 --set layer=fc6
     """
@@ -86,9 +96,9 @@ def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, raw_weights,
         loaded = [load_run(Path(r), which=checkpoint, raw=raw_weights) for r in (runs or [latest_run()])]
     result, final = _evaluate_with_progress(loaded, split=split, crops=crops, scales=scale_sizes,
                                             batch_size=batch_size, data_dir=data_dir, manual_dir=manual_dir,
-                                            model_parallel=model_parallel)
+                                            model_parallel=model_parallel, precision=precision)
     result["report"] = analyse(final, loaded[0].class_names)
-    notes = []
+    notes = [result["precision_note"]] if result["precision_note"] else []
     if report_file:
         report_path, figure = write_report(result, final, loaded[0].class_names, Path(report_file))
         notes.append(f"report: {report_path} (figure {figure})")
@@ -181,8 +191,10 @@ def _evaluate_with_progress(loaded, **kwargs):
 @click.option("--checkpoint", type=click.Choice(CHECKPOINTS), default="best", show_default=True)
 @click.option("--raw-weights", is_flag=True,
               help="For a run trained with --ema: the raw weights instead of the averaged ones.")
+@click.option("--precision", type=click.Choice(INFERENCE_PRECISIONS), default="fp32", show_default=True,
+              help=PRECISION_HELP)
 @format_option
-def predict(images, run_dir, pretrained, top, checkpoint, raw_weights, fmt):
+def predict(images, run_dir, pretrained, top, checkpoint, raw_weights, precision, fmt):
     """The most probable classes of IMAGES, with their names and probabilities.
 
     \b
@@ -201,9 +213,9 @@ def predict(images, run_dir, pretrained, top, checkpoint, raw_weights, fmt):
     if pretrained:
         run_dir = pretrained_run(pretrained, fmt)["run_dir"]
     run = load_run(Path(run_dir) if run_dir else latest_run(), which=checkpoint, raw=raw_weights)
-    results = predict_files(run, list(images), top=top)
+    results, note = predict_files(run, list(images), top=top, precision=precision)
     rows = [{"image": r["image"] if p["rank"] == 1 else "", **p} for r in results for p in r["predictions"]]
     emit(rows, [Column("image", "image", justify="left"), Column("rank", "rank"),
                 Column("name", "class", justify="left"), Column("id", "id", justify="left"),
                 Column("probability", "probability", lambda v: f"{100 * v:.2f}%")], fmt,
-         title=f"{run.cfg.arch} ({run.name})", document=results)
+         title=f"{run.cfg.arch} ({run.name})", notes=[note] if note else [], document=results)

@@ -24,7 +24,7 @@ from cnnbench.eval.evaluators import Evaluator, Result, evaluate, register
 from cnnbench.runs.loaded import LoadedRun
 from cnnbench.progress import SILENT, Progress
 from cnnbench.runs import results
-from cnnbench.train.step import probabilities
+from cnnbench.train.step import inference_program, precision_plan, probabilities
 
 CROP_LABEL = {"center": "centre crop", "10": "10-crop (corners + centre, with flips)",
               "multiscale": "multi-scale (centre crops at {scales}, with flips)"}
@@ -76,30 +76,25 @@ class Predictions:
     skipped: int = 0
 
 
-def probabilities_fn(model: nnx.Module, finish, mesh: Mesh | None = None) -> Callable:
+def probabilities_fn(model: nnx.Module, finish, mesh: Mesh | None = None, precision: str = "fp32") -> Callable:
     """A jitted ``(images, shift) -> (B, classes)`` softmax, averaged over any crop axes; with a
     ``mesh`` the model is split over its ``model`` axis (:func:`cnnbench.parallel.plan`) and its
     weights placed so (batches come sharded over ``data``). The program is the inference model's
-    (:func:`cnnbench.archs.inference.inference_model`: batch norm folded into its convolution);
-    ``model`` itself is left as it is."""
-    from cnnbench.archs.inference import inference_model
-
-    ways = 1 if mesh is None else parallel.model_size(mesh)
-    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
-    model, _ = inference_model(model, platform=platform, ways=ways,
-                               devices=1 if mesh is None else parallel.data_size(mesh))
-    if mesh is not None:
-        parallel.plan(model, ways, mesh)
+    (:func:`cnnbench.archs.inference.inference_model`: batch norm folded into its convolution),
+    computing as ``precision`` does on this platform (:func:`cnnbench.train.step.precision_plan`:
+    bf16 on a CPU, the products' operands, on the AMX kernels where the CPU has them, as
+    `cnnbench bench --mode infer` times it); ``model`` itself is left as it is."""
+    model, plan = inference_program(model, mesh, precision)
     graphdef, state = nnx.split(model)
     if mesh is not None:
         state = parallel.place(state, mesh)
 
-    @jax.jit
     def probs(state, images, shift):
         x = images if finish is None else finish(images, shift, xp=jnp)
-        return probabilities(nnx.merge(graphdef, state), x.astype(jnp.float32))
+        return probabilities(nnx.merge(graphdef, state), x.astype(plan.compute))
 
-    return lambda images, shift: probs(state, images, shift)
+    jitted = jax.jit(plan.step(probs))
+    return lambda images, shift: jitted(state, images, shift)
 
 
 def _display(images: np.ndarray, crops: str) -> np.ndarray:
@@ -110,9 +105,11 @@ def _display(images: np.ndarray, crops: str) -> np.ndarray:
 
 
 def predict_split(run: LoadedRun, source, *, split: str, crops: str, scales=None, batch_size: int = 64,
-                  model_parallel: int = 1, advance: Callable[[int], None] = lambda n: None) -> Predictions:
+                  model_parallel: int = 1, precision: str = "fp32",
+                  advance: Callable[[int], None] = lambda n: None) -> Predictions:
     """Softmax outputs of ``run`` for every image of ``split`` under the crop protocol ``crops``,
-    on every local device (each copy of the model split over ``model_parallel`` of them)."""
+    on every local device (each copy of the model split over ``model_parallel`` of them), computed
+    as ``precision`` does (:func:`probabilities_fn`)."""
     from cnnbench.pipeline.loader import Pipeline
 
     if jax.process_count() > 1:
@@ -127,7 +124,7 @@ def predict_split(run: LoadedRun, source, *, split: str, crops: str, scales=None
     pipeline = Pipeline(source, split, batch_size, spec, train=False, channels=run.channels,
                         device_finish=True, with_ids=True)
     sharding = parallel.batch_sharding(mesh)
-    probs_of = probabilities_fn(run.model, pipeline.finish, mesh)
+    probs_of = probabilities_fn(run.model, pipeline.finish, mesh, precision)
     out = {"probs": [], "label": [], "index": [], "id": []}
     samples: list[np.ndarray] = []
     pending = None  # (device result, host batch): the next batch is decoded while this one runs
@@ -205,6 +202,7 @@ class Accuracy(Evaluator):
     data_dir: str | None = None
     manual_dir: str | None = None
     model_parallel: int = 1
+    precision: str = "fp32"  # what the inference program computes in (probabilities_fn)
     source: Any = None  # a resolved dataset (default: the run's)
 
     def __call__(self, run, progress: Progress = SILENT) -> Result:
@@ -212,12 +210,16 @@ class Accuracy(Evaluator):
         split = self.split or run.cfg.eval_split or source.eval_split
         progress.start(f"evaluating {run.name}", source.num_examples(split))
         p = predict_split(run, source, split=split, crops=self.crops, scales=self.scales, batch_size=self.batch_size,
-                          model_parallel=self.model_parallel, advance=progress.advance)
+                          model_parallel=self.model_parallel, precision=self.precision, advance=progress.advance)
         label = CROP_LABEL[self.crops].split(" (")[0]
-        return Result(key=f"{split}-{self.crops}", label=f"{split}, {label}",
+        # float32 keeps the names results had before there was a choice; another precision is a
+        # result of its own beside it
+        tail = "" if self.precision == "fp32" else f"-{self.precision}"
+        return Result(key=f"{split}-{self.crops}{tail}",
+                      label=f"{split}, {label}" + ("" if self.precision == "fp32" else f", {self.precision}"),
                       metrics={**metrics.accuracy(p.probs, p.labels)},
                       details={"dataset": source.name, "split": split, "crops": self.crops, "spec": p.spec,
-                               "skipped_images": p.skipped},
+                               "precision": self.precision, "skipped_images": p.skipped},
                       output=p)
 
     @classmethod
@@ -231,12 +233,16 @@ class Accuracy(Evaluator):
 
 def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str = "center", scales=None,
                   batch_size: int = 64, data_dir: str | None = None, manual_dir: str | None = None,
-                  model_parallel: int = 1, progress: Progress = SILENT) -> tuple[dict, Predictions]:
+                  model_parallel: int = 1, precision: str = "fp32",
+                  progress: Progress = SILENT) -> tuple[dict, Predictions]:
     """Evaluate each run and, when there are several, their ensemble. Returns the JSON document of
     ``cnnbench eval`` and the final (ensemble or single) predictions, for reports and submissions.
-    ``progress``: a stage of images per run."""
+    ``precision``: what the inference program computes in (:func:`probabilities_fn`; the document
+    says it, and what it does instead where this machine cannot). ``progress``: a stage of images
+    per run."""
 
-    parallel.make_mesh(None, model_parallel)  # a --model-parallel that cannot split the devices fails first
+    mesh = parallel.make_mesh(None, model_parallel)  # a --model-parallel that cannot split the devices fails first
+    note = precision_plan(precision, mesh.devices.flat[0].platform).note
     datasets = {r.cfg.dataset for r in runs}
     if len(datasets) > 1:
         raise UsageError(f"the runs were trained on different datasets ({', '.join(sorted(datasets))}); "
@@ -246,7 +252,7 @@ def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str
     split = split or cfg.eval_split or source.eval_split
     source.num_examples(split)  # checks that the split exists
     accuracy = Accuracy(split=split, crops=crops, scales=scales, batch_size=batch_size, model_parallel=model_parallel,
-                        source=source)
+                        precision=precision, source=source)
     predictions, models = [], []
     for run in runs:
         found = evaluate(run, accuracy, progress=progress)  # (kept in the run's eval/ for compare)
@@ -257,7 +263,7 @@ def evaluate_runs(runs: list[LoadedRun], *, split: str | None = None, crops: str
                        **found.metrics, "skipped_images": p.skipped})
     final = combine(predictions) if len(predictions) > 1 else predictions[0]
     result = {**metrics.accuracy(final.probs, final.labels), "dataset": source.name, "split": split,
-              "crops": crops, "protocol": CROP_LABEL[crops].format(
+              "crops": crops, "precision": precision, "precision_note": note, "protocol": CROP_LABEL[crops].format(
                   scales=", ".join(map(str, scales or default_scales(runs[0].input_size)))),
               "models": models, "ensemble": len(runs) > 1, "skipped_images": final.skipped,
               "paper": [row for arch in dict.fromkeys(r.cfg.arch for r in runs)

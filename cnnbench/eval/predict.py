@@ -54,14 +54,23 @@ def check_images(paths: list[str]) -> None:
             raise UsageError(f"{path} is not an image that can be decoded ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
-def predict_files(run: LoadedRun, paths: list[str], *, top: int = 5) -> list[dict]:
+def predict_files(run: LoadedRun, paths: list[str], *, top: int = 5,
+                  precision: str = "fp32") -> tuple[list[dict], str | None]:
+    """The ``top`` classes of each image file, computed as ``precision`` does
+    (:func:`cnnbench.eval.evaluate.probabilities_fn`), and the precision's note for the user (what it
+    does instead where this machine cannot; else None)."""
+    import jax
+
+    from cnnbench.train.step import precision_plan
+
     load, finish = image_loader(run)
     images, shifts = zip(*(load(path) for path in paths))
-    probs_of, chunk = probabilities_fn(run.model, finish), 32  # bounded memory for many files
+    note = precision_plan(precision, jax.default_backend()).note
+    probs_of, chunk = probabilities_fn(run.model, finish, precision=precision), 32  # bounded memory for many files
     probs = np.concatenate([np.asarray(probs_of(np.stack(images[i:i + chunk]), np.stack(shifts[i:i + chunk])))
                             for i in range(0, len(images), chunk)])
     best = metrics.top_k(probs, min(top, probs.shape[1]))
     return [{"image": path, "predictions": [
         {"rank": r + 1, "class": int(c), "id": run.class_ids[c], "name": run.class_names[c],
          "probability": float(probs[i, c])} for r, c in enumerate(best[i])]}
-        for i, path in enumerate(paths)]
+        for i, path in enumerate(paths)], note

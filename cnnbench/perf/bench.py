@@ -120,10 +120,10 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     from cnnbench import parallel
     from cnnbench.archs import create_model, get_arch
     from cnnbench.archs.trace import count_params, trace_model
-    from cnnbench.parallel.mesh import data_size, model_size
+    from cnnbench.parallel.mesh import model_size
     from cnnbench.runs.config import TrainConfig
     from cnnbench.train.optim import optimizer
-    from cnnbench.train.step import jit_train_step, make_steps, precision_plan, train_state
+    from cnnbench.train.step import inference_program, jit_train_step, make_steps, precision_plan, train_state
 
     info = get_arch(arch)
     size = size or info.input_size
@@ -131,17 +131,14 @@ def _workload(arch: str, mode: str, batch_size: int, size: int | None, precision
     shape = (size, size, model.in_channels)
     facts = {"input_size": size, "params": count_params(model),
              "macs": sum(r.macs for r in trace_model(model, shape))}
-    plan = precision_plan(precision, mesh.devices.flat[0].platform)
+    if mode == "infer":  # what evaluation runs: the inference program (batch norm folded, ...)
+        model, plan = inference_program(model, mesh, precision, shape)
+    else:
+        plan = precision_plan(precision, mesh.devices.flat[0].platform)
+        plan.apply(model)
+        parallel.plan(model, model_size(mesh), mesh)
     facts.update(products=plan.products, precision_note=plan.note)
     dtype = plan.compute
-    if mode == "infer":  # what evaluation runs: the inference model (batch norm folded)
-        from cnnbench.archs.inference import inference_model
-
-        model, _ = inference_model(model, shape, platform=mesh.devices.flat[0].platform, ways=model_size(mesh),
-                                   devices=data_size(mesh))
-        plan.prepare_inference(model)
-    plan.apply(model)
-    parallel.plan(model, model_size(mesh), mesh)
     replicated, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     # Made on the devices, already sharded: the host never holds the batch.
     images = jax.jit(lambda k: jax.random.normal(k, (batch_size, *shape), jnp.float32),

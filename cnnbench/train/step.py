@@ -106,6 +106,28 @@ def precision_plan(precision: str, platform: str, bf16_units: bool | None = None
                           "bf16 products run slower than float32; computing in float32 instead")
 
 
+def inference_program(model: nnx.Module, mesh=None, precision: str = "fp32",
+                      input_shape: tuple[int, ...] | None = None) -> tuple[nnx.Module, Precision]:
+    """What every inference command runs, for ``model`` on ``mesh`` (None: JAX's default device)
+    computing in ``precision``: the inference model (:func:`cnnbench.archs.inference.inference_model`,
+    ``input_shape`` as it says) with its weights stored as the precision's products read them
+    (:meth:`Precision.prepare_inference`), in the precision's compute dtype, split over the mesh
+    (:func:`cnnbench.parallel.plan`). Returns it (a copy: ``model`` is left as it is) and the
+    :class:`Precision` (its ``step`` is how the program is traced; ``note`` what to tell the user)."""
+    from cnnbench import parallel
+    from cnnbench.archs.inference import inference_model
+
+    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+    ways, devices = (1, 1) if mesh is None else (parallel.model_size(mesh), parallel.data_size(mesh))
+    plan = precision_plan(precision, platform)
+    model, _ = inference_model(model, input_shape, platform=platform, ways=ways, devices=devices)
+    plan.prepare_inference(model)
+    plan.apply(model)
+    if mesh is not None:
+        parallel.plan(model, ways, mesh)
+    return model, plan
+
+
 def _images(batch, finish: Finish | None, dtype):
     images = batch["image"] if finish is None else finish(batch["image"], batch["shift"], xp=jnp)
     return images.astype(dtype)
