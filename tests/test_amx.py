@@ -223,8 +223,8 @@ def test_on_a_mesh_each_device_runs_the_kernel_on_its_own_images():
 @needs_amx
 def test_the_inference_program_packs_its_kernels_once_with_the_same_outputs():
     """``Precision.prepare_inference`` with bf16 products packs the kernel of every layer whose forward
-    pass runs on AMX (resnet18: the 7x7 stem and the 16 3x3 layers, not the 1x1 projections) once,
-    so the compiled program no longer re-packs them: its outputs are the unpacked program's, bit for
+    pass runs on AMX (resnet18: the 7x7 stem and the 16 3x3 layers) once, and rounds the 1x1
+    projections' kernels (products) to bf16 once, so the compiled program no longer re-packs them: its outputs are the unpacked program's, bit for
     bit, on one device and on a mesh; traced without bf16 products the layers take their float32
     kernels as before."""
     from flax import nnx
@@ -246,6 +246,8 @@ def test_the_inference_program_packs_its_kernels_once_with_the_same_outputs():
     kernels = {m.k for _, m in nnx.iter_modules(packed) if isinstance(m, Conv) and m.packed is not None}
     assert sum(isinstance(m, Conv) and m.packed is not None for _, m in nnx.iter_modules(packed)) == 17
     assert kernels == {7, 3}
+    pointwise = [m for _, m in nnx.iter_modules(packed) if isinstance(m, Conv) and m.k == 1]
+    assert len(pointwise) == 3 and all(m.kernel[...].dtype == jnp.bfloat16 for m in pointwise)  # products' operands
     images = jax.random.normal(jax.random.key(3), (4, 64, 64, 3))
 
     def program(model, products="bfloat16"):

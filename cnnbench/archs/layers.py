@@ -98,7 +98,7 @@ class Conv(nnx.Conv):
         force (else the kernel, as always)."""
         return (self.packed is not None and self.groups == 1 and self.dtype is None and x.dtype == jnp.float32
                 and (self.partition is None or self.partition.kind == "whole")
-                and fastops.packs(self.k, self.s, self.in_features, self.out_features, self.padding))
+                and fastops.forward_form(self.k, self.s, self.in_features, self.out_features, self.padding) == "amx")
 
     def _packed(self, x, packed, bias):
         """:meth:`_on_device` with the kernel packed."""

@@ -495,18 +495,21 @@ def conv(x, w, stride: int, pads, plan: dict | None = None) -> jax.Array:
     return _conv(x, w, stride, pads, tuple(sorted(plan.items())))
 
 
-def packs(k: int, stride: int, cin: int, cout: int, pads, dtype=jnp.float32) -> bool:
-    """Whether :func:`conv`, under the choice in force (:mod:`.choice`: platform, products), runs
-    this layer's forward pass as one AMX call on its kernel as it is: then a kernel packed once
-    (:func:`cnnbench.kernels.amx.pack`) can stand in for it (:func:`packed_conv`)."""
+def forward_form(k: int, stride: int, cin: int, cout: int, pads, dtype=jnp.float32) -> str | None:
+    """The formulation :func:`conv`, under the choice in force (:mod:`.choice`: platform,
+    products), gives this layer's forward pass on its kernel as it is (a key of :data:`FORWARD`),
+    or None where it computes another layer (space-to-depth) or the fast forms are off. "amx": one
+    AMX call, so a kernel packed once (:func:`cnnbench.kernels.amx.pack`) can stand in for it
+    (:func:`packed_conv`); "matmul": products of the kernel itself, whose operands the products
+    round as they are."""
     pads = tuple(tuple(int(v) for v in p) for p in pads)
     if not enabled("conv") or _space_to_depth_blocks(k, stride, cin, platform(), dtype):
-        return False
-    return choose(k, stride, cin, cout, (1, 1), platform(), pads, dtype)["forward"] == "amx"
+        return None
+    return choose(k, stride, cin, cout, (1, 1), platform(), pads, dtype)["forward"]
 
 
 def packed_conv(x, packed, stride: int, pads, channels: int) -> jax.Array:
-    """The forward pass :func:`conv` computes where :func:`packs` holds, from the kernel packed
+    """The forward pass :func:`conv` computes where :func:`forward_form` is "amx", from the kernel packed
     once (``channels``: the layer's output channels): the same values, without re-packing the
     kernel on every call. Inference only (no gradient)."""
     pads = tuple(tuple(int(v) for v in p) for p in pads)

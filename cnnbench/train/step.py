@@ -56,11 +56,15 @@ class Precision:
         is 151 MB in float32, read and rounded on every batch otherwise: bf16 inference at batch 32
         on an Intel Xeon with AMX, in one process, alexnet-owt 142 -> 118 ms per batch, vgg11 778 ->
         750 (fastest steps), the ResNets and googlenet-bn level (BENCHMARKS.md, issue 26).
-        Convolution kernels stay float32 (Winograd's transform of a rounded kernel would round
-        twice), but where a layer's forward pass runs on the AMX kernel
-        (:func:`cnnbench.kernels.fastops.packs`) its kernel is also packed as the AMX kernel reads
-        it (:class:`cnnbench.archs.layers.Packed`), the same values: re-packing every kernel took
-        17 of the 140 ms of resnet18's bf16 inference at batch 32 on one device (profile;
+        So is the kernel of a convolution whose forward pass is products of it
+        (:func:`cnnbench.kernels.fastops.forward_form` "matmul": 1x1 layers, strided 3x3 ones
+        without AMX), the same values (bf16 inference at batch 32: resnet50, googlenet-bn and
+        resnet18 level, 1.005-1.019x; XLA had kept most of those roundings out of the loop over
+        pieces of the batch already). Other convolution kernels stay float32
+        (Winograd's transform of a rounded kernel would round twice), but where a layer's forward
+        pass runs on the AMX kernel ("amx") its kernel is also packed as the AMX kernel reads it
+        (:class:`cnnbench.archs.layers.Packed`), the same values: re-packing every kernel took 17
+        of the 140 ms of resnet18's bf16 inference at batch 32 on one device (profile;
         BENCHMARKS.md, issue 26). Call it before :func:`cnnbench.parallel.plan` splits the model:
         a layer split over devices keeps its kernel."""
         if self.products is None:
@@ -74,9 +78,12 @@ class Precision:
                 module.kernel.set_value(module.kernel[...].astype(low))
             elif isinstance(module, Conv) and module.groups == 1 and module.dtype is None and module.partition is None:
                 with choice.use(None, products=self.products):
-                    packs = fastops.packs(module.k, module.s, module.in_features, module.out_features, module.padding)
-                if packs:
+                    form = fastops.forward_form(module.k, module.s, module.in_features, module.out_features,
+                                                module.padding)
+                if form == "amx":
                     module.packed = Packed(amx.pack(jnp.asarray(module.kernel[...])))
+                elif form == "matmul" and module.kernel[...].dtype == jnp.float32:
+                    module.kernel.set_value(module.kernel[...].astype(low))
 
 
 def precision_plan(precision: str, platform: str, bf16_units: bool | None = None) -> Precision:
