@@ -82,6 +82,7 @@ def test_strided_and_few_channel_layers_equal_xla(n, hw, cin, cout, k, s, pads):
 @needs_amx
 @pytest.mark.parametrize("n, hw, cin, cout, k, s, pads", [
     (2, 30, 3, 64, 7, 2, ((3, 3), (3, 3))),    # ResNet's stem
+    (1, 160, 3, 64, 7, 2, ((3, 3), (3, 3))),   # an image in several chunks of pixels (80x81 > 5440)
     (3, 17, 3, 32, 3, 1, ((1, 1), (1, 1))),    # VGG's conv1
     (2, 35, 3, 64, 11, 4, ((2, 2), (2, 2))),   # AlexNet's conv1 (121 values a row: 4 tiles)
     (2, 12, 16, 40, 3, 2, ((1, 0), (1, 1))),   # lopsided padding; output channels cut back

@@ -442,6 +442,7 @@ struct RunShape {
 void run_range(const float* x, const float* dy, float* dw, const RunShape& g, int64_t n0, int64_t n1) {
   std::vector<uint16_t> a(g.rows * g.chunk, 0), b(g.chunk * g.o);  // a's rows past the run stay 0
   std::vector<float> zeros(g.o, 0.0f);
+  std::vector<int32_t> start(g.chunk);  // each pixel's run, kernel row 0, from the image's start
   const int64_t jb2 = g.rows / 32, ob2 = g.o / 32;
   bool zero = true;
   for (int64_t n = n0; n < n1; ++n) {
@@ -455,21 +456,23 @@ void run_range(const float* x, const float* dy, float* dw, const RunShape& g, in
         const float* r1 = p + 1 < g.ho * g.wo ? dyn + (p + 1) * g.o : zeros.data();
         for (int64_t o = 0; o < g.o; o += 32) interleave32(r0 + o, r1 + o, b.data() + (j / 2) * g.o * 2 + o * 2);
       }
+      for (int64_t j = 0; j < width; ++j) {
+        const int64_t p = std::min(p_start + j, g.ho * g.wo - 1);  // (pixels past the last are masked)
+        start[j] = static_cast<int32_t>(((p / g.wo) * g.s * g.wp + (p % g.wo) * g.s) * g.c);
+      }
       for (int64_t kh = 0; kh < g.k; ++kh) {
-        for (int64_t j = 0; j < width; ++j) {
-          const int64_t p = p_start + j;
-          if (p >= g.ho * g.wo) {  // past the last pixel: zeros (its dy is zero too, but not NaN-proof)
-            for (int64_t r = 0; r < g.run; ++r) a[r * g.chunk + j] = 0;
-            continue;
-          }
-          const int64_t oh = p / g.wo, ow = p % g.wo;
-          const float* run = xn + ((oh * g.s + kh) * g.wp + ow * g.s) * g.c;
+        // The runs transposed, 16 pixels at a time: value r of each pixel's run gathered, rounded
+        // to bf16 (nearest even) and stored as 16 consecutive values of row r; pixels past the
+        // last are zeros (their dy is zero too, but not NaN-proof).
+        const float* row = xn + kh * g.wp * g.c;
+        for (int64_t j = 0; j < width; j += 16) {
+          const int64_t left = g.ho * g.wo - (p_start + j);
+          const __mmask16 valid = left >= 16 ? 0xffff : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+          const __m512i at = _mm512_loadu_si512(start.data() + j);
           for (int64_t r = 0; r < g.run; ++r) {
-            const float v = run[r];  // bf16, rounded to nearest even
-            uint32_t bits;
-            std::memcpy(&bits, &v, 4);
-            bits += 0x7fff + ((bits >> 16) & 1);
-            a[r * g.chunk + j] = static_cast<uint16_t>(bits >> 16);
+            const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, at, row + r, 4);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.data() + r * g.chunk + j),
+                                (__m256i)_mm512_cvtneps_pbh(v));
           }
         }
         for (int64_t jb = 0; jb < jb2; ++jb) {
