@@ -102,7 +102,8 @@ def transpose_dense(model: nnx.Module) -> int:
 
 
 #: On a CPU, the images of each device's share of a batch that the inference program's
-#: convolutional base takes at a time (:attr:`cnnbench.archs.net.Net.chunk`)
+#: convolutional base takes at a time (:attr:`cnnbench.archs.net.Net.chunk`; None: the whole
+#: batch; ``benchmarks/inference_pieces.py`` compares sizes)
 CPU_CHUNK = 2
 
 
@@ -134,5 +135,5 @@ def inference_model(model: nnx.Module, input_shape: tuple[int, ...] | None = Non
     if platform == "cpu" and ways == 1:
         transpose_dense(model)
         if isinstance(model, Net):
-            model.chunk = (CPU_CHUNK, devices)
+            model.chunk = (CPU_CHUNK, devices) if CPU_CHUNK else None
     return model, pairs
