@@ -293,6 +293,8 @@ def test_bf16_evaluation_and_prediction_agree_with_float32_and_keep_their_own_re
     assert "no bf16 instructions" in emulated["precision_note"] and emulated["top1"] == fp32["top1"]
     shown = CliRunner().invoke(cli, ["eval", str(runs[0]), "--precision", "bf16"])
     assert shown.exit_code == 0 and "no bf16 instructions" in shown.output
+    other = CliRunner().invoke(cli, ["eval", str(runs[0]), "--evaluator", "probe", "--precision", "bf16"])
+    assert other.exit_code == 2 and "--precision belong to the accuracy evaluator" in other.output
 
 
 # --------------------------------------------------------------------------- bad input

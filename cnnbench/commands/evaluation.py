@@ -120,7 +120,8 @@ def eval_(runs, top5, split, crops, scales, batch_size, checkpoint, raw_weights,
 
 #: the options of `cnnbench eval` that only the accuracy evaluator has (its settings as flags)
 _ACCURACY_ONLY = ("top5", "split", "crops", "scales", "batch_size", "report_file", "submission", "class_map",
-                  "ground_truth", "predictions", "num_classes", "data_dir", "manual_dir", "model_parallel")
+                  "ground_truth", "predictions", "num_classes", "data_dir", "manual_dir", "model_parallel",
+                  "precision")
 
 
 def _check_accuracy_only(evaluator: str) -> None:

@@ -193,6 +193,7 @@ def run_weight_grad(x, dy, k: int, stride: int, pads) -> jax.Array:
         xp, dy, stride=np.int64(stride))
     return dwr[:, :k * c, :o].reshape(k, k, c, o)
 
+
 def off_note() -> str | None:
     """One line for a user of ``--precision bf16`` on a CPU with AMX where the kernel is off for a
     reason they did not choose (it did not build, Linux refused the tiles); else None."""

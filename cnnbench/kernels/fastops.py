@@ -134,7 +134,7 @@ _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 def max_pool(x, k: int, s: int, pads) -> jax.Array:
     """``reduce_window(max)`` over NHWC ``x`` with (k, k) windows, stride s, ``pads`` per axis."""
-    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    pads = _int_pads(pads)
     # Measured on CPUs only; accelerators keep select-and-scatter until measured there.
     if not enabled("pool") or k == 1 or platform() != "cpu":
         return _reduce_max(x, k, s, pads)
@@ -212,6 +212,11 @@ def _patches_t(xp, k: int, s: int, out_hw):
 #: Winograd off it, and its patch-based weight gradient builds the patches transposed (see
 #: :func:`_matmul_weight_grad`)
 FEW_CHANNELS = 8
+
+
+def _int_pads(pads) -> tuple:
+    """``pads`` as a tuple of int pairs: hashable (a custom call's static argument, a plan's key)."""
+    return tuple(tuple(int(v) for v in p) for p in pads)
 
 
 def _padded(pads) -> bool:
@@ -482,7 +487,7 @@ def _space_to_depth_conv(x, w, s: int, pads, blocks: int):
 
 def conv(x, w, stride: int, pads, plan: dict | None = None) -> jax.Array:
     """NHWC x HWIO 2-D convolution (square kernel, no groups, no dilation) via :func:`choose`."""
-    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    pads = _int_pads(pads)
     k = w.shape[0]
     if plan is None:
         blocks = _space_to_depth_blocks(k, stride, w.shape[2], platform(), x.dtype)
@@ -502,7 +507,7 @@ def forward_form(k: int, stride: int, cin: int, cout: int, pads, dtype=jnp.float
     AMX call, so a kernel packed once (:func:`cnnbench.kernels.amx.pack`) can stand in for it
     (:func:`packed_conv`); "matmul": products of the kernel itself, whose operands the products
     round as they are."""
-    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    pads = _int_pads(pads)
     if not enabled("conv") or _space_to_depth_blocks(k, stride, cin, platform(), dtype):
         return None
     return choose(k, stride, cin, cout, (1, 1), platform(), pads, dtype)["forward"]
@@ -512,7 +517,7 @@ def packed_conv(x, packed, stride: int, pads, channels: int) -> jax.Array:
     """The forward pass :func:`conv` computes where :func:`forward_form` is "amx", from the kernel packed
     once (``channels``: the layer's output channels): the same values, without re-packing the
     kernel on every call. Inference only (no gradient)."""
-    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    pads = _int_pads(pads)
     return amx.conv_packed(x, packed, stride, pads, channels, jnp.bfloat16).astype(x.dtype)
 
 

@@ -73,17 +73,17 @@ class Precision:
         from cnnbench.kernels import choice
 
         low = jnp.dtype(self.products)
-        for _, module in nnx.iter_modules(model):
-            if isinstance(module, nnx.Linear) and module.dtype is None and module.kernel[...].dtype == jnp.float32:
-                module.kernel.set_value(module.kernel[...].astype(low))
-            elif isinstance(module, Conv) and module.groups == 1 and module.dtype is None and module.partition is None:
-                with choice.use(None, products=self.products):
+        with choice.use(None, products=self.products):  # the forms the program will take
+            for _, module in nnx.iter_modules(model):
+                if isinstance(module, nnx.Linear) and module.dtype is None and module.kernel[...].dtype == jnp.float32:
+                    module.kernel.set_value(module.kernel[...].astype(low))
+                elif isinstance(module, Conv) and module.groups == 1 and module.dtype is None and module.partition is None:
                     form = fastops.forward_form(module.k, module.s, module.in_features, module.out_features,
                                                 module.padding)
-                if form == "amx":
-                    module.packed = Packed(amx.pack(jnp.asarray(module.kernel[...])))
-                elif form == "matmul" and module.kernel[...].dtype == jnp.float32:
-                    module.kernel.set_value(module.kernel[...].astype(low))
+                    if form == "amx":
+                        module.packed = Packed(amx.pack(jnp.asarray(module.kernel[...])))
+                    elif form == "matmul" and module.kernel[...].dtype == jnp.float32:
+                        module.kernel.set_value(module.kernel[...].astype(low))
 
 
 def precision_plan(precision: str, platform: str, bf16_units: bool | None = None) -> Precision:
