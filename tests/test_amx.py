@@ -35,6 +35,9 @@ def _conv(x, w, pads, stride=1):
     (1, 4, 512, 512, 3, ((1, 1), (1, 1))),    # 7x7x512-like: weights in several output groups; one image
     (3, 40, 64, 32, 3, ((1, 1), (1, 1))),     # weight gradient: an image in several chunks of pixels
     (9, 5, 32, 32, 3, ((1, 1), (1, 1))),      # weight gradient: several images a chunk, split by images
+    (2, 7, 64, 96, 1, ((0, 0), (0, 0))),      # 1x1 (ResNet's bottlenecks): one run of C values a pixel
+    (3, 6, 48, 40, 1, ((0, 0), (0, 0))),      # 1x1 on 48 channels: a tile row reads 16 values of the next pixel
+    (2, 5, 528, 128, 1, ((0, 0), (0, 0))),    # 1x1 on GoogLeNet's 528 channels (17 tiles a pixel)
 ])
 def test_forward_and_input_gradient_equal_xla_on_bf16_operands(n, hw, cin, cout, k, pads):
     rng = np.random.default_rng(n * hw + cin)
@@ -127,8 +130,9 @@ def test_a_bf16_products_model_runs_its_convolutions_on_amx_and_matches_float32(
 
 def test_choose_takes_the_kernel_for_stride_1_layers_with_bf16_products(monkeypatch):
     """The policy, on any machine (availability pretended): with bf16 products every layer of 2x2 to
-    11x11 runs forward on the kernel, and a stride-1 layer of 16+ channels its gradients too;
-    never for float32 products, 1x1 layers (matrix products), wide padding, or an accelerator."""
+    11x11 (and 1x1 at stride 1) runs forward on the kernel, and a stride-1 layer of 16+ channels its gradients too;
+    never for float32 products, strided 1x1 layers (products of the subsampled input), wide padding,
+    or an accelerator."""
     monkeypatch.setattr(amx, "available", lambda: True)
     same = ((1, 1), (1, 1))
     plan = fastops.choose(3, 1, 64, 64, (56, 56), "cpu", same, amx_products=True)
@@ -143,7 +147,13 @@ def test_choose_takes_the_kernel_for_stride_1_layers_with_bf16_products(monkeypa
         "forward": "amx", "input_grad": "matmul", "weight_grad": "amx_run"}
     assert fastops.choose(3, 1, 3, 64, (224, 224), "cpu", same, amx_products=True) == {
         "forward": "amx", "input_grad": "matmul", "weight_grad": "amx_run"}
-    assert fastops.choose(1, 1, 256, 64, (56, 56), "cpu", ((0, 0), (0, 0)), amx_products=True)["forward"] == "matmul"
+    # 1x1 at stride 1 (16+ channels each way): every pass; strided, or on fewer channels: products
+    none = ((0, 0), (0, 0))
+    assert fastops.choose(1, 1, 256, 64, (56, 56), "cpu", none, amx_products=True) == {
+        "forward": "amx", "input_grad": "amx", "weight_grad": "amx"}
+    assert fastops.choose(1, 2, 256, 512, (28, 28), "cpu", none, amx_products=True)["forward"] == "matmul"
+    assert fastops.choose(1, 1, 64, 8, (28, 28), "cpu", none, amx_products=True)["forward"] == "matmul"
+    assert fastops.choose(1, 1, 256, 64, (56, 56), "cpu", none, amx_products=False)["forward"] == "matmul"
     assert fastops.choose(3, 1, 64, 64, (58, 58), "cpu", ((3, 3), (3, 3)), amx_products=True)["forward"] != "amx"
     assert fastops.choose(3, 1, 64, 64, (56, 56), "gpu", same, amx_products=True)["forward"] == "xla"
     with fastops.use(products="bfloat16"):  # the default follows the products in force

@@ -371,11 +371,13 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
     CPU has AMX (:func:`cnnbench.kernels.amx.available`), a layer's forward pass (and a stride-1
     layer's gradients, and an RGB stem's weight gradient) runs on the AMX kernels: per layer
     (batch 32, 2 cores) 2.5-6x faster than Winograd with bf16 products, the ResNet stem and strided
-    3x3 layers faster than XLA's convolution and the patches (BENCHMARKS.md, issue 26)."""
+    3x3 layers faster than XLA's convolution and the patches; a stride-1 1x1 layer on 16+ channels
+    each way too, in every pass: forward 1.0-3.8x and the weight gradient 1.9-4.1x faster than
+    XLA's bf16 products (BENCHMARKS.md, issue 26)."""
     plan = _plan(k, s, cin, cout, out_hw, platform, pads, dtype)
     if amx_products is None:
         amx_products = low_precision_products() == jnp.bfloat16
-    if amx_products and _amx_applies(k, s, out_hw, platform, pads, dtype):
+    if amx_products and _amx_applies(k, s, out_hw, platform, pads, dtype) and (k > 1 or min(cin, cout) >= 16):
         # the gradients: stride 1 only, and on 16+ channels each way (the input gradient's output
         # channels are the layer's inputs, padded to 32; the weight gradient's both); a layer on few
         # channels (an RGB stem, any stride: k*C <= 64) takes the weight gradient by kernel rows
