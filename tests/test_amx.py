@@ -60,8 +60,12 @@ def test_forward_and_input_gradient_equal_xla_on_bf16_operands(n, hw, cin, cout,
     dx, dw = jax.jit(lambda x, w, dy: jax.vjp(lambda x, w: fastops.conv(x, w, 1, pads, plan), x, w)[1](dy))(x, w, dy)
     ref_dx, ref_dw = jax.vjp(lambda x, w: _conv(x, w, pads), _rounded(x), _rounded(w))[1](_rounded(dy))
     for got, ref in ((dx, ref_dx), (dw, ref_dw)):
-        assert got.shape == ref.shape
+        assert got.shape == ref.shape and got.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=2e-5 * float(jnp.abs(ref).max()))
+    # the plan keeps the input in bf16 for the weight gradient; from float32 operands (the kernel
+    # rounding them itself) it is the same bit for bit
+    from_f32 = jax.jit(lambda x, dy: amx.weight_grad(x, dy, k, pads))(x, dy)
+    np.testing.assert_array_equal(np.asarray(from_f32), np.asarray(dw))
 
 
 @needs_amx

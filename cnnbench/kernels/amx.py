@@ -44,6 +44,7 @@ SOURCE = Path(__file__).with_name("native") / "amx_conv.cc"
 TARGET = "cnnbench_amx_conv"
 BF16_TARGET = "cnnbench_amx_conv_bf16"
 WEIGHT_GRAD_TARGET = "cnnbench_amx_conv_weight_grad"
+WEIGHT_GRAD_BF16_TARGET = "cnnbench_amx_conv_weight_grad_bf16"
 RUN_WEIGHT_GRAD_TARGET = "cnnbench_amx_conv_weight_grad_run"
 #: why the kernel is not in use, once :func:`available` has looked (None: it is)
 reason: str | None = None
@@ -102,6 +103,7 @@ def available() -> bool:
         return False
     for target, symbol in ((TARGET, lib.CnnbenchAmxConv), (BF16_TARGET, lib.CnnbenchAmxConvBf16),
                            (WEIGHT_GRAD_TARGET, lib.CnnbenchAmxConvWeightGrad),
+                           (WEIGHT_GRAD_BF16_TARGET, lib.CnnbenchAmxConvWeightGradBf16),
                            (RUN_WEIGHT_GRAD_TARGET, lib.CnnbenchAmxConvWeightGradRun)):
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
     reason = None
@@ -164,19 +166,22 @@ def conv_packed(x, packed, stride: int, pads, channels: int, out=jnp.float32) ->
 
 
 def weight_grad(x, dy, k: int, pads) -> jax.Array:
-    """A stride-1 layer's weight gradient (HWIO, float32) from its float32 input ``x`` and output
-    gradient ``dy``: bf16 operands, float32 sums (the kernel pads, rounds and packs them itself:
-    ``amx_conv.cc``). Channels are zero-padded to multiples of 32 where needed."""
+    """A stride-1 layer's weight gradient (HWIO, float32) from its input ``x`` and output gradient
+    ``dy``: bf16 operands, float32 sums (the kernel pads and packs them itself, rounding float32
+    ones as it goes: ``amx_conv.cc``; either one bf16, both are taken in bf16, which rounds them
+    the same way). Channels are zero-padded to multiples of 32 where needed."""
     c, o = x.shape[-1], dy.shape[-1]
     (top, _), (left, right) = pads
     cp, op = _round_up(c, 32), _round_up(o, 32)
-    x = x.astype(jnp.float32)
-    dy = dy.astype(jnp.float32)
+    low = jnp.bfloat16 in (x.dtype, dy.dtype)
+    x = x.astype(jnp.bfloat16 if low else jnp.float32)
+    dy = dy.astype(x.dtype)
     if cp != c:
         x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, cp - c)))
     if op != o:
         dy = jnp.pad(dy, ((0, 0), (0, 0), (0, 0), (0, op - o)))
-    dwt = jax.ffi.ffi_call(WEIGHT_GRAD_TARGET, jax.ShapeDtypeStruct((k, k, op, cp), jnp.float32))(
+    dwt = jax.ffi.ffi_call(WEIGHT_GRAD_BF16_TARGET if low else WEIGHT_GRAD_TARGET,
+                           jax.ShapeDtypeStruct((k, k, op, cp), jnp.float32))(
         x, dy, top=np.int64(top), left=np.int64(left), wp=np.int64(x.shape[2] + left + right))
     return dwt.transpose(0, 1, 3, 2)[:, :, :c, :o]
 

@@ -344,7 +344,7 @@ def _amx_input_grad(x, w, dy, s, pads):
     k = w.shape[0]
     turned = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
     back = tuple((k - 1 - lo, k - 1 - hi) for lo, hi in pads)
-    return amx.conv(dy, turned, 1, back).astype(x.dtype)
+    return amx.conv(dy, turned, 1, back).astype(w.dtype)
 
 
 #: Each pass of a convolution, by formulation: "xla" (XLA's convolution), "matmul" (patches and a
@@ -447,13 +447,16 @@ def _conv(x, w, s: int, pads: tuple, plan: tuple):
 
 
 def _conv_fwd(x, w, s, pads, plan):
-    return _conv(x, w, s, pads, plan), (x, w)
+    # The AMX weight gradient takes its operands in bf16: keeping the input as the forward pass
+    # rounded it (instead of float32) lets XLA write the activation once, in bf16, at half the bytes
+    kept = x.astype(jnp.bfloat16) if dict(plan)["weight_grad"] == "amx" else x
+    return _conv(x, w, s, pads, plan), (kept, w)
 
 
 def _conv_bwd(s, pads, plan, res, dy):
     x, w = res
     plan = dict(plan)
-    return (INPUT_GRAD[plan["input_grad"]](x, w, dy, s, pads),
+    return (INPUT_GRAD[plan["input_grad"]](x, w, dy, s, pads).astype(w.dtype),
             WEIGHT_GRAD[plan["weight_grad"]](x, w, dy, s, pads))
 
 

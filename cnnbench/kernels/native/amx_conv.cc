@@ -63,6 +63,9 @@ void configure_tiles() {
     cfg.colsb[t] = 64;
     cfg.rows[t] = 16;
   }
+  // GCC 12 does not count ldtilecfg as reading its operand: without this barrier, -O3 may drop
+  // the stores above where the function is inlined, and ldtilecfg faults on the stale bytes
+  asm volatile("" : : "r"(&cfg) : "memory");
   _tile_loadconfig(&cfg);
 }
 
@@ -288,22 +291,34 @@ inline void interleave32(const float* a, const float* b, uint16_t* out) {
   _mm512_storeu_si512(out + 32, _mm512_permutex2var_epi16(va, hi, vb));
 }
 
+// The same from bf16 values (already rounded: the caller kept its operands in bf16).
+inline void interleave32(const uint16_t* a, const uint16_t* b, uint16_t* out) {
+  const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                      39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  const __m512i va = _mm512_loadu_si512(a), vb = _mm512_loadu_si512(b);
+  _mm512_storeu_si512(out, _mm512_permutex2var_epi16(va, lo, vb));
+  _mm512_storeu_si512(out + 32, _mm512_permutex2var_epi16(va, hi, vb));
+}
+
 // The padded input's pixel p (on the padded grid) of image xn, or null for padding.
-inline const float* input_pixel(const float* xn, const GradShape& g, int64_t p) {
+template <typename In>
+inline const In* input_pixel(const In* xn, const GradShape& g, int64_t p) {
   const int64_t r = p / g.wp - g.top, col = p % g.wp - g.left;
   return (r >= 0 && r < g.h && col >= 0 && col < g.w) ? xn + (r * g.w + col) * g.c : nullptr;
 }
 
 // Pixels [p_start, p_end) of image n: their dy columns into dyt (row stride `cols`, from column
 // `col0`), the input pairs they reach into xe / xo (from pair 0).
-void pack_piece(const float* x, const float* dy, const GradShape& g, int64_t n, int64_t p_start,
+template <typename In>
+void pack_piece(const In* x, const In* dy, const GradShape& g, int64_t n, int64_t p_start,
                 int64_t p_end, uint16_t* dyt, int64_t cols, int64_t col0, uint16_t* xe,
-                uint16_t* xo, const float* zeros) {
-  const float* xn = x + n * g.h * g.w * g.c;
-  const float* dyn = dy + n * g.ho * g.wo * g.o;
+                uint16_t* xo, const In* zeros) {
+  const In* xn = x + n * g.h * g.w * g.c;
+  const In* dyn = dy + n * g.ho * g.wo * g.o;
   alignas(64) uint16_t pair[2 * 512];
   for (int64_t j = 0; j < p_end - p_start; j += 2) {
-    const float* rows[2];
+    const In* rows[2];
     for (int t = 0; t < 2; ++t) {
       const int64_t q = p_start + j + t, oh = q / g.wp, ow = q % g.wp;
       rows[t] = (oh < g.ho && ow < g.wo) ? dyn + (oh * g.wo + ow) * g.o : zeros;
@@ -317,10 +332,10 @@ void pack_piece(const float* x, const float* dy, const GradShape& g, int64_t n, 
     }
   }
   const int64_t pairs = (p_end - p_start + g.reach) / 2;
-  const float* prev = nullptr;
+  const In* prev = nullptr;
   for (int64_t i = 0; i <= pairs; ++i) {  // pixel p_start + 2i and its two right neighbours
-    const float* p0 = input_pixel(xn, g, p_start + 2 * i);
-    const float* p1 = input_pixel(xn, g, p_start + 2 * i + 1);
+    const In* p0 = input_pixel(xn, g, p_start + 2 * i);
+    const In* p1 = input_pixel(xn, g, p_start + 2 * i + 1);
     p0 = p0 ? p0 : zeros;
     p1 = p1 ? p1 : zeros;
     for (int64_t c = 0; c < g.c; c += 32) {
@@ -360,11 +375,12 @@ void grad_chunk(const std::vector<Piece>& pieces, const uint16_t* dyt, int64_t c
 }
 
 // Images [n0, n1) through blocks [first, last) of dWT, a chunk at a time.
-void grad_range(const float* x, const float* dy, float* dwt, const GradShape& g, int64_t n0,
+template <typename In>
+void grad_range(const In* x, const In* dy, float* dwt, const GradShape& g, int64_t n0,
                 int64_t n1, int64_t first, int64_t last) {
   const int64_t cols = g.chunk, pair_rows = (g.chunk + g.reach * (g.chunk / 32 + 1)) / 2 + 1;
   std::vector<uint16_t> dyt(g.o * cols), xe(pair_rows * g.c * 2), xo(pair_rows * g.c * 2);
-  std::vector<float> zeros(std::max(g.c, g.o), 0.0f);
+  std::vector<In> zeros(std::max(g.c, g.o), In(0));
   std::vector<Piece> pieces;
   bool zero = true;
   int64_t n = n0, p = 0;
@@ -388,9 +404,11 @@ void grad_range(const float* x, const float* dy, float* dwt, const GradShape& g,
   }
 }
 
-ffi::Error AmxConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                                 ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dwt,
-                                 int64_t top, int64_t left, int64_t wp) {
+template <ffi::DataType T>
+ffi::Error AmxConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<T> x, ffi::Buffer<T> dy,
+                                 ffi::ResultBuffer<ffi::F32> dwt, int64_t top, int64_t left,
+                                 int64_t wp) {
+  using In = std::conditional_t<T == ffi::F32, float, uint16_t>;
   const auto xd = x.dimensions(), dd = dy.dimensions(), wd = dwt->dimensions();
   if (xd.size() != 4 || dd.size() != 4 || wd.size() != 4)
     return ffi::Error::InvalidArgument("amx_conv_weight_grad: ranks must be 4, 4, 4");
@@ -403,8 +421,8 @@ ffi::Error AmxConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   // pixels a chunk (a multiple of 32): its packed output gradient and input pairs in about 1 MiB
   g.chunk = std::max<int64_t>(32, (1 << 20) / ((g.o + 2 * g.c) * 2) / 32 * 32);
 
-  const float* x_p = x.typed_data();
-  const float* dy_p = dy.typed_data();
+  const auto* x_p = reinterpret_cast<const In*>(x.typed_data());
+  const auto* dy_p = reinterpret_cast<const In*>(dy.typed_data());
   float* dw_p = dwt->typed_data();
   const int64_t dw_size = g.k * g.k * g.o * g.c, blocks = g.k * g.k * (g.c / 32) * (g.o / 32);
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());  // the caller and the pool share the cores
@@ -519,11 +537,21 @@ ffi::Error AmxConvWeightGradRunImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> 
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvWeightGrad, AmxConvWeightGradImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvWeightGrad, AmxConvWeightGradImpl<ffi::F32>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("top")
+                                  .Attr<int64_t>("left")
+                                  .Attr<int64_t>("wp"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvWeightGradBf16, AmxConvWeightGradImpl<ffi::BF16>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("top")
                                   .Attr<int64_t>("left")
