@@ -171,6 +171,18 @@ struct Shared {
   bool closed = false;
 };
 
+// A buffer of `count` T that this thread keeps from one call to the next (slot: which of its
+// buffers; it grows, never shrinks). XLA's worker threads run every step's kernels: a buffer
+// allocated per call (about 1 MiB: a fresh mapping from the C library) had the kernel fault in
+// and zero new pages on every call.
+template <typename T>
+T* thread_buffer(int slot, int64_t count) {
+  static thread_local std::vector<T> buffers[3];
+  std::vector<T>& buffer = buffers[slot];
+  if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(count);
+  return buffer.data();
+}
+
 // Runs work(i) for i in [0, parts) on the calling thread and XLA's intra-op threads, each thread
 // with its tiles configured, returning when all are done. A task the pool starts after the caller has taken every part touches nothing
 // (the pool may be busy with another device's call that waits in the same way).
@@ -379,7 +391,9 @@ template <typename In>
 void grad_range(const In* x, const In* dy, float* dwt, const GradShape& g, int64_t n0,
                 int64_t n1, int64_t first, int64_t last) {
   const int64_t cols = g.chunk, pair_rows = (g.chunk + g.reach * (g.chunk / 32 + 1)) / 2 + 1;
-  std::vector<uint16_t> dyt(g.o * cols), xe(pair_rows * g.c * 2), xo(pair_rows * g.c * 2);
+  uint16_t* dyt = thread_buffer<uint16_t>(0, g.o * cols);
+  uint16_t* xe = thread_buffer<uint16_t>(1, pair_rows * g.c * 2);
+  uint16_t* xo = thread_buffer<uint16_t>(2, pair_rows * g.c * 2);
   std::vector<In> zeros(std::max(g.c, g.o), In(0));
   std::vector<Piece> pieces;
   bool zero = true;
@@ -392,14 +406,14 @@ void grad_range(const In* x, const In* dy, float* dwt, const GradShape& g, int64
       const int64_t pairs = (width + g.reach) / 2;
       if (pair + pairs + 1 > pair_rows) break;
       pieces.push_back({n, p, width, col, pair});
-      pack_piece(x, dy, g, n, p, p + width, dyt.data(), cols, col, xe.data() + pair * g.c * 2,
-                 xo.data() + pair * g.c * 2, zeros.data());
+      pack_piece(x, dy, g, n, p, p + width, dyt, cols, col, xe + pair * g.c * 2,
+                 xo + pair * g.c * 2, zeros.data());
       col += width;
       pair += pairs + 1;
       p += width;
       if (p == g.qp) ++n, p = 0;
     }
-    grad_chunk(pieces, dyt.data(), cols, xe.data(), xo.data(), dwt, g, first, last, zero);
+    grad_chunk(pieces, dyt, cols, xe, xo, dwt, g, first, last, zero);
     zero = false;
   }
 }
