@@ -171,6 +171,12 @@ def weight_grad(x, dy, k: int, pads) -> jax.Array:
     ones as it goes: ``amx_conv.cc``; either one bf16, both are taken in bf16, which rounds them
     the same way). Channels are zero-padded to multiples of 32 where needed."""
     c, o = x.shape[-1], dy.shape[-1]
+    if k == 1 and c < o and not any(p for pad in pads for p in pad):
+        # the kernel transposes its second operand; a 1x1 layer's two operands are alike (same
+        # pixels, no taps), so the one with fewer channels goes second and dW comes out as HWIO
+        # (batch 32, with the 1x1 packing its one tap needs: 56x56x64 -> 256 8.3-8.5 -> 4.8-6.7 ms,
+        # 28x28x128 -> 512 5.8-6.0 -> 2.4-5.0; BENCHMARKS.md, issue 26)
+        return weight_grad(dy, x, 1, pads).transpose(0, 1, 3, 2)
     (top, _), (left, right) = pads
     cp, op = _round_up(c, 32), _round_up(o, 32)
     low = jnp.bfloat16 in (x.dtype, dy.dtype)

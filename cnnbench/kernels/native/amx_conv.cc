@@ -281,7 +281,7 @@ ffi::Error AmxConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buff
 //   (q = oh * Wp + ow, zeros at the columns ow >= W_out and past the image's last pixel);
 // - xe, xo [pairs, C, 2]: the padded input as pairs of neighbouring pixels starting at even (xe)
 //   and at odd (xo) pixels, so that the 32 pixels a kernel tap (kh, kw) meets from an even q are
-//   16 rows of one of them.
+//   16 rows of one of them (a 1x1 layer's one tap starts at even pixels only: no xo).
 // A chunk holds whole 32-pixel pieces of one or more images. x: float32 [N, H, W, C] (unpadded:
 // the packing pads); dy: float32 [N, H_out, W_out, O]; dWT: float32 [k, k, O, C] (the caller
 // transposes it). C and O multiples of 32. Threads split the (tap, 32 x 32 channel) blocks where
@@ -352,7 +352,7 @@ void pack_piece(const In* x, const In* dy, const GradShape& g, int64_t n, int64_
     p1 = p1 ? p1 : zeros;
     for (int64_t c = 0; c < g.c; c += 32) {
       if (i < pairs) interleave32(p0 + c, p1 + c, xe + (i * g.c + c) * 2);
-      if (i > 0) interleave32(prev + c, p0 + c, xo + ((i - 1) * g.c + c) * 2);
+      if (i > 0 && g.k > 1) interleave32(prev + c, p0 + c, xo + ((i - 1) * g.c + c) * 2);
     }
     prev = p1;
   }
