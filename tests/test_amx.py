@@ -87,6 +87,27 @@ def test_strided_and_few_channel_layers_equal_xla(n, hw, cin, cout, k, s, pads):
 
 
 @needs_amx
+@pytest.mark.parametrize("hw", [14, 15])
+def test_a_strided_1x1_layers_gradients_equal_xla(hw):
+    """ResNet's projections (1x1, stride 2, on an even and an odd map): both gradients from the
+    stride-1 kernel on the pixels the stride reads, spread back between zeros."""
+    rng = np.random.default_rng(hw)
+    x = jnp.asarray(rng.standard_normal((3, hw, hw, 64)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((1, 1, 64, 96)) / 8, jnp.float32)
+    none = ((0, 0), (0, 0))
+    plan = fastops.choose(1, 2, 64, 96, (8, 8), "cpu", none, amx_products=True)
+    assert plan["input_grad"] == plan["weight_grad"] == "amx"
+    y, pull = jax.vjp(lambda x, w: fastops.conv(x, w, 2, none, plan), x, w)
+    dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    dx, dw = jax.jit(pull)(dy)
+    ref_dx, ref_dw = jax.vjp(lambda x, w: _conv(x, w, none, 2), _rounded(x), _rounded(w))[1](_rounded(dy))
+    for got, ref in ((dx, ref_dx), (dw, ref_dw)):
+        assert got.shape == ref.shape and got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=2e-5 * float(jnp.abs(ref).max()))
+    assert float(jnp.abs(dx[:, 1::2]).max()) == 0 and float(jnp.abs(dx[:, ::2]).max()) > 0.1
+
+
+@needs_amx
 @pytest.mark.parametrize("n, hw, cin, cout, k, s, pads", [
     (2, 30, 3, 64, 7, 2, ((3, 3), (3, 3))),    # ResNet's stem
     (1, 160, 3, 64, 7, 2, ((3, 3), (3, 3))),   # an image in several chunks of pixels (80x81 > 5440)
@@ -155,7 +176,8 @@ def test_choose_takes_the_kernel_for_stride_1_layers_with_bf16_products(monkeypa
     none = ((0, 0), (0, 0))
     assert fastops.choose(1, 1, 256, 64, (56, 56), "cpu", none, amx_products=True) == {
         "forward": "amx", "input_grad": "amx", "weight_grad": "amx"}
-    assert fastops.choose(1, 2, 256, 512, (28, 28), "cpu", none, amx_products=True)["forward"] == "matmul"
+    assert fastops.choose(1, 2, 256, 512, (28, 28), "cpu", none, amx_products=True) == {
+        "forward": "matmul", "input_grad": "amx", "weight_grad": "amx"}
     assert fastops.choose(1, 1, 64, 8, (28, 28), "cpu", none, amx_products=True)["forward"] == "matmul"
     assert fastops.choose(1, 1, 256, 64, (56, 56), "cpu", none, amx_products=False)["forward"] == "matmul"
     assert fastops.choose(3, 1, 64, 64, (58, 58), "cpu", ((3, 3), (3, 3)), amx_products=True)["forward"] != "amx"

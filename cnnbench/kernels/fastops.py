@@ -384,6 +384,14 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
         if s == 1 and min(cin, cout) >= 16:
             return dict.fromkeys(plan, "amx")
         return {**plan, "forward": "amx", **({"weight_grad": "amx_run"} if k * cin <= 64 else {})}
+    if amx_products and k == 1 and s > 1 and min(cin, cout) >= 16 and not any(p for pad in pads for p in pad) \
+            and _amx_applies(1, 1, out_hw, platform, pads, dtype):
+        # A strided 1x1 layer (ResNet's projections): a stride-1 layer on the pixels the stride
+        # reads (:func:`conv`), its forward pass a product (the kernel's strided grid was slower:
+        # 28x28x512 -> 1024 7.8 against 11.6 ms), both gradients on the kernel. Forward and
+        # backward, batch 32: 56x56x256 -> 512 65 -> 41 ms, 28x28x512 -> 1024 47 -> 24,
+        # 14x14x1024 -> 2048 37 -> 24 (BENCHMARKS.md, issue 26).
+        return {**plan, "input_grad": "amx", "weight_grad": "amx"}
     return plan
 
 
@@ -507,6 +515,8 @@ def conv(x, w, stride: int, pads, plan: dict | None = None) -> jax.Array:
                       platform(), pads, x.dtype)
     if set(plan.values()) == {"xla"}:
         return _lax_conv(x, w, stride, pads)
+    if k == 1 and stride > 1 and plan["input_grad"] == "amx":  # the pixels the stride reads
+        return _conv(x[:, ::stride, ::stride], w, 1, pads, tuple(sorted(plan.items())))
     return _conv(x, w, stride, pads, tuple(sorted(plan.items())))
 
 
