@@ -14,10 +14,11 @@ the first time a process asks for it and kept in cnnbench's cache folder under a
 the source, the compiler and jaxlib's version. :func:`available` is false (and the fast
 formulations carry on as before) where the CPU has no ``amx_bf16``, the kernel does not build, or
 Linux refuses the tile registers; ``CNNBENCH_AMX=0`` turns it off. :func:`conv` is the forward
-convolution, any stride (the layers take its output rounded once to bf16); the input gradient of
-a stride-1 layer is the same convolution of the output gradient with the kernel turned round
-(:mod:`cnnbench.kernels.fastops`); :func:`weight_grad` and :func:`run_weight_grad` the weight
-gradients of stride-1 layers and of few-channel layers. Values the tiles
+convolution, any stride, and 1x1 at stride 1 (inference takes its output rounded once to bf16,
+training the float32 sums); the input gradient of a stride-1 layer is the same convolution of the
+output gradient with the kernel turned round (:mod:`cnnbench.kernels.fastops`); :func:`weight_grad`
+(float32 or bf16 operands) and :func:`run_weight_grad` the weight gradients of stride-1 layers and
+of few-channel layers. Values the tiles
 read past a window meet zero weights, so a NaN or infinity in the input spreads to neighbouring
 outputs (as it does to the whole network at the next layer anyway).
 """

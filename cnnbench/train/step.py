@@ -57,8 +57,8 @@ class Precision:
         on an Intel Xeon with AMX, in one process, alexnet-owt 142 -> 118 ms per batch, vgg11 778 ->
         750 (fastest steps), the ResNets and googlenet-bn level (BENCHMARKS.md, issue 26).
         So is the kernel of a convolution whose forward pass is products of it
-        (:func:`cnnbench.kernels.fastops.forward_form` "matmul": 1x1 layers, strided 3x3 ones
-        without AMX), the same values (bf16 inference at batch 32: resnet50, googlenet-bn and
+        (:func:`cnnbench.kernels.fastops.forward_form` "matmul": strided 1x1 layers; 1x1 and
+        strided 3x3 ones without AMX), the same values (bf16 inference at batch 32: resnet50, googlenet-bn and
         resnet18 level, 1.005-1.019x; XLA had kept most of those roundings out of the loop over
         pieces of the batch already). Other convolution kernels stay float32
         (Winograd's transform of a rounded kernel would round twice), but where a layer's forward
