@@ -64,7 +64,8 @@ def candidates(k: int, s: int, c: int, pads) -> list[str]:
     if winograd.supported(k, s, pads):
         names.append("winograd")
     # the AMX kernel: bf16 products only (under --products bfloat16), on a CPU that has it
-    if (fastops.low_precision_products() is not None and amx.supported(k, s)
+    # (a strided 1x1 layer's gradients: the stride-1 kernel on the pixels the stride reads)
+    if (fastops.low_precision_products() is not None and (amx.supported(k, s) or k == 1)
             and all(0 <= p <= k - 1 for pad in pads for p in pad) and amx.available()):
         names.append("amx")
     return names
@@ -72,6 +73,11 @@ def candidates(k: int, s: int, c: int, pads) -> list[str]:
 
 def _pass(name: str, form: str, k: int, s: int, c: int):
     """fn(x, w, dy, s, pads) -> that pass of that formulation."""
+    if form == "amx" and k == 1 and s > 1:  # as fastops.conv runs it
+        grad = PASSES[name]["amx"]
+        if name == "weight_grad":
+            return lambda x, w, dy, s, pads: grad(x[:, ::s, ::s], w, dy, 1, pads)
+        return lambda x, w, dy, s, pads: jnp.zeros_like(x).at[:, ::s, ::s].set(grad(x[:, ::s, ::s], w, dy, 1, pads))
     if form != "space-to-depth":
         return PASSES[name][form]
     blocks = _space_to_depth(k, s, c)
@@ -96,10 +102,10 @@ def programs(layer, n: int, passes):
     out = {}
     for name in passes:
         for form in candidates(k, s, c, pads):
-            if form == "amx" and name == "weight_grad" and k * c <= 64:
-                form = "amx_run"  # a layer on few channels: by kernel rows, any stride
-            elif form == "amx" and name != "forward" and s != 1:
-                continue  # the kernel's other gradients are stride 1 only
+            if form == "amx" and name == "weight_grad" and k * c <= 64 and not (s == 1 and min(c, o) >= 16):
+                form = "amx_run"  # a layer on few channels: by kernel rows, any stride (as choose)
+            elif form == "amx" and (name != "forward" and s != 1 and k > 1 or name == "forward" and k == 1 and s > 1):
+                continue  # the kernel's other gradients are stride 1 only (and 1x1's strided)
             fn = _pass(name, form, k, s, c)
             if name == "forward":
                 out[name, form] = (jax.jit(lambda x, w, fn=fn: fn(x, w, s, pads)), (x, kernel))
