@@ -416,3 +416,43 @@ def test_lrn_gradient_matches_autodiff_of_the_formula(size, beta):
     with fastops.use(("conv", "pool")):
         assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: fastops.lrn(x, *args))(x))
     assert "custom_vjp" in str(jax.make_jaxpr(lambda x: fastops.lrn(x, *args))(x))
+
+
+@pytest.mark.parametrize("dims", [(1, 0), (1, 1), (0, 0), (0, 1)])
+def test_low_precision_matrix_products_take_bf16_gradients(dims):
+    """A dense layer's product under bf16 products: its gradients are bf16 x bf16 products summing
+    in float32 too (no float32 product of an upcast operand), equal to float32 arithmetic on the
+    rounded operands within the gradients' bf16 rounding, in every contraction layout."""
+    import jax.extend.core
+
+    from cnnbench.kernels import products
+
+    ca, cb = dims
+    rng = np.random.default_rng(ca * 2 + cb)
+    a = jnp.asarray(rng.standard_normal((24, 40) if ca == 1 else (40, 24)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((40, 12) if cb == 0 else (12, 40)), jnp.float32)
+    spec = (((ca,), (cb,)), ((), ()))
+    ct = jnp.asarray(rng.standard_normal((24, 12)), jnp.float32)
+
+    def grads(a, b, ct):
+        return jax.vjp(lambda a, b: products.product(a, b, spec), a, b)[1](ct)
+
+    with fastops.use(products="bfloat16"):
+        jaxpr = jax.make_jaxpr(grads)(a, b, ct)
+        da, db = jax.jit(grads)(a, b, ct)
+    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    dots += [e for eq in jaxpr.jaxpr.eqns for sub in jax.extend.core.jaxprs_in_params(eq.params)
+             for e in sub.eqns if e.primitive.name == "dot_general"]
+    assert len(dots) >= 2
+    for e in dots:
+        assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16] * 2
+        assert e.params["preferred_element_type"] == jnp.float32
+
+    def rounded(v):
+        return v.astype(jnp.bfloat16).astype(jnp.float32)
+
+    ref_da, ref_db = jax.vjp(lambda a, b: lax.dot_general(a, b, spec, precision=lax.Precision.HIGHEST),
+                             rounded(a), rounded(b))[1](rounded(ct))
+    for got, ref in ((da, ref_da), (db, ref_db)):
+        assert got.shape == ref.shape and got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=8e-3, atol=1e-2)

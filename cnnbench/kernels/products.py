@@ -19,6 +19,9 @@ autocast does for its convolutions and matrix products.
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -48,7 +51,40 @@ def product(a, b, dims, *, sums=None):
     acc = accumulator(a.dtype) if a.dtype == b.dtype else None
     if acc is None:
         return lax.dot_general(a, b, dims, preferred_element_type=sums)
+    if a.ndim == b.ndim == 2 and dims[1] == ((), ()):
+        return _matrix_product(a, b, dims[0][0][0], dims[0][1][0], jnp.dtype(acc), jnp.dtype(out))
     return lax.dot_general(a, b, dims, preferred_element_type=acc).astype(out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _matrix_product(a, b, ca: int, cb: int, acc, out):
+    """Two low-precision matrices (a dense layer's), contracted over a's axis ``ca`` and b's ``cb``.
+    Its gradients are products of the same kind: the output gradient rounded to ``a``'s dtype
+    times the other operand, summed in ``acc`` (as PyTorch's autocast computes them). JAX's own
+    rule multiplied the float32 output gradient by the low-precision operand, which XLA made a
+    float32 product of, converting the operand first: alexnet-owt's fc6 (9216 x 4096) took 30 ms
+    a step in that conversion alone (BENCHMARKS.md, issue 26)."""
+    return lax.dot_general(a, b, (((ca,), (cb,)), ((), ())), preferred_element_type=acc).astype(out)
+
+
+def _matrix_product_fwd(a, b, ca, cb, acc, out):
+    return _matrix_product(a, b, ca, cb, acc, out), (a, b)
+
+
+def _matrix_product_bwd(ca, cb, acc, out, res, ct):
+    a, b = res
+    ct = ct.astype(a.dtype)  # [a's free axis, b's free axis]
+
+    def mul(x, y, cx, cy):  # each gradient in its operand's own layout (no transpose after:
+        # XLA:CPU folded one into a bf16 product it then could not run)
+        return lax.dot_general(x, y, (((cx,), (cy,)), ((), ())), preferred_element_type=acc)
+
+    da = mul(ct, b, 1, 1 - cb) if ca == 1 else mul(b, ct, 1 - cb, 1)
+    db = mul(a, ct, 1 - ca, 0) if cb == 0 else mul(ct, a, 0, 1 - ca)
+    return da.astype(a.dtype), db.astype(b.dtype)
+
+
+_matrix_product.defvjp(_matrix_product_fwd, _matrix_product_bwd)
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None):
