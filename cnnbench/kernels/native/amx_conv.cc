@@ -282,8 +282,9 @@ ffi::Error AmxConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buff
 // - xe, xo [pairs, C, 2]: the padded input as pairs of neighbouring pixels starting at even (xe)
 //   and at odd (xo) pixels, so that the 32 pixels a kernel tap (kh, kw) meets from an even q are
 //   16 rows of one of them (a 1x1 layer's one tap starts at even pixels only: no xo).
-// A chunk holds whole 32-pixel pieces of one or more images. x: float32 [N, H, W, C] (unpadded:
-// the packing pads); dy: float32 [N, H_out, W_out, O]; dWT: float32 [k, k, O, C] (the caller
+// A chunk holds whole 32-pixel pieces of one or more images. x: float32 or bf16 [N, H, W, C]
+// (unpadded: the packing pads); dy: [N, H_out, W_out, O], the same type as x (float32 is rounded
+// to bf16 as it is packed); dWT: float32 [k, k, O, C] (the caller
 // transposes it). C and O multiples of 32. Threads split the (tap, 32 x 32 channel) blocks where
 // dW is large against the activations, else the images, each then summing into its own copy.
 
