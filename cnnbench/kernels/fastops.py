@@ -384,7 +384,7 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
         if s == 1 and min(cin, cout) >= 16:
             return dict.fromkeys(plan, "amx")
         return {**plan, "forward": "amx", **({"weight_grad": "amx_run"} if k * cin <= 64 else {})}
-    if amx_products and k == 1 and s > 1 and min(cin, cout) >= 16 and not any(p for pad in pads for p in pad) \
+    if amx_products and k == 1 and s > 1 and min(cin, cout) >= 16 and not _padded(pads) \
             and _amx_applies(1, 1, out_hw, platform, pads, dtype):
         # A strided 1x1 layer (ResNet's projections): a stride-1 layer on the pixels the stride
         # reads (:func:`conv`), its forward pass a product (the kernel's strided grid was slower:
@@ -457,8 +457,9 @@ def _conv(x, w, s: int, pads: tuple, plan: tuple):
 def _conv_fwd(x, w, s, pads, plan):
     # The AMX weight gradient takes its operands in bf16: keeping the input as the forward pass
     # rounded it (instead of float32) lets XLA write the activation once, in bf16, at half the bytes
-    kept = x.astype(jnp.bfloat16) if dict(plan)["weight_grad"] == "amx" else x
-    if dict(plan)["forward"] == "amx":
+    passes = dict(plan)
+    kept = x.astype(jnp.bfloat16) if passes["weight_grad"] == "amx" else x
+    if passes["forward"] == "amx":
         # Training: the sums in float32 straight from the kernel. Batch norm's statistics and
         # normalisation read the output in several passes, for which XLA made a float32 copy of
         # the bf16 output (resnet50: 190 ms a step); inference (:func:`_amx_forward`) keeps bf16

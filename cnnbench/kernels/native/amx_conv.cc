@@ -550,27 +550,38 @@ ffi::Error AmxConvWeightGradRunImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> 
   return ffi::Error::Success();
 }
 
+// The handlers' signatures: the forward convolution (bf16 operands, float32 or bf16 output), the
+// weight gradient (float32 or bf16 operands).
+template <ffi::DataType Out>
+auto conv_binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::BF16>>()
+      .Arg<ffi::Buffer<ffi::BF16>>()
+      .Ret<ffi::Buffer<Out>>()
+      .template Attr<int64_t>("stride");
+}
+
+template <ffi::DataType In>
+auto weight_grad_binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<In>>()
+      .template Arg<ffi::Buffer<In>>()
+      .template Ret<ffi::Buffer<ffi::F32>>()
+      .template Attr<int64_t>("top")
+      .template Attr<int64_t>("left")
+      .template Attr<int64_t>("wp");
+}
+
 }  // namespace
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConv, AmxConvImpl<ffi::F32>, conv_binding<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvBf16, AmxConvImpl<ffi::BF16>, conv_binding<ffi::BF16>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvWeightGrad, AmxConvWeightGradImpl<ffi::F32>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("top")
-                                  .Attr<int64_t>("left")
-                                  .Attr<int64_t>("wp"));
-
+                              weight_grad_binding<ffi::F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvWeightGradBf16, AmxConvWeightGradImpl<ffi::BF16>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("top")
-                                  .Attr<int64_t>("left")
-                                  .Attr<int64_t>("wp"));
+                              weight_grad_binding<ffi::BF16>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvWeightGradRun, AmxConvWeightGradRunImpl,
                               ffi::Ffi::Bind()
@@ -578,22 +589,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvWeightGradRun, AmxConvWeightGradRun
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConv, AmxConvImpl<ffi::F32>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnbenchAmxConvBf16, AmxConvImpl<ffi::BF16>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::BF16>>()
                                   .Attr<int64_t>("stride"));
 
 // The process may use the AMX tile registers (Linux asks for it once per process): 0 when granted.
