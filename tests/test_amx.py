@@ -3,6 +3,10 @@ the same bf16-rounded operands (forward, input and weight gradients, through fas
 which layers it is chosen for, and that a machine without it says why and keeps the other
 formulations."""
 
+import platform
+import shutil
+import subprocess
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -186,6 +190,17 @@ def test_choose_takes_the_kernel_for_stride_1_layers_with_bf16_products(monkeypa
         assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", same)["forward"] == "amx"
     monkeypatch.setattr(amx, "available", lambda: False)
     assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", same, amx_products=True)["forward"] == "winograd"
+
+
+@pytest.mark.skipif(shutil.which("g++") is None or platform.machine() != "x86_64", reason="needs g++ on x86-64")
+def test_the_kernel_source_builds():
+    """Wherever g++ can build it, the kernel builds (on a CPU without AMX too: only running it needs
+    AMX), so a broken source fails here instead of every AMX test skipping with "did not build"."""
+    try:
+        path = amx.build()
+    except subprocess.CalledProcessError as e:
+        pytest.fail(f"amx_conv.cc did not build:\n{e.stderr[-3000:]}")
+    assert path.stat().st_size > 0
 
 
 @pytest.mark.parametrize("env, flags, reason", [
