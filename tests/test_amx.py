@@ -78,6 +78,7 @@ def test_forward_and_input_gradient_equal_xla_on_bf16_operands(n, hw, cin, cout,
     (2, 35, 3, 64, 11, 4, ((2, 2), (2, 2))),   # AlexNet's conv1, stride 4
     (3, 14, 64, 128, 3, 2, ((1, 1), (1, 1))),  # ResNet's strided 3x3: a 7-pixel row in a 32-pixel block
     (2, 40, 32, 32, 3, 2, ((1, 1), (1, 1))),   # rows of 20 outputs: one block of 32 a row
+    (1, 70, 32, 32, 3, 2, ((1, 1), (1, 1))),   # rows of 35 outputs: a row's first block stored straight from the tiles
     (2, 9, 3, 32, 3, 1, ((1, 1), (1, 1))),     # VGG's conv1: an RGB layer at stride 1
 ])
 def test_strided_and_few_channel_layers_equal_xla(n, hw, cin, cout, k, s, pads):

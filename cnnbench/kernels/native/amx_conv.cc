@@ -128,7 +128,10 @@ Grid grid(const Shape& s) {
 
 // Output channels [ob0, ob1) (in blocks of 16) of image n: 32 pixels at a time, four accumulator
 // tiles (2 x 16 pixels x 2 x 16 channels) summed over the kernel rows and the 32-value pieces of
-// each row's run, then copied out pixel by pixel (the output is exact: no grid to cut back).
+// each row's run. A block whose 32 pixels are 32 consecutive output pixels (float32 output) is
+// stored from the tiles straight into y; any other goes through a scratch block, pixel by pixel,
+// to the places worked out once per block (an integer division a pixel for every 32 channels had
+// cost a 56x56x64 -> 64 3x3 layer 13% on one core, 1x1 layers 10-25%).
 template <typename Out>
 void conv_block(const uint16_t* x, const uint16_t* w, Out* y, const Shape& s, int64_t n,
                 int64_t ob0, int64_t ob1) {
@@ -137,8 +140,17 @@ void conv_block(const uint16_t* x, const uint16_t* w, Out* y, const Shape& s, in
   const uint16_t* xn = x + n * s.hx * s.wp * s.c;
   Out* yn = y + n * s.h * s.w * s.o;
   alignas(64) float scratch[32][32];  // the block's 32 pixels x 32 output channels
+  int64_t place[32];                  // each pixel's output pixel (oh * W_out + ow), -1: dropped
   for (int64_t row = 0; row < g.rows; ++row) {
     for (int64_t col0 = 0; col0 < g.cols; col0 += 32) {
+      int64_t oh = row, ow = col0;
+      if (s.s == 1) oh = col0 / s.wp, ow = col0 % s.wp;
+      bool direct = std::is_same<Out, float>::value;
+      for (int r = 0; r < 32; ++r, ++ow) {
+        if (s.s == 1 && ow == s.wp) ow = 0, ++oh;
+        place[r] = (oh < s.h && ow < s.w) ? oh * s.w + ow : -1;
+        direct = direct && place[r] == place[0] + r && place[0] >= 0;
+      }
       const uint16_t* a0 = xn + (row * s.s * s.wp + col0 * s.s) * s.c;
       const uint16_t* a1 = a0 + 16 * step;
       for (int64_t ob = ob0; ob < ob1; ob += 2) {
@@ -150,18 +162,39 @@ void conv_block(const uint16_t* x, const uint16_t* w, Out* y, const Shape& s, in
             block_step(a0 + shift + kc * 32, a1 + shift + kc * 32, step * 2, b + kc * ob_count * 512,
                        b + (kc * ob_count + 1) * 512, 64);
         }
-        store_block(&scratch[0][0], 128);
-        for (int r = 0; r < 32; ++r) {
-          int64_t oh = row, ow = col0 + r;
-          if (s.s == 1) oh = ow / s.wp, ow = ow % s.wp;
-          if (oh >= s.h) break;
-          if (ow >= s.w) continue;
-          store32(yn + (oh * s.w + ow) * s.o + ob * 16, scratch[r]);
+        if (direct) {
+          store_block(reinterpret_cast<float*>(yn + place[0] * s.o + ob * 16), s.o * 4);
+          continue;
         }
+        store_block(&scratch[0][0], 128);
+        for (int r = 0; r < 32; ++r)
+          if (place[r] >= 0) store32(yn + place[r] * s.o + ob * 16, scratch[r]);
       }
     }
   }
 }
+
+// A std::vector whose storage starts on a 64-byte boundary, as XLA's buffers do: tile loads and
+// stores whose rows straddle two cache lines ran at a third of the speed (one core, the same
+// products from aligned and 16-byte-aligned operands: 2300 against 750 GFLOP/s), and the C
+// library aligns to 16 bytes. The weight gradient packed into such buffers: its 3x3 layers 2.2x
+// faster with them aligned, 1x1 layers 1.3-2.1x.
+template <typename T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <typename U>
+  Aligned64(const Aligned64<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const Aligned64<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const Aligned64<U>&) const { return false; }
+};
+
+template <typename T>
+using Buffer = std::vector<T, Aligned64<T>>;
 
 struct Shared {
   std::atomic<int64_t> next{0};
@@ -177,8 +210,8 @@ struct Shared {
 // and zero new pages on every call.
 template <typename T>
 T* thread_buffer(int slot, int64_t count) {
-  static thread_local std::vector<T> buffers[3];
-  std::vector<T>& buffer = buffers[slot];
+  static thread_local Buffer<T> buffers[3];
+  Buffer<T>& buffer = buffers[slot];
   if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(count);
   return buffer.data();
 }
@@ -220,7 +253,7 @@ void run_parts(ffi::ThreadPool& pool, int64_t parts, const Work& work) {
 template <typename Work>
 void sum_over_images(ffi::ThreadPool& pool, int64_t parts, int64_t n, float* dw, int64_t size,
                      const Work& work) {
-  std::vector<std::vector<float>> partial(parts - 1);
+  std::vector<Buffer<float>> partial(parts - 1);
   run_parts(pool, parts, [&](int64_t part) {
     float* dst = dw;
     if (part > 0) {
@@ -473,7 +506,7 @@ struct RunShape {
 };
 
 void run_range(const float* x, const float* dy, float* dw, const RunShape& g, int64_t n0, int64_t n1) {
-  std::vector<uint16_t> a(g.rows * g.chunk, 0), b(g.chunk * g.o);  // a's rows past the run stay 0
+  Buffer<uint16_t> a(g.rows * g.chunk, 0), b(g.chunk * g.o);  // a's rows past the run stay 0
   std::vector<float> zeros(g.o, 0.0f);
   std::vector<int32_t> start(g.chunk);  // each pixel's run, kernel row 0, from the image's start
   const int64_t jb2 = g.rows / 32, ob2 = g.o / 32;
