@@ -114,6 +114,30 @@ def test_a_strided_1x1_layers_gradients_equal_xla(hw):
 
 @needs_amx
 @pytest.mark.parametrize("n, hw, cin, cout, k, s, pads", [
+    (2, 16, 64, 64, 3, 2, ((1, 1), (1, 1))),   # ResNet's 3x3/2: 2x2 on 256 channels
+    (3, 15, 64, 96, 3, 2, ((1, 1), (1, 1))),   # an odd map: the last block half padding
+    (2, 13, 32, 64, 5, 2, ((2, 1), (1, 2))),   # 5x5/2, lopsided padding: 3x3 blocks
+    (1, 14, 32, 32, 3, 3, ((0, 0), (0, 0))),   # stride 3 (one block a tap), no padding
+])
+def test_strided_layers_gradients_by_space_to_depth_equal_xla(n, hw, cin, cout, k, s, pads):
+    """A strided layer's gradients as those of the stride-1 layer space-to-depth makes of it, on the
+    kernel, carried back through the rearrangements: XLA's gradients of the strided layer."""
+    rng = np.random.default_rng(hw + k + s)
+    x = jnp.asarray(rng.standard_normal((n, hw, hw + 1, cin)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
+    plan = {"forward": "amx", "input_grad": "amx_s2d", "weight_grad": "amx_s2d"}
+    y, pull = jax.vjp(lambda x, w: fastops.conv(x, w, s, pads, plan), x, w)
+    dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    dx, dw = jax.jit(pull)(dy)
+    ref_dx, ref_dw = jax.vjp(lambda x, w: _conv(x, w, pads, s), _rounded(x), _rounded(w))[1](_rounded(dy))
+    for got, ref in ((dx, ref_dx), (dw, ref_dw)):
+        assert got.shape == ref.shape and got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=2e-5 * float(jnp.abs(ref).max()))
+        assert float(jnp.abs(ref).max()) > 0.1
+
+
+@needs_amx
+@pytest.mark.parametrize("n, hw, cin, cout, k, s, pads", [
     (2, 30, 3, 64, 7, 2, ((3, 3), (3, 3))),    # ResNet's stem
     (1, 160, 3, 64, 7, 2, ((3, 3), (3, 3))),   # an image in several chunks of pixels (80x81 > 5440)
     (3, 17, 3, 32, 3, 1, ((1, 1), (1, 1))),    # VGG's conv1
@@ -169,8 +193,11 @@ def test_choose_takes_the_kernel_for_stride_1_layers_with_bf16_products(monkeypa
     assert plan == {"forward": "amx", "input_grad": "amx", "weight_grad": "amx"}
     assert fastops.choose(5, 1, 64, 192, (27, 27), "cpu", ((2, 2), (2, 2)), amx_products=True)["forward"] == "amx"
     assert fastops.choose(3, 1, 64, 64, (56, 56), "cpu", same, amx_products=False)["forward"] == "winograd"
-    # strided and RGB layers: the forward pass only (the input gradient as before)
+    # strided layers: the forward pass; on a 28x28+ output of 64+ channels each way the gradients
+    # too, by space-to-depth; on smaller maps the gradients as before
     assert fastops.choose(3, 2, 64, 128, (28, 28), "cpu", same, amx_products=True) == {
+        "forward": "amx", "input_grad": "amx_s2d", "weight_grad": "amx_s2d"}
+    assert fastops.choose(3, 2, 256, 256, (14, 14), "cpu", same, amx_products=True) == {
         "forward": "amx", "input_grad": "matmul", "weight_grad": "matmul"}
     # an RGB layer: its weight gradient by kernel rows (7x7x3: 21 values a row), any stride
     assert fastops.choose(7, 2, 3, 64, (112, 112), "cpu", ((3, 3), (3, 3)), amx_products=True) == {

@@ -355,12 +355,14 @@ FORWARD = {"xla": _lax_conv, "matmul": _matmul_forward,
            "winograd": lambda x, w, s, pads: winograd.conv(x, w, pads), "amx": _amx_forward}
 INPUT_GRAD = {"xla": _xla_input_grad,
               "matmul": lambda x, w, dy, s, pads: _matmul_input_grad(dy, w, s, pads, x.shape),
-              "winograd": lambda x, w, dy, s, pads: winograd.input_grad(dy, w, pads), "amx": _amx_input_grad}
+              "winograd": lambda x, w, dy, s, pads: winograd.input_grad(dy, w, pads), "amx": _amx_input_grad,
+              "amx_s2d": lambda x, w, dy, s, pads: _amx_s2d_grads(x, w, dy, s, pads)[0]}
 WEIGHT_GRAD = {"xla": _xla_weight_grad,
                "matmul": lambda x, w, dy, s, pads: _matmul_weight_grad(x, dy, w.shape[0], s, pads),
                "winograd": lambda x, w, dy, s, pads: winograd.weight_grad(x, dy, pads, w.shape[0]),
                "amx": lambda x, w, dy, s, pads: amx.weight_grad(x, dy, w.shape[0], pads).astype(w.dtype),
-               "amx_run": lambda x, w, dy, s, pads: amx.run_weight_grad(x, dy, w.shape[0], s, pads).astype(w.dtype)}
+               "amx_run": lambda x, w, dy, s, pads: amx.run_weight_grad(x, dy, w.shape[0], s, pads).astype(w.dtype),
+               "amx_s2d": lambda x, w, dy, s, pads: _amx_s2d_grads(x, w, dy, s, pads)[1]}
 
 
 def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platform: str,
@@ -383,6 +385,16 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
         # channels (an RGB stem, any stride: k*C <= 64) takes the weight gradient by kernel rows
         if s == 1 and min(cin, cout) >= 16:
             return dict.fromkeys(plan, "amx")
+        blocks = -(-k // s)
+        if min(cin, cout) >= 64 and min(out_hw) >= 28 and blocks > 1 and amx.supported(blocks, 1):
+            # A strided layer on a large map (ResNet's first 3x3/2 after the stem): its gradients as
+            # those of the stride-1 layer space-to-depth makes of it (2x2 on 4C channels: 16 taps
+            # for 9, all on the kernel). Per layer, batch 32, input and weight gradient (ms):
+            # 56x56x64 -> 128 15.4 -> 8.9 and 34.0 -> 15.8, 56x56x128 -> 128 26.6 -> 22.1 and
+            # 47.0 -> 38.4; on smaller maps the rearrangements cost more than the taps save
+            # (28x28x256 -> 256: 14.5 -> 23.7, 28.7 -> 23.9), and its forward pass lost everywhere
+            # (BENCHMARKS.md, issue 26)
+            return {**plan, "forward": "amx", "input_grad": "amx_s2d", "weight_grad": "amx_s2d"}
         return {**plan, "forward": "amx", **({"weight_grad": "amx_run"} if k * cin <= 64 else {})}
     if amx_products and k == 1 and s > 1 and min(cin, cout) >= 16 and not _padded(pads) \
             and _amx_applies(1, 1, out_hw, platform, pads, dtype):
@@ -458,7 +470,7 @@ def _conv_fwd(x, w, s, pads, plan):
     # The AMX weight gradient takes its operands in bf16: keeping the input as the forward pass
     # rounded it (instead of float32) lets XLA write the activation once, in bf16, at half the bytes
     passes = dict(plan)
-    kept = x.astype(jnp.bfloat16) if passes["weight_grad"] == "amx" else x
+    kept = x.astype(jnp.bfloat16) if passes["weight_grad"] in ("amx", "amx_s2d") else x
     if passes["forward"] == "amx":
         # Training: the sums in float32 straight from the kernel. Batch norm's statistics and
         # normalisation read the output in several passes, for which XLA made a float32 copy of
@@ -487,21 +499,48 @@ def _space_to_depth_blocks(k: int, s: int, cin: int, platform: str, dtype) -> in
     return blocks if ok else None
 
 
-def _space_to_depth_conv(x, w, s: int, pads, blocks: int):
-    """A stride-``s`` convolution as a stride-1 one: ``s x s`` pixel blocks of the (padded) input
-    become channels, and the kernel, zero-padded to ``blocks * s``, is cut the same way. The same
-    sums in another order; gradients flow through the reshapes."""
+def _s2d_input(x, k: int, s: int, pads, blocks: int):
+    """The input of :func:`_space_to_depth_conv`'s stride-1 layer (for a ``k x k`` kernel): ``x``
+    padded, its ``s x s`` pixel blocks made channels (an exact rearrangement: any dtype)."""
     n, h, wd, c = x.shape
-    k, o = w.shape[0], w.shape[-1]
     out = [(size + lo + hi - k) // s + 1 for size, (lo, hi) in zip((h, wd), pads)]
     side = [(m + blocks - 1) * s for m in out]                 # padded size the blocks tile
     xp = jnp.pad(x, [(0, 0), (pads[0][0], max(side[0] - h - pads[0][0], 0)),
                      (pads[1][0], max(side[1] - wd - pads[1][0], 0)), (0, 0)])[:, :side[0], :side[1]]
     hs, ws = side[0] // s, side[1] // s
-    xs = xp.reshape(n, hs, s, ws, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hs, ws, s * s * c)
+    return xp.reshape(n, hs, s, ws, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, hs, ws, s * s * c)
+
+
+def _s2d_kernel(w, s: int, blocks: int):
+    """The kernel of :func:`_space_to_depth_conv`'s stride-1 layer: ``w`` zero-padded to
+    ``blocks * s`` a side and cut into ``s x s`` blocks as the input is."""
+    k, c, o = w.shape[0], w.shape[2], w.shape[3]
     wp = jnp.pad(w, [(0, blocks * s - k), (0, blocks * s - k), (0, 0), (0, 0)])
-    kernel = wp.reshape(blocks, s, blocks, s, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(blocks, blocks, s * s * c, o)
-    return conv(xs, kernel, 1, ((0, 0), (0, 0)))
+    return wp.reshape(blocks, s, blocks, s, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(blocks, blocks, s * s * c, o)
+
+
+def _space_to_depth_conv(x, w, s: int, pads, blocks: int):
+    """A stride-``s`` convolution as a stride-1 one: ``s x s`` pixel blocks of the (padded) input
+    become channels, and the kernel, zero-padded to ``blocks * s``, is cut the same way. The same
+    sums in another order; gradients flow through the reshapes. (The output has exactly the
+    strided layer's size: the padded input covers ``out + blocks - 1`` blocks a side; the kernel's
+    zero taps past ``k`` meet whatever the last block holds.)"""
+    return conv(_s2d_input(x, w.shape[0], s, pads, blocks), _s2d_kernel(w, s, blocks), 1, ((0, 0), (0, 0)))
+
+
+def _amx_s2d_grads(x, w, dy, s: int, pads):
+    """Both gradients of a strided layer as those of the stride-1 layer :func:`_space_to_depth_conv`
+    makes of it, on the AMX kernels (which take the gradients of stride-1 layers only), carried back
+    through the rearrangements. ``x`` as the forward pass kept it (bf16 for the kernel)."""
+    k = w.shape[0]
+    blocks = -(-k // s)
+    xs, kernel = _s2d_input(x, k, s, pads, blocks), _s2d_kernel(w, s, blocks)
+    unpadded = ((0, 0), (0, 0))
+    dxs = _amx_input_grad(xs, kernel, dy, 1, unpadded)
+    dks = amx.weight_grad(xs, dy, blocks, unpadded).astype(w.dtype)
+    dx, = jax.linear_transpose(lambda v: _s2d_input(v, k, s, pads, blocks), jax.ShapeDtypeStruct(x.shape, w.dtype))(dxs)
+    dw, = jax.linear_transpose(lambda v: _s2d_kernel(v, s, blocks), jax.ShapeDtypeStruct(w.shape, w.dtype))(dks)
+    return dx, dw
 
 
 def conv(x, w, stride: int, pads, plan: dict | None = None) -> jax.Array:
