@@ -102,10 +102,14 @@ def programs(layer, n: int, passes):
     out = {}
     for name in passes:
         for form in candidates(k, s, c, pads):
-            if form == "amx" and name == "weight_grad" and k * c <= 64 and not (s == 1 and min(c, o) >= 16):
+            if form == "amx" and name == "weight_grad" and 1 < k and k * c <= 64 and not (s == 1 and min(c, o) >= 16):
                 form = "amx_run"  # a layer on few channels: by kernel rows, any stride (as choose)
-            elif form == "amx" and (name != "forward" and s != 1 and k > 1 or name == "forward" and k == 1 and s > 1):
-                continue  # the kernel's other gradients are stride 1 only (and 1x1's strided)
+            elif form == "amx" and name != "forward" and s != 1 and k > 1:
+                if min(c, o) < 16:
+                    continue
+                form = "amx_s2d"  # a strided layer's gradients: the kernel's, by space-to-depth (as choose)
+            elif form == "amx" and name == "forward" and k == 1 and s > 1:
+                continue  # a strided 1x1 layer's forward pass: a product (its gradients on the kernel)
             fn = _pass(name, form, k, s, c)
             if name == "forward":
                 out[name, form] = (jax.jit(lambda x, w, fn=fn: fn(x, w, s, pads)), (x, kernel))
@@ -179,7 +183,7 @@ def main(argv=None) -> int:
     print(f"{args.arch}, batch {args.batch_size}, {args.input_size}px, float32, {args.products or 'float32'} "
           f"products; median of {args.rounds} "
           f"interleaved rounds, ms; * = choose()'s pick, ! = fastest where it differs")
-    forms = [f for f in ("xla", "matmul", "winograd", "space-to-depth", "amx", "amx_run")
+    forms = [f for f in ("xla", "matmul", "winograd", "space-to-depth", "amx", "amx_run", "amx_s2d")
              if any(f in r["ms"] for r in rows)]
     print("| layer | x | pass | " + " | ".join(forms) + " |")
     print("| --- | ---: | --- | " + " | ".join("---:" for _ in forms) + " |")

@@ -350,7 +350,8 @@ def _amx_input_grad(x, w, dy, s, pads):
 #: Each pass of a convolution, by formulation: "xla" (XLA's convolution), "matmul" (patches and a
 #: matrix multiplication), "winograd" (F(2x2, 3x3) / F(3x3, 5x5), stride 1 only: :mod:`.winograd`)
 #: or "amx" (the native AMX kernels, bf16 operands; the gradients stride 1 only: :mod:`.amx`), and
-#: for the weight gradient of a layer on few channels, any stride, "amx_run" (by kernel rows).
+#: for the weight gradient of a layer on few channels, any stride, "amx_run" (by kernel rows); a
+#: strided layer's gradients "amx_s2d" (the kernel's, of the stride-1 layer space-to-depth makes).
 FORWARD = {"xla": _lax_conv, "matmul": _matmul_forward,
            "winograd": lambda x, w, s, pads: winograd.conv(x, w, pads), "amx": _amx_forward}
 INPUT_GRAD = {"xla": _xla_input_grad,
