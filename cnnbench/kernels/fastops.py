@@ -372,7 +372,8 @@ def choose(k: int, s: int, cin: int, cout: int, out_hw: tuple[int, int], platfor
     XLA's convolution throughout. Where the products are bf16 (``--precision bf16``;
     ``amx_products``, by default :func:`cnnbench.kernels.choice.low_precision_products`) and the
     CPU has AMX (:func:`cnnbench.kernels.amx.available`), a layer's forward pass (and a stride-1
-    layer's gradients, and an RGB stem's weight gradient) runs on the AMX kernels: per layer
+    layer's gradients, a strided layer's on a large map by space-to-depth, and an RGB stem's weight
+    gradient) runs on the AMX kernels: per layer
     (batch 32, 2 cores) 2.5-6x faster than Winograd with bf16 products, the ResNet stem and strided
     3x3 layers faster than XLA's convolution and the patches; a stride-1 1x1 layer on 16+ channels
     each way too, in every pass: forward 1.0-3.8x and the weight gradient 1.9-4.1x faster than
