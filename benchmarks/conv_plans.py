@@ -73,11 +73,10 @@ def candidates(k: int, s: int, c: int, pads) -> list[str]:
 
 def _pass(name: str, form: str, k: int, s: int, c: int):
     """fn(x, w, dy, s, pads) -> that pass of that formulation."""
-    if form == "amx" and k == 1 and s > 1:  # as fastops.conv runs it
-        grad = PASSES[name]["amx"]
-        if name == "weight_grad":
-            return lambda x, w, dy, s, pads: grad(x[:, ::s, ::s], w, dy, 1, pads)
-        return lambda x, w, dy, s, pads: jnp.zeros_like(x).at[:, ::s, ::s].set(grad(x[:, ::s, ::s], w, dy, 1, pads))
+    if form == "amx" and k == 1 and s > 1:  # through fastops.conv, which runs it on the pixels the stride reads
+        plan = {"forward": "matmul", "input_grad": "amx", "weight_grad": "amx"}
+        index = 0 if name == "input_grad" else 1
+        return lambda x, w, dy, s, pads: jax.vjp(lambda x, w: fastops.conv(x, w, s, pads, plan), x, w)[1](dy)[index]
     if form != "space-to-depth":
         return PASSES[name][form]
     blocks = _space_to_depth(k, s, c)
